@@ -1,0 +1,47 @@
+# memlab: make lab | make test | make lint | make app | make clean
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8888
+# Jupyter refuses to start as root (containers, CI) unless told to.
+ROOT_FLAG = $$(test "$$(id -u)" = 0 && echo --allow-root)
+
+.PHONY: venv lab test lint app clean
+
+venv: $(STAMP)
+
+# Re-install only when the dependency declarations change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -c constraints.txt -e '.[test]'
+	touch $@
+
+lab: venv
+	@TOKEN=$$($(VPY) -c 'import secrets; print(secrets.token_hex(24))'); \
+	echo ""; \
+	echo "  Open this URL in your browser:"; \
+	echo "  http://$(HOST):$(PORT)/lab?token=$$TOKEN"; \
+	echo ""; \
+	exec $(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --ServerApp.port_retries=0 \
+		--no-browser --ServerApp.root_dir=labs --IdentityProvider.token=$$TOKEN $(ROOT_FLAG)
+
+test: venv
+	$(VPY) -m pytest -q
+	@if ls labs/*.ipynb >/dev/null 2>&1; then \
+		echo "MEMLAB_SMOKE=1 $(VPY) -m pytest -q --nbmake labs"; \
+		MEMLAB_SMOKE=1 $(VPY) -m pytest -q --nbmake labs; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy memlab
+
+# Placeholder: serves the labs as apps (no code cells shown) on loopback.
+app: venv
+	$(VENV)/bin/voila labs --Voila.ip=$(HOST) --port=8866 --no-browser
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
