@@ -1,0 +1,59 @@
+"""memlab: see how memory-management choices change the memory and speed of PyTorch code.
+
+The public API is small and loaded lazily, so ``import memlab`` imports neither torch nor plotly
+(the notebook kernel can hold results without ever importing torch).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "track",
+    "Tracker",
+    "RunResult",
+    "Timeline",
+    "ProcessSeries",
+    "CATEGORIES",
+    "PHASES",
+    "format_bytes",
+]
+
+_LAZY = {
+    "track": "memlab.track",
+    "Tracker": "memlab.track",
+    "RunResult": "memlab.timeline",
+    "Timeline": "memlab.timeline",
+    "ProcessSeries": "memlab.timeline",
+    "CATEGORIES": "memlab.timeline",
+    "PHASES": "memlab.timeline",
+    "format_bytes": "memlab.timeline",
+}
+
+if TYPE_CHECKING:
+    from memlab.timeline import (
+        CATEGORIES,
+        PHASES,
+        ProcessSeries,
+        RunResult,
+        Timeline,
+        format_bytes,
+    )
+    from memlab.track import Tracker, track
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'memlab' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

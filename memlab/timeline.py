@@ -1,0 +1,334 @@
+"""Pure data: the memory timeline of a tracked block and the result of a run.
+
+One data model for everything memlab measures (cf. bloomberg/memray: one model, reporters that
+only render it). This module imports neither torch nor plotly, so a result can be loaded, stored
+and drawn in a process that never imported torch (the notebook kernel, for one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CATEGORIES",
+    "PHASES",
+    "PROCESS_PARTS",
+    "STATUSES",
+    "Timeline",
+    "ProcessSeries",
+    "RunResult",
+    "format_bytes",
+]
+
+#: The one vocabulary of memory categories, used by the tracker, estimator, plots and store.
+CATEGORIES: tuple[str, ...] = (
+    "parameters",
+    "gradients",
+    "optimizer_state",
+    "activations",
+    "inputs",
+    "temporaries",
+    "other",
+)
+
+#: Phases a sample can be in. ``other`` is time inside a block that no phase claims.
+PHASES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "inference", "other")
+
+#: Process-memory parts (Linux /proc/self/status names in brackets).
+PROCESS_PARTS: tuple[str, ...] = ("rss", "rss_anon", "rss_file", "rss_shmem", "rss_hwm")
+
+STATUSES: tuple[str, ...] = ("ok", "oom", "error", "cancelled")
+
+
+def format_bytes(n: float | None) -> str:
+    """Human-readable bytes with binary prefixes; ``None`` (not measured) reads as 'n/a'."""
+    if n is None:
+        return "n/a"
+    sign = "-" if n < 0 else ""
+    v = float(abs(n))
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if v < 1024 or unit == "TiB":
+            return f"{sign}{v:.0f} {unit}" if unit == "B" else f"{sign}{v:.1f} {unit}"
+        v /= 1024
+    raise AssertionError("unreachable")
+
+
+def _as_int_array(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class Timeline:
+    """Live tensor bytes by category after every allocation and free (event-based, not sampled).
+
+    ``t`` is seconds since the block began; ``phase`` indexes :data:`PHASES`;
+    ``by_category[c][i]`` is the bytes of category ``c`` live right after event ``i``.
+    ``marks`` are phase and step boundaries: ``(t, label)``.
+    """
+
+    t: np.ndarray
+    phase: np.ndarray
+    by_category: Mapping[str, np.ndarray]
+    marks: tuple[tuple[float, str], ...] = ()
+    source: str = "cpu-allocator"
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.t, dtype=np.float64).reshape(-1)
+        object.__setattr__(self, "t", t)
+        object.__setattr__(self, "phase", np.asarray(self.phase, dtype=np.int8).reshape(-1))
+        cats = {c: _as_int_array(self.by_category.get(c, np.zeros(len(t)))) for c in CATEGORIES}
+        unknown = set(self.by_category) - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"unknown categories {sorted(unknown)}; allowed: {CATEGORIES}")
+        for c, v in cats.items():
+            if len(v) != len(t):
+                raise ValueError(f"category {c!r} has {len(v)} points, t has {len(t)}")
+        if len(self.phase) != len(t):
+            raise ValueError(f"phase has {len(self.phase)} points, t has {len(t)}")
+        object.__setattr__(self, "by_category", cats)
+        object.__setattr__(self, "marks", tuple((float(a), str(b)) for a, b in self.marks))
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @property
+    def total(self) -> np.ndarray:
+        """Live tensor bytes (all categories) after each event."""
+        if len(self.t) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.sum(np.stack([self.by_category[c] for c in CATEGORIES]), axis=0)
+
+    def phase_names(self) -> list[str]:
+        return [PHASES[int(p)] for p in self.phase]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.t.tolist(),
+            "phase": self.phase.tolist(),
+            "by_category": {c: v.tolist() for c, v in self.by_category.items()},
+            "marks": [list(m) for m in self.marks],
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Timeline:
+        return cls(
+            t=np.asarray(d["t"], dtype=np.float64),
+            phase=np.asarray(d["phase"], dtype=np.int8),
+            by_category={c: np.asarray(v, dtype=np.int64) for c, v in d["by_category"].items()},
+            marks=tuple((float(a), str(b)) for a, b in d.get("marks", ())),
+            source=str(d.get("source", "cpu-allocator")),
+        )
+
+    @classmethod
+    def empty(cls) -> Timeline:
+        return cls(t=np.zeros(0), phase=np.zeros(0), by_category={})
+
+    def to_dataframe(self) -> Any:
+        """One row per event: ``t``, ``phase``, one column per category and ``total``."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover - pandas is a dependency
+            raise ImportError("Timeline.to_dataframe needs pandas: pip install pandas") from e
+        df = pd.DataFrame({"t": self.t, "phase": pd.Categorical(self.phase_names(), PHASES)})
+        for c in CATEGORIES:
+            df[c] = self.by_category[c]
+        df["total"] = self.total
+        return df
+
+
+@dataclass(frozen=True, eq=False)
+class ProcessSeries:
+    """Process memory sampled over time. A part this platform cannot measure is ``None``."""
+
+    t: np.ndarray
+    parts: Mapping[str, np.ndarray | None]
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.t, dtype=np.float64).reshape(-1)
+        object.__setattr__(self, "t", t)
+        parts: dict[str, np.ndarray | None] = {}
+        for p in PROCESS_PARTS:
+            v = self.parts.get(p)
+            parts[p] = None if v is None else _as_int_array(v)
+            if parts[p] is not None and len(parts[p]) != len(t):  # type: ignore[arg-type]
+                raise ValueError(f"process part {p!r} has the wrong length")
+        object.__setattr__(self, "parts", parts)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def peak(self, part: str) -> int | None:
+        v = self.parts[part]
+        return None if v is None or len(v) == 0 else int(v.max())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.t.tolist(),
+            "parts": {p: None if v is None else v.tolist() for p, v in self.parts.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ProcessSeries:
+        return cls(t=np.asarray(d["t"]), parts=dict(d["parts"]))
+
+    @classmethod
+    def empty(cls) -> ProcessSeries:
+        return cls(t=np.zeros(0), parts={p: np.zeros(0, dtype=np.int64) for p in PROCESS_PARTS})
+
+
+def _int_dict(d: Mapping[str, Any] | None) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (d or {}).items()}
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    """What a tracked block or a whole run measured. Pure data; renders itself.
+
+    ``peak_bytes`` is the tensor bytes live at entry plus the highest rise inside the block;
+    ``peak_by_category`` splits it, and always sums to it. Process-memory peaks are ``None``
+    where this platform cannot measure that part (never guessed).
+    """
+
+    peak_bytes: int
+    peak_by_category: Mapping[str, int]
+    timeline: Timeline = field(default_factory=Timeline.empty)
+    process: ProcessSeries = field(default_factory=ProcessSeries.empty)
+    entry_by_category: Mapping[str, int] = field(default_factory=dict)
+    end_by_category: Mapping[str, int] = field(default_factory=dict)
+    peak_by_phase: Mapping[str, int] = field(default_factory=dict)
+    activations_by_module: Mapping[str, int] = field(default_factory=dict)
+    peak_time_s: float = 0.0
+    peak_phase: str = "other"
+    duration_s: float = 0.0
+    device: str = "cpu"
+    rss_peak_bytes: int | None = None
+    rss_anon_peak_bytes: int | None = None
+    rss_file_peak_bytes: int | None = None
+    rss_hwm_bytes: int | None = None
+    cuda: Mapping[str, int] | None = None
+    step_times_s: tuple[float, ...] = ()
+    samples_per_step: int | None = None
+    status: str = "ok"
+    error: str | None = None
+    experiment: Mapping[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("peak_by_category", "entry_by_category", "end_by_category"):
+            d = _int_dict(getattr(self, name))
+            if d:
+                unknown = set(d) - set(CATEGORIES)
+                if unknown:
+                    raise ValueError(f"{name}: unknown categories {sorted(unknown)}")
+                d = {c: d.get(c, 0) for c in CATEGORIES}
+            object.__setattr__(self, name, d)
+        object.__setattr__(self, "peak_by_phase", _int_dict(self.peak_by_phase))
+        object.__setattr__(self, "activations_by_module", _int_dict(self.activations_by_module))
+        object.__setattr__(self, "step_times_s", tuple(float(s) for s in self.step_times_s))
+        object.__setattr__(self, "notes", tuple(str(s) for s in self.notes))
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.cuda is not None:
+            object.__setattr__(self, "cuda", _int_dict(self.cuda))
+
+    # -- derived figures -------------------------------------------------------------------
+    @property
+    def step_time_median_s(self) -> float | None:
+        return float(np.median(self.step_times_s)) if self.step_times_s else None
+
+    @property
+    def step_time_p95_s(self) -> float | None:
+        return float(np.percentile(self.step_times_s, 95)) if self.step_times_s else None
+
+    @property
+    def throughput_samples_per_s(self) -> float | None:
+        med = self.step_time_median_s
+        if med is None or not self.samples_per_step or med <= 0:
+            return None
+        return self.samples_per_step / med
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self, *, timeline: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("timeline", "process"):
+                if timeline:
+                    d[f.name] = v.to_dict()
+                continue
+            d[f.name] = dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
+        d["step_time_s"] = {"median": self.step_time_median_s, "p95": self.step_time_p95_s}
+        d["throughput_samples_per_s"] = self.throughput_samples_per_s
+        return d
+
+    def to_json(self, *, timeline: bool = True, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(timeline=timeline), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw: dict[str, Any] = {k: v for k, v in d.items() if k in names}
+        if "timeline" in d:
+            kw["timeline"] = Timeline.from_dict(d["timeline"])
+        if "process" in d:
+            kw["process"] = ProcessSeries.from_dict(d["process"])
+        for k in ("step_times_s", "notes"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, s: str) -> RunResult:
+        return cls.from_dict(json.loads(s))
+
+    # -- rendering -------------------------------------------------------------------------
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        rows = [("status", self.status if not self.error else f"{self.status}: {self.error}")]
+        rows.append(("peak (tensors)", f"{format_bytes(self.peak_bytes)} in {self.peak_phase}"))
+        for c in CATEGORIES:
+            v = self.peak_by_category.get(c, 0)
+            if v:
+                share = 100.0 * v / self.peak_bytes if self.peak_bytes else 0.0
+                rows.append((f"  {c}", f"{format_bytes(v)} ({share:.0f}%)"))
+        rows.append(("RSS peak", format_bytes(self.rss_peak_bytes)))
+        rows.append(("  anonymous", format_bytes(self.rss_anon_peak_bytes)))
+        rows.append(("  file-backed", format_bytes(self.rss_file_peak_bytes)))
+        if self.cuda:
+            for k, v in self.cuda.items():
+                rows.append((f"cuda {k}", format_bytes(v)))
+        med = self.step_time_median_s
+        if med is not None:
+            rows.append(("step time", f"{med * 1e3:.1f} ms median, {self.step_time_p95_s * 1e3:.1f} ms p95"))  # type: ignore[operator]
+        thr = self.throughput_samples_per_s
+        if thr is not None:
+            rows.append(("throughput", f"{thr:.1f} samples/s"))
+        return rows
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{c}={format_bytes(v)}" for c, v in self.peak_by_category.items() if v
+        )
+        return (
+            f"RunResult(status={self.status!r}, peak={format_bytes(self.peak_bytes)} "
+            f"[{parts}], device={self.device!r}, events={len(self.timeline)})"
+        )
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(k)}</td>"
+            f"<td style='text-align:right'>{html.escape(v)}</td></tr>"
+            for k, v in self._summary_rows()
+        )
+        return f"<table><caption>memlab RunResult ({html.escape(self.device)})</caption>{body}</table>"
+
+
+def sum_categories(d: Mapping[str, int], cats: Sequence[str] = CATEGORIES) -> int:
+    return int(sum(int(d.get(c, 0)) for c in cats))

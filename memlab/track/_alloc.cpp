@@ -1,0 +1,188 @@
+// memlab's allocation recorder: wraps PyTorch's CPU allocator to see every allocation and free.
+//
+// Why by hand: torch.profiler(profile_memory=True) sees the same c10 allocator events, but costs
+// ~14 us per op on a 2-core CPU and hands them over only after the block; a dispatch-level
+// TorchDispatchMode misses op-internal buffers (convolution backward's columns, for one).
+// Wrapping the allocator costs a mutex and a hash-map insert per allocation and keeps an exact
+// live total that can be read at any moment (the live chart samples it).
+//
+// Model (mirrors c10/core/CPUAllocator.cpp, ProfiledCPUMemoryReporter): every block handed out
+// while installed is put in a size table keyed by its address; the free looks the size up. A
+// storage allocated before installation can be *adopted* (its deleter swapped for ours with
+// DataPtr::compare_exchange_deleter), so its free is seen too -- the profiler misses those.
+//
+// The C ABI below is loaded with ctypes (memlab/track/_native.py); no pybind11, no torch/extension.h,
+// which keeps the one-time compile short.
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/StorageImpl.h>
+
+#include <atomic>
+#include <cstdint>
+#include <ctime>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+struct Event {
+  int64_t t_ns;   // CLOCK_MONOTONIC, the clock of Python's time.monotonic_ns()
+  int64_t addr;   // block address
+  int64_t delta;  // +bytes on allocation, -bytes on free
+  int64_t tag;    // whatever the Python side set last (phase and module, packed)
+};
+
+std::mutex g_mu;
+std::unordered_map<void*, int64_t> g_sizes;  // live blocks -> bytes
+std::vector<Event> g_events;
+int64_t g_live = 0;
+int64_t g_peak = 0;
+std::atomic<int64_t> g_tag{0};
+std::atomic<bool> g_recording{false};
+c10::Allocator* g_base = nullptr;
+c10::DeleterFnPtr g_base_delete = nullptr;
+
+inline int64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+// Caller holds g_mu.
+inline void log_locked(void* p, int64_t delta) {
+  g_live += delta;
+  if (g_live > g_peak) g_peak = g_live;
+  if (g_recording.load(std::memory_order_relaxed)) {
+    g_events.push_back(Event{now_ns(), reinterpret_cast<int64_t>(p), delta,
+                             g_tag.load(std::memory_order_relaxed)});
+  }
+}
+
+void tracked_delete(void* p) {
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = g_sizes.find(p);
+    if (it != g_sizes.end()) {
+      log_locked(p, -it->second);
+      g_sizes.erase(it);
+    }
+  }
+  g_base_delete(p);
+}
+
+struct RecordingAllocator final : public c10::Allocator {
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr d = g_base->allocate(n);
+    void* p = d.get();
+    // Only blocks whose context is the address itself (the default CPU allocator's) can be
+    // re-labelled without changing their ownership; anything else passes through untouched.
+    if (n == 0 || p == nullptr || d.get_context() != p ||
+        d.get_deleter() != g_base_delete) {
+      return d;
+    }
+    if (!d.compare_exchange_deleter(g_base_delete, &tracked_delete)) return d;
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_sizes[p] = static_cast<int64_t>(n);
+    log_locked(p, static_cast<int64_t>(n));
+    return d;
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &tracked_delete; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    g_base->copy_data(dest, src, count);
+  }
+};
+
+RecordingAllocator g_alloc;
+
+}  // namespace
+
+extern "C" {
+
+// 1: installed now or before; 0: the CPU allocator is not one we can wrap (no raw deleter).
+int memlab_install() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (g_base != nullptr) return 1;
+  c10::Allocator* base = c10::GetCPUAllocator();
+  if (base == nullptr || base->raw_deleter() == nullptr) return 0;
+  g_base = base;
+  g_base_delete = base->raw_deleter();
+  // Priority 1 beats the default allocator's 0 (c10/core/Allocator.cpp, SetAllocator).
+  c10::SetCPUAllocator(&g_alloc, 1);
+  return c10::GetCPUAllocator() == &g_alloc ? 1 : 0;
+}
+
+// Start seeing the free of a storage that was allocated before installation.
+// Returns 1 if adopted, 0 if already tracked or not a default-CPU block.
+int memlab_adopt(int64_t storage_impl, int64_t nbytes) {
+  auto* impl = reinterpret_cast<c10::StorageImpl*>(storage_impl);
+  if (g_base == nullptr || impl == nullptr || nbytes <= 0) return 0;
+  c10::DataPtr& d = impl->_mutable_data_ptr_no_checks();
+  void* p = d.get();
+  if (p == nullptr || d.get_context() != p) return 0;
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (!d.compare_exchange_deleter(g_base_delete, &tracked_delete)) return 0;
+  g_sizes[p] = nbytes;
+  g_live += nbytes;  // adopted bytes were already live: no event, but counted from now on
+  if (g_live > g_peak) g_peak = g_live;
+  return 1;
+}
+
+int64_t memlab_block_bytes(int64_t addr) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto it = g_sizes.find(reinterpret_cast<void*>(addr));
+  return it == g_sizes.end() ? -1 : it->second;
+}
+
+int64_t memlab_live() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return g_live;
+}
+
+int64_t memlab_peak() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return g_peak;
+}
+
+void memlab_reset_peak() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_peak = g_live;
+}
+
+void memlab_set_tag(int64_t tag) { g_tag.store(tag, std::memory_order_relaxed); }
+
+int64_t memlab_get_tag() { return g_tag.load(std::memory_order_relaxed); }
+
+void memlab_set_recording(int on) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_recording.store(on != 0);
+}
+
+int64_t memlab_event_count() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return static_cast<int64_t>(g_events.size());
+}
+
+// Copy events [start, start + n) into out (4 int64 per event); returns how many were copied.
+int64_t memlab_copy_events(int64_t* out, int64_t start, int64_t n) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  int64_t total = static_cast<int64_t>(g_events.size());
+  if (start < 0 || start >= total || n <= 0) return 0;
+  if (start + n > total) n = total - start;
+  for (int64_t i = 0; i < n; ++i) {
+    const Event& e = g_events[start + i];
+    out[4 * i] = e.t_ns;
+    out[4 * i + 1] = e.addr;
+    out[4 * i + 2] = e.delta;
+    out[4 * i + 3] = e.tag;
+  }
+  return n;
+}
+
+void memlab_clear_events() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_events.clear();
+  g_events.shrink_to_fit();
+}
+
+}  // extern "C"

@@ -1,0 +1,85 @@
+"""Build (once per machine, ~2 s) and load the allocation recorder in ``_alloc.cpp``.
+
+torch.utils.cpp_extension compiles it against the installed torch and caches it under
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), with a file lock so that
+several worker processes can ask at once. The library is a plain C ABI called through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+__all__ = ["recorder", "NativeBuildError"]
+
+_SOURCE = Path(__file__).with_name("_alloc.cpp")
+_NAME = "memlab_alloc"
+
+
+class NativeBuildError(RuntimeError):
+    """The allocation recorder could not be compiled or loaded on this machine."""
+
+
+def _build() -> Path:
+    try:
+        from torch.utils import cpp_extension
+    except ImportError as e:  # pragma: no cover - torch is a dependency
+        raise NativeBuildError("memlab.track needs torch: pip install torch") from e
+    try:
+        cpp_extension.load(
+            _NAME,
+            [str(_SOURCE)],
+            extra_cflags=["-O2"],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as e:  # compiler missing, ninja missing, headers missing...
+        raise NativeBuildError(
+            "memlab could not compile its allocation recorder (memlab/track/_alloc.cpp): "
+            f"{e}. It needs a C++ compiler (Linux: apt-get install g++; macOS: "
+            "xcode-select --install) and the `ninja` package (pip install ninja)."
+        ) from e
+    build_dir = Path(cpp_extension._get_build_directory(_NAME, False))
+    candidates = sorted(build_dir.glob(f"{_NAME}*.so"), key=os.path.getmtime)
+    if not candidates:
+        raise NativeBuildError(f"built {_NAME} but found no shared library in {build_dir}")
+    return candidates[-1]
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    sigs: dict[str, tuple[list[type], type | None]] = {
+        "memlab_install": ([], ctypes.c_int),
+        "memlab_adopt": ([i64, i64], ctypes.c_int),
+        "memlab_block_bytes": ([i64], i64),
+        "memlab_live": ([], i64),
+        "memlab_peak": ([], i64),
+        "memlab_reset_peak": ([], None),
+        "memlab_set_tag": ([i64], None),
+        "memlab_get_tag": ([], i64),
+        "memlab_set_recording": ([ctypes.c_int], None),
+        "memlab_event_count": ([], i64),
+        "memlab_copy_events": ([vp, i64, i64], i64),
+        "memlab_clear_events": ([], None),
+    }
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = res
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def recorder() -> ctypes.CDLL:
+    """The loaded recorder, installed as PyTorch's CPU allocator. Built on first use."""
+    import torch  # noqa: F401  (libc10 must be loaded before the library that links it)
+
+    lib = _declare(ctypes.CDLL(str(_build())))
+    if lib.memlab_install() != 1:
+        raise NativeBuildError(
+            "PyTorch's CPU allocator on this build cannot be wrapped (it has no raw deleter); "
+            "memlab.track cannot count CPU allocations here."
+        )
+    return lib

@@ -1,0 +1,257 @@
+"""Turn the recorder's raw allocation events into categories, phases and a timeline.
+
+Pure numpy, no torch: every rule here is tested on hand-written event streams.
+
+A *block* is one allocation and its matching free (the next free at the same address). Each
+block gets exactly one category, decided once its whole life is known:
+
+1. marked by the tracker while alive as a parameter / gradient / optimizer state / input
+   (gradients are marked from ``register_post_accumulate_grad_hook`` and the optimizer's step
+   pre-hook, optimizer state from its step post-hook, all of them again at exit);
+2. allocated inside a forward (or a checkpoint recompute) and still alive when that forward
+   ended: ``activations`` (saved for backward, or the output);
+3. allocated in a user-marked ``data`` phase and alive after it: ``inputs``;
+4. alive at the end of the block, allocated outside any phase: ``other``;
+5. everything else -- op-internal buffers, intermediate results, optimizer scratch: ``temporaries``.
+
+Blocks alive at entry come in with the category the tracker found for their storage. A free of a
+block that was neither allocated inside the block nor counted at entry is dropped, as
+torch.profiler drops it (c10/core/CPUAllocator.cpp, ProfiledCPUMemoryReporter::Delete).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memlab.timeline import CATEGORIES, PHASES, Timeline
+
+__all__ = ["Mark", "CategoryMark", "Attribution", "attribute"]
+
+_CAT = {c: i for i, c in enumerate(CATEGORIES)}
+_PHASE = {p: i for i, p in enumerate(PHASES)}
+# When two marks claim one block, the first in this order wins (a tied weight is a parameter).
+_PRIORITY = ("parameters", "gradients", "optimizer_state", "inputs")
+_FORWARDISH = (_PHASE["forward"], _PHASE["inference"])
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Something that happened between two events: ``idx`` events had been recorded by then.
+
+    ``kind`` is ``phase`` (``value`` names the phase entered), ``recompute_start``,
+    ``recompute_end`` or ``step`` (a step boundary; ``value`` is its label).
+    """
+
+    idx: int
+    t_ns: int
+    kind: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class CategoryMark:
+    """The block at ``addr`` that is alive after ``idx`` events belongs to ``category``."""
+
+    idx: int
+    addr: int
+    category: str
+    t_ns: int = 0
+
+
+@dataclass
+class Attribution:
+    timeline: Timeline
+    peak_bytes: int
+    peak_by_category: dict[str, int]
+    entry_by_category: dict[str, int]
+    end_by_category: dict[str, int]
+    peak_by_phase: dict[str, int]
+    activations_by_module: dict[str, int]
+    peak_time_s: float
+    peak_phase: str
+    block_category: dict[int, str] = field(default_factory=dict)  # alloc event idx -> category
+
+
+def _segments(
+    marks: Sequence[Mark], n: int, initial_phase: str
+) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Phase of every event, forward-like segments (incl. recomputes), and data segments."""
+    phase_of = np.full(n, _PHASE[initial_phase], dtype=np.int8)
+    phase_marks = [m for m in marks if m.kind == "phase"]
+    bounds = [(0, _PHASE[initial_phase])] + [(m.idx, _PHASE[m.value]) for m in phase_marks]
+    fwd: list[tuple[int, int]] = []
+    data: list[tuple[int, int]] = []
+    for k, (start, code) in enumerate(bounds):
+        end = bounds[k + 1][0] if k + 1 < len(bounds) else n
+        phase_of[start:end] = code
+        if code in _FORWARDISH:
+            fwd.append((start, end))
+        elif code == _PHASE["data"]:
+            data.append((start, end))
+    depth, start = 0, 0
+    for m in marks:
+        if m.kind == "recompute_start":
+            if depth == 0:
+                start = m.idx
+            depth += 1
+        elif m.kind == "recompute_end" and depth > 0:
+            depth -= 1
+            if depth == 0:
+                fwd.append((start, m.idx))
+    return phase_of, fwd, data
+
+
+def _in_segment(idx: np.ndarray, segs: list[tuple[int, int]]) -> np.ndarray:
+    """End of the segment holding each index (-1 where none holds it)."""
+    out = np.full(len(idx), -1, dtype=np.int64)
+    for s, e in segs:
+        if e > s:
+            inside = (idx >= s) & (idx < e)
+            out[inside] = e
+    return out
+
+
+def attribute(
+    events: np.ndarray,
+    *,
+    t0_ns: int,
+    entry_blocks: Mapping[int, tuple[int, str]],
+    marks: Sequence[Mark] = (),
+    category_marks: Sequence[CategoryMark] = (),
+    initial_phase: str = "other",
+    module_names: Mapping[int, str] | None = None,
+    source: str = "cpu-allocator",
+) -> Attribution:
+    """Categorize ``events`` (rows of ``t_ns, addr, delta, tag``) recorded inside one block.
+
+    ``entry_blocks`` maps the address of every storage counted at entry to ``(bytes, category)``.
+    ``tag`` is the id of the innermost module running at the allocation (0: none).
+    """
+    ev = np.asarray(events, dtype=np.int64).reshape(-1, 4)
+    n = len(ev)
+    t_ns, addr, delta, tag = ev[:, 0], ev[:, 1], ev[:, 2], ev[:, 3]
+    is_alloc = delta > 0
+
+    # -- pair every free with the allocation before it at the same address ----------------
+    order = np.lexsort((np.arange(n), addr))
+    s_addr, s_alloc = addr[order], is_alloc[order]
+    prev_same = np.zeros(n, dtype=bool)
+    if n > 1:
+        prev_same[1:] = (s_addr[1:] == s_addr[:-1]) & s_alloc[:-1]
+    block_of = np.full(n, -1, dtype=np.int64)  # alloc event index of each event's block
+    block_of[order[s_alloc]] = order[s_alloc]
+    paired_free = (~s_alloc) & prev_same
+    block_of[order[paired_free]] = order[np.flatnonzero(paired_free) - 1]
+    free_idx = np.full(n, n, dtype=np.int64)  # for alloc events: index of their free (n: never)
+    free_idx[block_of[order[paired_free]]] = order[paired_free]
+
+    # -- blocks alive at entry: their frees keep the entry category; unknown frees drop -----
+    entry_cat = np.full(n, -1, dtype=np.int64)
+    for i in np.flatnonzero((~is_alloc) & (block_of < 0)):
+        known = entry_blocks.get(int(addr[i]))
+        if known is not None and -delta[i] == known[0]:
+            entry_cat[i] = _CAT[known[1]]
+
+    # -- category of every block allocated inside ---------------------------------------------
+    phase_of, fwd_segs, data_segs = _segments(marks, n, initial_phase)
+    alloc_idx = np.flatnonzero(is_alloc)
+    cat = np.full(n, _CAT["temporaries"], dtype=np.int64)  # indexed by alloc event
+    fwd_end = _in_segment(alloc_idx, fwd_segs)
+    act = (fwd_end >= 0) & (free_idx[alloc_idx] >= fwd_end)
+    cat[alloc_idx[act]] = _CAT["activations"]
+    data_end = _in_segment(alloc_idx, data_segs)
+    inp = (data_end >= 0) & (free_idx[alloc_idx] >= data_end)
+    cat[alloc_idx[inp]] = _CAT["inputs"]
+    other = (~act) & (~inp) & (free_idx[alloc_idx] == n) & (phase_of[alloc_idx] == _PHASE["other"])
+    cat[alloc_idx[other]] = _CAT["other"]
+
+    # marks: the block at addr alive at idx is the last allocation there before idx
+    allocs_at: dict[int, np.ndarray] = {}
+    if len(alloc_idx):
+        a_order = np.lexsort((alloc_idx, addr[alloc_idx]))
+        a_sorted = alloc_idx[a_order]
+        a_addr = addr[a_sorted]
+        cuts = np.flatnonzero(np.diff(a_addr)) + 1
+        for chunk in np.split(a_sorted, cuts):
+            allocs_at[int(addr[chunk[0]])] = chunk
+    claimed: dict[int, int] = {}
+    for m in category_marks:
+        cands = allocs_at.get(m.addr)
+        if cands is None:
+            continue
+        k = int(np.searchsorted(cands, m.idx, side="left")) - 1
+        if k < 0:
+            continue
+        b = int(cands[k])
+        if free_idx[b] < m.idx:
+            continue
+        rank = _PRIORITY.index(m.category)
+        if b not in claimed or rank < claimed[b]:
+            claimed[b] = rank
+    for b, rank in claimed.items():
+        cat[b] = _CAT[_PRIORITY[rank]]
+
+    # -- running bytes per category ---------------------------------------------------------
+    ev_cat = np.where(block_of >= 0, cat[np.maximum(block_of, 0)], entry_cat)
+    keep = ev_cat >= 0
+    k_idx = np.flatnonzero(keep)
+    entry_by = {c: 0 for c in CATEGORIES}
+    for nbytes, c in entry_blocks.values():
+        entry_by[c] += int(nbytes)
+    running = np.zeros((len(CATEGORIES), len(k_idx) + 1), dtype=np.int64)
+    running[:, 0] = [entry_by[c] for c in CATEGORIES]
+    if len(k_idx):
+        steps = np.zeros((len(CATEGORIES), len(k_idx)), dtype=np.int64)
+        steps[ev_cat[k_idx], np.arange(len(k_idx))] = delta[k_idx]
+        running[:, 1:] = running[:, :1] + np.cumsum(steps, axis=1)
+    total = running.sum(axis=0)
+    peak_at = int(np.argmax(total))  # first time the maximum is reached
+    t = np.concatenate([[0.0], (t_ns[k_idx] - t0_ns) / 1e9])
+    first_phase = _PHASE[initial_phase]
+    ph = np.concatenate([[first_phase], phase_of[k_idx]]).astype(np.int8)
+
+    peak_by_phase: dict[str, int] = {}
+    for code, name in enumerate(PHASES):
+        sel = ph == code
+        if sel.any():
+            peak_by_phase[name] = int(total[sel].max())
+
+    names = module_names or {}
+    acts: dict[str, int] = {}
+    act_blocks = alloc_idx[cat[alloc_idx] == _CAT["activations"]]
+    if len(act_blocks):
+        seg_of = _in_segment(act_blocks, fwd_segs)
+        per: dict[tuple[int, str], int] = {}
+        for b, s in zip(act_blocks.tolist(), seg_of.tolist()):
+            key = (s, names.get(int(tag[b]), "(outside modules)"))
+            per[key] = per.get(key, 0) + int(delta[b])
+        for (_, name), v in per.items():
+            acts[name] = max(acts.get(name, 0), v)
+
+    mark_list = tuple(
+        ((m.t_ns - t0_ns) / 1e9, m.value if m.kind in ("phase", "step") else m.kind)
+        for m in marks
+        if m.kind in ("phase", "step")
+    )
+    timeline = Timeline(
+        t=t,
+        phase=ph,
+        by_category={c: running[i] for i, c in enumerate(CATEGORIES)},
+        marks=mark_list,
+        source=source,
+    )
+    return Attribution(
+        timeline=timeline,
+        peak_bytes=int(total[peak_at]),
+        peak_by_category={c: int(running[i, peak_at]) for i, c in enumerate(CATEGORIES)},
+        entry_by_category=entry_by,
+        end_by_category={c: int(running[i, -1]) for i, c in enumerate(CATEGORIES)},
+        peak_by_phase=peak_by_phase,
+        activations_by_module=dict(sorted(acts.items(), key=lambda kv: -kv[1])),
+        peak_time_s=float(t[peak_at]),
+        peak_phase=PHASES[int(ph[peak_at])],
+        block_category={int(b): CATEGORIES[int(cat[b])] for b in alloc_idx},
+    )
