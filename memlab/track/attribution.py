@@ -77,8 +77,8 @@ class Attribution:
 
 def _segments(
     marks: Sequence[Mark], n: int, initial_phase: str
-) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
-    """Phase of every event, forward-like segments (incl. recomputes), and data segments."""
+) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Phase of every event; forward, checkpoint-recompute and data segments."""
     phase_of = np.full(n, _PHASE[initial_phase], dtype=np.int8)
     phase_marks = [m for m in marks if m.kind == "phase"]
     bounds = [(0, _PHASE[initial_phase])] + [(m.idx, _PHASE[m.value]) for m in phase_marks]
@@ -91,6 +91,7 @@ def _segments(
             fwd.append((start, end))
         elif code == _PHASE["data"]:
             data.append((start, end))
+    recompute: list[tuple[int, int]] = []
     depth, start = 0, 0
     for m in marks:
         if m.kind == "recompute_start":
@@ -100,8 +101,8 @@ def _segments(
         elif m.kind == "recompute_end" and depth > 0:
             depth -= 1
             if depth == 0:
-                fwd.append((start, m.idx))
-    return phase_of, fwd, data
+                recompute.append((start, m.idx))
+    return phase_of, fwd, recompute, data
 
 
 def _in_segment(idx: np.ndarray, segs: list[tuple[int, int]]) -> np.ndarray:
@@ -156,10 +157,10 @@ def attribute(
             entry_cat[i] = _CAT[known[1]]
 
     # -- category of every block allocated inside ---------------------------------------------
-    phase_of, fwd_segs, data_segs = _segments(marks, n, initial_phase)
+    phase_of, fwd_segs, recompute_segs, data_segs = _segments(marks, n, initial_phase)
     alloc_idx = np.flatnonzero(is_alloc)
     cat = np.full(n, _CAT["temporaries"], dtype=np.int64)  # indexed by alloc event
-    fwd_end = _in_segment(alloc_idx, fwd_segs)
+    fwd_end = _in_segment(alloc_idx, fwd_segs + recompute_segs)
     act = (fwd_end >= 0) & (free_idx[alloc_idx] >= fwd_end)
     cat[alloc_idx[act]] = _CAT["activations"]
     data_end = _in_segment(alloc_idx, data_segs)
@@ -221,9 +222,11 @@ def attribute(
 
     names = module_names or {}
     acts: dict[str, int] = {}
+    # Per module: what each forward saved (recomputes in backward are transient; not counted).
     act_blocks = alloc_idx[cat[alloc_idx] == _CAT["activations"]]
+    seg_of = _in_segment(act_blocks, fwd_segs)
+    act_blocks, seg_of = act_blocks[seg_of >= 0], seg_of[seg_of >= 0]
     if len(act_blocks):
-        seg_of = _in_segment(act_blocks, fwd_segs)
         per: dict[tuple[int, str], int] = {}
         for b, s in zip(act_blocks.tolist(), seg_of.tolist()):
             key = (s, names.get(int(tag[b]), "(outside modules)"))

@@ -355,6 +355,7 @@ class Tracker:
         if self.model is not None:
             _hook_model(self.model)
         self._entry = self._entry_storages()
+        self.inputs = None  # holding them would keep them alive past the user's own `del`
         self._entry_total = sum(b for b, _ in self._entry.values())
         self._initial_phase = _S.phase
         procmem.reset_peak_rss()
