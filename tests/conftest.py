@@ -7,7 +7,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
-    torch = pytest.importorskip("torch")
+    try:
+        import torch
+    except ImportError:  # the pure-data tests run without torch
+        return
     torch.manual_seed(0)
 
 
