@@ -22,8 +22,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "track": "memlab.track",
-    "Tracker": "memlab.track",
+    "track": "memlab.tracking",
+    "Tracker": "memlab.tracking",
     "RunResult": "memlab.timeline",
     "Timeline": "memlab.timeline",
     "ProcessSeries": "memlab.timeline",
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
         Timeline,
         format_bytes,
     )
-    from memlab.track import Tracker, track
+    from memlab.tracking import Tracker, track
 
 
 def __getattr__(name: str) -> Any:

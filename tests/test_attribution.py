@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memlab.track.attribution import CategoryMark, Mark, attribute
+from memlab.tracking.attribution import CategoryMark, Mark, attribute
 
 
 def ev(*rows: tuple[int, int, int]) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Measurement: the exact tensor tracker and process-memory readings."""
 
-from memlab.track.tracker import Tracker, track
+from memlab.tracking.tracker import Tracker, track
 
 __all__ = ["track", "Tracker"]

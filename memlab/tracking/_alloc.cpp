@@ -11,7 +11,7 @@
 // storage allocated before installation can be *adopted* (its deleter swapped for ours with
 // DataPtr::compare_exchange_deleter), so its free is seen too -- the profiler misses those.
 //
-// The C ABI below is loaded with ctypes (memlab/track/_native.py); no pybind11, no torch/extension.h,
+// The C ABI below is loaded with ctypes (memlab/tracking/_native.py); no pybind11, no torch/extension.h,
 // which keeps the one-time compile short.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>

@@ -37,7 +37,7 @@ def _build() -> Path:
         )
     except Exception as e:  # compiler missing, ninja missing, headers missing...
         raise NativeBuildError(
-            "memlab could not compile its allocation recorder (memlab/track/_alloc.cpp): "
+            "memlab could not compile its allocation recorder (memlab/tracking/_alloc.cpp): "
             f"{e}. It needs a C++ compiler (Linux: apt-get install g++; macOS: "
             "xcode-select --install) and the `ninja` package (pip install ninja)."
         ) from e

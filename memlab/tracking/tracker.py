@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from memlab.timeline import PHASES, ProcessSeries, RunResult
-from memlab.track import procmem
-from memlab.track.attribution import CategoryMark, Mark, attribute
+from memlab.tracking import procmem
+from memlab.tracking.attribution import CategoryMark, Mark, attribute
 
 __all__ = ["track", "Tracker"]
 
@@ -342,7 +342,7 @@ class Tracker:
         return "cpu"
 
     def __enter__(self) -> Tracker:
-        from memlab.track import _native
+        from memlab.tracking import _native
 
         self._device = self._detect_device()
         if self._device == "cpu":
