@@ -72,7 +72,13 @@ class Attribution:
     activations_by_module: dict[str, int]
     peak_time_s: float
     peak_phase: str
-    block_category: dict[int, str] = field(default_factory=dict)  # alloc event idx -> category
+    block_alloc_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    block_cat: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def block_category(self) -> dict[int, str]:
+        """Category of every block allocated inside, keyed by its allocation event's index."""
+        return {int(b): CATEGORIES[int(c)] for b, c in zip(self.block_alloc_idx, self.block_cat)}
 
 
 def _segments(
@@ -256,5 +262,6 @@ def attribute(
         activations_by_module=dict(sorted(acts.items(), key=lambda kv: -kv[1])),
         peak_time_s=float(t[peak_at]),
         peak_phase=PHASES[int(ph[peak_at])],
-        block_category={int(b): CATEGORIES[int(cat[b])] for b in alloc_idx},
+        block_alloc_idx=alloc_idx,
+        block_cat=cat[alloc_idx],
     )

@@ -1,0 +1,143 @@
+"""What memlab.track costs: step time tracked vs plain, vs torch.profiler and vs MemTracker.
+
+    python benchmarks/overhead.py [--rounds 15]
+
+Each round runs one step of every variant, in a rotating order, so slow drifts of the machine
+(thermal, other processes) hit every variant alike; we report medians with min-max and the
+median of the per-round ratio to plain. The per-op fixed cost comes from a loop of tiny ops,
+where the op itself costs a few microseconds. Targets (issue 2): <= 1.03x step time on the three
+models, <= 5 us per op. This script prints; no test times anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import memlab  # noqa: E402
+from tests.test_track import MODELS, train_step  # noqa: E402  (the three models of the tests)
+
+
+def profiler_variant(step: Callable[[], None]) -> Callable[[], None]:
+    from torch.profiler import ProfilerActivity, profile
+
+    def run() -> None:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            step()
+
+    return run
+
+
+def memtracker_variant(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                       step: Callable[[], None]) -> Callable[[], None] | None:
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except Exception:  # noqa: BLE001 - not in every build
+        return None
+
+    def run() -> None:
+        mt = MemTracker()
+        mt.track_external(model, opt)
+        with mt:
+            step()
+
+    return run
+
+
+def memlab_variant(model: torch.nn.Module, opt: torch.optim.Optimizer, inputs: tuple,  # type: ignore[type-arg]
+                   step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with memlab.track(model, optimizer=opt, inputs=inputs):
+            step()
+
+    return run
+
+
+def interleave(variants: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            variants[k]()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def summarize(times: dict[str, list[float]]) -> list[tuple[str, float, float, float, float]]:
+    rows = []
+    plain = times["plain"]
+    for k, v in times.items():
+        ratio = statistics.median(a / b for a, b in zip(v, plain))
+        rows.append((k, statistics.median(v) * 1e3, min(v) * 1e3, max(v) * 1e3, ratio))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--ops", type=int, default=20_000, help="tiny ops in the per-op loop")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds\n")
+    print(f"{'model':<12} {'variant':<11} {'median ms':>10} {'min-max ms':>16} {'x plain':>8}")
+    for name in sorted(MODELS):
+        model, (x, y) = MODELS[name]()
+        opt = torch.optim.Adam(model.parameters())
+
+        def step(model=model, opt=opt, x=x, y=y) -> None:  # type: ignore[no-untyped-def]
+            train_step(model, opt, x, y)
+
+        for _ in range(3):
+            step()
+        variants: dict[str, Callable[[], None]] = {
+            "plain": step,
+            "memlab": memlab_variant(model, opt, (x, y), step),
+            "profiler": profiler_variant(step),
+        }
+        mt = memtracker_variant(model, opt, step)
+        if mt is not None:
+            variants["MemTracker"] = mt
+        for v in variants.values():  # warm each variant once (lazy imports, JIT build)
+            v()
+        for k, med, lo, hi, ratio in summarize(interleave(variants, args.rounds)):
+            print(f"{name:<12} {k:<11} {med:>10.2f} {lo:>7.2f}-{hi:<8.2f} {ratio:>8.3f}")
+        print()
+
+    # per-op fixed cost: a loop of tiny ops, each allocating a 40-byte result
+    def tiny() -> None:
+        x = torch.ones(10)
+        for _ in range(args.ops):
+            x = x + 1
+
+    def tiny_tracked() -> None:
+        with memlab.track(sample_interval_s=None):
+            tiny()
+
+    def tiny_tracked_sampled() -> None:
+        with memlab.track():
+            tiny()
+
+    tiny_variants = {"plain": tiny, "memlab": tiny_tracked, "memlab+rss": tiny_tracked_sampled,
+                     "profiler": profiler_variant(tiny)}
+    for v in tiny_variants.values():
+        v()
+    times = interleave(tiny_variants, max(5, args.rounds // 3))
+    plain = statistics.median(times["plain"])
+    print(f"per-op cost on a loop of {args.ops} tiny ops (x = x + 1 on 10 floats):")
+    print(f"  plain op: {plain / args.ops * 1e6:.2f} us")
+    for k in ("memlab", "memlab+rss", "profiler"):
+        extra = (statistics.median(times[k]) - plain) / args.ops * 1e6
+        print(f"  {k:<11} adds {extra:6.2f} us per op")
+
+
+if __name__ == "__main__":
+    main()
