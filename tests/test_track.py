@@ -383,6 +383,34 @@ def test_bad_arguments_are_named() -> None:
         memlab.track(sample_interval_s=0)
 
 
+def test_budget_stops_at_the_allocation_that_does_not_fit() -> None:
+    model, (x, y) = mlp()
+    opt = torch.optim.Adam(model.parameters())
+    train_step(model, opt, x, y)
+    with memlab.track(model, optimizer=opt, inputs=(x, y)) as rec:
+        train_step(model, opt, x, y)
+    assert rec.result is not None
+    peak = rec.result.peak_bytes
+    # a budget 10% under the measured peak must stop the step; one at the peak must not
+    with pytest.raises(torch.OutOfMemoryError, match="memlab budget exceeded"):
+        with memlab.track(model, optimizer=opt, inputs=(x, y), budget_bytes=int(peak * 0.9)) as r2:
+            train_step(model, opt, x, y)
+    assert r2.result is not None and r2.result.status == "oom"
+    assert r2.result.peak_bytes <= int(peak * 0.9)
+    opt.zero_grad()
+    with memlab.track(model, optimizer=opt, inputs=(x, y), budget_bytes=peak) as r3:
+        train_step(model, opt, x, y)
+    assert r3.result is not None and r3.result.status == "ok" and r3.result.peak_bytes == peak
+    # below what is live at entry: refused at once, and nothing is left hooked
+    with pytest.raises(torch.OutOfMemoryError, match="live at entry"):
+        with memlab.track(model, optimizer=opt, inputs=(x, y), budget_bytes=1000):
+            pass
+    assert not model._forward_pre_hooks
+    torch.ones(10_000_000)  # no limit left behind
+    with pytest.raises(ValueError, match="budget_bytes must be a positive int"):
+        memlab.track(budget_bytes=-5)
+
+
 # -- process memory ------------------------------------------------------------------------
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux /proc")
 def test_process_memory_sees_a_big_tensor() -> None:

@@ -16,6 +16,7 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/StorageImpl.h>
+#include <c10/util/Exception.h>
 
 #include <atomic>
 #include <cstdint>
@@ -40,6 +41,7 @@ int64_t g_live = 0;
 int64_t g_peak = 0;
 std::atomic<int64_t> g_tag{0};
 std::atomic<bool> g_recording{false};
+std::atomic<int64_t> g_limit{0};  // 0: none; else live bytes an allocation may not pass
 c10::Allocator* g_base = nullptr;
 c10::DeleterFnPtr g_base_delete = nullptr;
 
@@ -73,6 +75,19 @@ void tracked_delete(void* p) {
 
 struct RecordingAllocator final : public c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
+    const int64_t limit = g_limit.load(std::memory_order_relaxed);
+    if (limit > 0) {
+      int64_t live;
+      {
+        std::lock_guard<std::mutex> lock(g_mu);
+        live = g_live;
+      }
+      // A simulated device limit: fail the way a full GPU does (torch.OutOfMemoryError), before
+      // the memory is taken, so the run stops at the allocation that would not fit.
+      TORCH_CHECK_WITH(OutOfMemoryError, live + static_cast<int64_t>(n) <= limit,
+                       "memlab budget exceeded: allocating ", n, " bytes with ", live,
+                       " bytes live would pass the limit of ", limit, " bytes");
+    }
     c10::DataPtr d = g_base->allocate(n);
     void* p = d.get();
     // Only blocks whose context is the address itself (the default CPU allocator's) can be
@@ -148,6 +163,9 @@ void memlab_reset_peak() {
   std::lock_guard<std::mutex> lock(g_mu);
   g_peak = g_live;
 }
+
+// Live-byte limit for new allocations (0 turns it off). See RecordingAllocator::allocate.
+void memlab_set_limit(int64_t limit) { g_limit.store(limit); }
 
 void memlab_set_tag(int64_t tag) { g_tag.store(tag, std::memory_order_relaxed); }
 

@@ -58,6 +58,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "memlab_peak": ([], i64),
         "memlab_reset_peak": ([], None),
         "memlab_set_tag": ([i64], None),
+        "memlab_set_limit": ([i64], None),
         "memlab_get_tag": ([], i64),
         "memlab_set_recording": ([ctypes.c_int], None),
         "memlab_event_count": ([], i64),

@@ -261,7 +261,12 @@ class Tracker:
         inputs: Any = (),
         sample_interval_s: float | None = 0.01,
         on_sample: SampleCallback | None = None,
+        budget_bytes: int | None = None,
     ) -> None:
+        if budget_bytes is not None and (
+            isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0
+        ):
+            raise ValueError(f"budget_bytes must be a positive int or None, got {budget_bytes!r}")
         if sample_interval_s is not None and sample_interval_s <= 0:
             raise ValueError(f"sample_interval_s must be > 0 or None, got {sample_interval_s}")
         optimizers = (
@@ -278,6 +283,7 @@ class Tracker:
         self.inputs = inputs
         self.sample_interval_s = sample_interval_s
         self.on_sample = on_sample
+        self.budget_bytes = budget_bytes
         self.result: RunResult | None = None
         self._marks: list[Mark] = []
         self._cat_marks: list[CategoryMark] = []
@@ -370,13 +376,50 @@ class Tracker:
             self._sampler = procmem.ProcessSampler(
                 self.sample_interval_s, t0_ns=self._t0, on_sample=cb
             ).start()
+        if self.budget_bytes is not None:
+            try:
+                self._set_budget()
+            except BaseException as e:  # over budget already: clean up as a failed block would
+                self.__exit__(type(e), e, e.__traceback__)
+                raise
         return self
+
+    def _set_budget(self) -> None:
+        """A simulated device limit: an allocation that would take this block's account past
+        ``budget_bytes`` raises ``torch.OutOfMemoryError``, as a full GPU would."""
+        import torch
+
+        assert self.budget_bytes is not None
+        if self._entry_total >= self.budget_bytes:
+            raise torch.OutOfMemoryError(
+                f"memlab budget exceeded: {self._entry_total} bytes are live at entry, "
+                f"the budget is {self.budget_bytes} bytes"
+            )
+        if self._device.startswith("cuda"):
+            dev = torch.device(self._device)
+            total = torch.cuda.get_device_properties(dev).total_memory
+            limit = self._cuda_entry - self._entry_total + self.budget_bytes
+            torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), dev)
+        else:
+            assert _S.lib is not None
+            _S.lib.memlab_set_limit(self.budget_bytes - self._entry_total + self._live_at_entry)
+
+    def _clear_budget(self) -> None:
+        if self.budget_bytes is None:
+            return
+        if self._device.startswith("cuda"):
+            import torch
+
+            torch.cuda.set_per_process_memory_fraction(1.0, torch.device(self._device))
+        elif _S.lib is not None:
+            _S.lib.memlab_set_limit(0)
 
     def _emit_sample(self, t: float, row: dict[str, int | None]) -> None:
         assert self.on_sample is not None
         self.on_sample(t, {"tensor_bytes": self.live_bytes(), "phase": _S.phase, **row})
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._clear_budget()
         ev_end = _S.event_count()
         duration = (time.monotonic_ns() - self._t0) / 1e9
         process = self._sampler.stop() if self._sampler is not None else None
@@ -439,7 +482,7 @@ class Tracker:
             rss_file_peak_bytes=process.peak("rss_file") if process is not None else None,
             rss_hwm_bytes=process.peak("rss_hwm") if process is not None else None,
             cuda=cuda_stats,
-            status="error" if exc_type is not None else "ok",
+            status=_status_of(exc),
             error=None if exc is None else f"{type(exc).__name__}: {exc}",
             notes=tuple(notes),
         )
@@ -498,6 +541,14 @@ class Tracker:
         return ev, stats
 
 
+def _status_of(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    import torch
+
+    return "oom" if isinstance(exc, torch.OutOfMemoryError) else "error"
+
+
 def track(
     model: Any = None,
     *,
@@ -505,6 +556,7 @@ def track(
     inputs: Any = (),
     sample_interval_s: float | None = 0.01,
     on_sample: SampleCallback | None = None,
+    budget_bytes: int | None = None,
 ) -> Tracker:
     """Measure the tensor memory of a block, exactly, by category and phase.
 
@@ -512,7 +564,9 @@ def track(
     in tuples, lists or dicts) name what is live at entry; everything allocated inside the block
     is seen as it happens. ``sample_interval_s`` is the period of the process-memory sampler
     (``None``: off); ``on_sample(t, sample)`` is called on each of its beats with the live tensor
-    bytes, the phase and the RSS parts.
+    bytes, the phase and the RSS parts. ``budget_bytes`` simulates a device limit: an
+    allocation that would take the block's account past it raises ``torch.OutOfMemoryError``
+    (the result's status is then ``oom``).
     """
     return Tracker(
         model,
@@ -520,4 +574,5 @@ def track(
         inputs=inputs,
         sample_interval_s=sample_interval_s,
         on_sample=on_sample,
+        budget_bytes=budget_bytes,
     )
