@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "Experiment",
+    "run",
+    "start",
+    "RunHandle",
     "track",
     "Tracker",
     "RunResult",
@@ -22,6 +26,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Experiment": "memlab.config",
+    "run": "memlab.runner",
+    "start": "memlab.runner",
+    "RunHandle": "memlab.runner",
     "track": "memlab.tracking",
     "Tracker": "memlab.tracking",
     "RunResult": "memlab.timeline",
@@ -33,6 +41,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from memlab.config import Experiment
+    from memlab.runner import RunHandle, run, start
     from memlab.timeline import (
         CATEGORIES,
         PHASES,

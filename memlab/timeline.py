@@ -219,6 +219,8 @@ class RunResult:
     status: str = "ok"
     error: str | None = None
     experiment: Mapping[str, Any] | None = None
+    #: Further figures a run measured, by name (accuracy, parameter bytes by dtype...).
+    metrics: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -234,6 +236,7 @@ class RunResult:
         object.__setattr__(self, "activations_by_module", _int_dict(self.activations_by_module))
         object.__setattr__(self, "step_times_s", tuple(float(s) for s in self.step_times_s))
         object.__setattr__(self, "notes", tuple(str(s) for s in self.notes))
+        object.__setattr__(self, "metrics", dict(self.metrics))
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
         if self.cuda is not None:
