@@ -18,6 +18,7 @@ lines are in the message); ``cancelled``. The parent never waits on a dead or si
 from __future__ import annotations
 
 import dataclasses
+import gc
 import multiprocessing as mp
 import os
 import tempfile
@@ -146,6 +147,10 @@ def _execute(exp: Experiment, send: Callable[[tuple[Any, ...]], None], cancel: A
                 raise _Cancelled
             x, y = next(batches)
             workload.step(x, y)
+            # Nothing of the warm-up may live into the measured block: a tensor the block did
+            # not count at entry would free bytes the account never held (and loosen a budget).
+            del x, y
+        gc.collect()
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         sync()
     finally:
@@ -282,12 +287,18 @@ def _kill(w: _Worker) -> None:
         pass
 
 
-def _stderr_tail(path: str, lines: int = 15) -> str:
+def _stderr_tail(path: str, lines: int = 25) -> str:
+    """The worker's last stderr lines; after a crash, from faulthandler's report onward (the
+    'Fatal Python error' line and the Python stack), without its list of extension modules."""
     try:
-        text = Path(path).read_text(errors="replace")
+        text = Path(path).read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+    starts = [i for i, line in enumerate(text) if line.startswith("Fatal Python error")]
+    if starts:
+        text = text[starts[-1]:]
+    text = [line for line in text if not line.startswith("Extension modules:")]
+    return "\n".join(text[-lines:] if not starts else text[:lines])
 
 
 def _default_rss_cap() -> int:

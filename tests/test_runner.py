@@ -117,6 +117,7 @@ def test_segfault_reports_the_workers_last_stderr_lines() -> None:
     assert r.status == "error"
     assert "signal 11" in (r.error or "")
     assert "Segmentation fault" in (r.error or "")  # faulthandler's report, from the worker
+    assert "in crash" in (r.error or "")  # ... with the Python stack that crashed
     no_zombies()
 
 
