@@ -36,8 +36,9 @@ def profiler_variant(step: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def memtracker_variant(model: torch.nn.Module, opt: torch.optim.Optimizer,
-                       step: Callable[[], None]) -> Callable[[], None] | None:
+def memtracker_variant(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, step: Callable[[], None]
+) -> Callable[[], None] | None:
     try:
         from torch.distributed._tools.mem_tracker import MemTracker
     except Exception:  # noqa: BLE001 - not in every build
@@ -52,8 +53,12 @@ def memtracker_variant(model: torch.nn.Module, opt: torch.optim.Optimizer,
     return run
 
 
-def memlab_variant(model: torch.nn.Module, opt: torch.optim.Optimizer, inputs: tuple,  # type: ignore[type-arg]
-                   step: Callable[[], None]) -> Callable[[], None]:
+def memlab_variant(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    inputs: tuple,  # type: ignore[type-arg]
+    step: Callable[[], None],
+) -> Callable[[], None]:
     def run() -> None:
         with memlab.track(model, optimizer=opt, inputs=inputs):
             step()
@@ -65,7 +70,7 @@ def interleave(variants: dict[str, Callable[[], None]], rounds: int) -> dict[str
     times: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             t = time.perf_counter()
             variants[k]()
             times[k].append(time.perf_counter() - t)
@@ -76,7 +81,7 @@ def summarize(times: dict[str, list[float]]) -> list[tuple[str, float, float, fl
     rows = []
     plain = times["plain"]
     for k, v in times.items():
-        ratio = statistics.median(a / b for a, b in zip(v, plain))
+        ratio = statistics.median(a / b for a, b in zip(v, plain, strict=True))
         rows.append((k, statistics.median(v) * 1e3, min(v) * 1e3, max(v) * 1e3, ratio))
     return rows
 
@@ -126,8 +131,12 @@ def main() -> None:
         with memlab.track():
             tiny()
 
-    tiny_variants = {"plain": tiny, "memlab": tiny_tracked, "memlab+rss": tiny_tracked_sampled,
-                     "profiler": profiler_variant(tiny)}
+    tiny_variants = {
+        "plain": tiny,
+        "memlab": tiny_tracked,
+        "memlab+rss": tiny_tracked_sampled,
+        "profiler": profiler_variant(tiny),
+    }
     for v in tiny_variants.values():
         v()
     times = interleave(tiny_variants, max(5, args.rounds // 3))

@@ -29,14 +29,19 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     from memlab.config import Experiment
 
     d = Experiment()
-    p.add_argument("--workload", default=d.workload_name,
-                   help="mlp, cnn, transformer, or module:function returning a Workload")
+    p.add_argument(
+        "--workload",
+        default=d.workload_name,
+        help="mlp, cnn, transformer, or module:function returning a Workload",
+    )
     p.add_argument("--mode", default=d.mode, help="train or inference")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--precision", default=d.precision,
-                   help="fp32, amp-bf16, amp-fp16, bf16, int8 (inference)")
-    p.add_argument("--checkpointing", default=d.checkpointing,
-                   help="off, every-block, every-other-block")
+    p.add_argument(
+        "--precision", default=d.precision, help="fp32, amp-bf16, amp-fp16, bf16, int8 (inference)"
+    )
+    p.add_argument(
+        "--checkpointing", default=d.checkpointing, help="off, every-block, every-other-block"
+    )
     p.add_argument("--sparsity", type=float, default=d.sparsity, help="0 to 0.99")
     p.add_argument("--sparse-storage", default=d.sparse_storage, help="mask or sparse")
     p.add_argument("--data", default=d.data, help="ram or memmap")
@@ -72,11 +77,22 @@ def experiment_from_args(ns: argparse.Namespace) -> Any:
         mod, _, fn = str(workload).partition(":")
         workload = getattr(importlib.import_module(mod), fn)
     return Experiment(
-        workload=workload, mode=ns.mode, batch_size=ns.batch_size, precision=ns.precision,
-        checkpointing=ns.checkpointing, sparsity=ns.sparsity, sparse_storage=ns.sparse_storage,
-        data=ns.data, data_size=ns.data_size, num_workers=ns.num_workers,
-        pin_memory=ns.pin_memory, prefetch_factor=ns.prefetch_factor, steps=ns.steps,
-        warmup=ns.warmup, device=ns.device, seed=ns.seed,
+        workload=workload,
+        mode=ns.mode,
+        batch_size=ns.batch_size,
+        precision=ns.precision,
+        checkpointing=ns.checkpointing,
+        sparsity=ns.sparsity,
+        sparse_storage=ns.sparse_storage,
+        data=ns.data,
+        data_size=ns.data_size,
+        num_workers=ns.num_workers,
+        pin_memory=ns.pin_memory,
+        prefetch_factor=ns.prefetch_factor,
+        steps=ns.steps,
+        warmup=ns.warmup,
+        device=ns.device,
+        seed=ns.seed,
         budget_bytes=None if ns.budget is None else parse_bytes(ns.budget, name="budget"),
     )
 
@@ -90,9 +106,22 @@ def result_json(r: RunResult) -> dict[str, Any]:
 
 def result_table(r: RunResult) -> str:
     exp = r.experiment or {}
-    head = ", ".join(f"{k}={v}" for k, v in exp.items()
-                     if k in ("workload", "mode", "batch_size", "precision", "checkpointing",
-                              "sparsity", "sparse_storage", "data", "device"))
+    head = ", ".join(
+        f"{k}={v}"
+        for k, v in exp.items()
+        if k
+        in (
+            "workload",
+            "mode",
+            "batch_size",
+            "precision",
+            "checkpointing",
+            "sparsity",
+            "sparse_storage",
+            "data",
+            "device",
+        )
+    )
     lines = [f"memlab run: {head}", ""]
     width = max(len(k) for k, _ in r._summary_rows())
     lines += [f"  {k:<{width}}  {v}" for k, v in r._summary_rows()]

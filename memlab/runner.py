@@ -82,12 +82,18 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
     try:
         result = _execute(exp, send, cancel)
     except _Cancelled:
-        result = RunResult(peak_bytes=0, peak_by_category={}, status="cancelled",
-                           error="cancelled by the user before measuring began",
-                           experiment=exp.to_dict())
+        result = RunResult(
+            peak_bytes=0,
+            peak_by_category={},
+            status="cancelled",
+            error="cancelled by the user before measuring began",
+            experiment=exp.to_dict(),
+        )
     except BaseException as e:  # noqa: BLE001
         result = RunResult(
-            peak_bytes=0, peak_by_category={}, status="error",
+            peak_bytes=0,
+            peak_by_category={},
+            status="error",
             error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}",
             experiment=exp.to_dict(),
         )
@@ -113,8 +119,9 @@ def _dump_experiment(exp: Experiment) -> bytes:
         try:
             import cloudpickle
         except ImportError as e:  # pragma: no cover - cloudpickle is a dependency
-            raise ImportError("a workload defined in a notebook needs cloudpickle: "
-                              "pip install cloudpickle") from e
+            raise ImportError(
+                "a workload defined in a notebook needs cloudpickle: pip install cloudpickle"
+            ) from e
         return bytes(cloudpickle.dumps(exp))
 
 
@@ -131,8 +138,18 @@ def _execute(exp: Experiment, send: Callable[[tuple[Any, ...]], None], cancel: A
     state: dict[str, Any] = {"phase": "setup", "step": 0, "offset": 0.0}
 
     def setup_sample(t: float, row: dict[str, int | None]) -> None:
-        send(("sample", {"t": t, "tensor_bytes": int(lib.memlab_live()) - live0,
-                         "phase": state["phase"], "step": 0, **row}))
+        send(
+            (
+                "sample",
+                {
+                    "t": t,
+                    "tensor_bytes": int(lib.memlab_live()) - live0,
+                    "phase": state["phase"],
+                    "step": 0,
+                    **row,
+                },
+            )
+        )
 
     # Samples stream from the moment the job arrives: the build and warm-up are visible too.
     pre = procmem.ProcessSampler(0.01, t0_ns=t_job, on_sample=setup_sample).start()
@@ -163,8 +180,12 @@ def _execute(exp: Experiment, send: Callable[[tuple[Any, ...]], None], cancel: A
 
     step_times: list[float] = []
     status, error = "ok", None
-    rec = memlab.track(workload.model, optimizer=workload.optimizer, on_sample=live_sample,
-                       budget_bytes=exp.budget_bytes)
+    rec = memlab.track(
+        workload.model,
+        optimizer=workload.optimizer,
+        on_sample=live_sample,
+        budget_bytes=exp.budget_bytes,
+    )
     try:
         with rec:
             for i in range(exp.steps):
@@ -179,8 +200,17 @@ def _execute(exp: Experiment, send: Callable[[tuple[Any, ...]], None], cancel: A
                 dt = time.perf_counter() - t0
                 step_times.append(dt)
                 rec.step(f"step {i + 1}")
-                send(("step", {"step": i + 1, "time_s": dt, "samples": workload.samples_per_step,
-                               "t": (time.monotonic_ns() - t_job) / 1e9}))
+                send(
+                    (
+                        "step",
+                        {
+                            "step": i + 1,
+                            "time_s": dt,
+                            "samples": workload.samples_per_step,
+                            "t": (time.monotonic_ns() - t_job) / 1e9,
+                        },
+                    )
+                )
     except _Cancelled:
         status, error = "cancelled", "cancelled by the user"
     except torch.OutOfMemoryError as e:
@@ -225,8 +255,9 @@ def _spawn() -> _Worker:
     cancel = ctx.Event()
     fd, path = tempfile.mkstemp(prefix="memlab-worker-", suffix=".stderr")
     os.close(fd)
-    proc = ctx.Process(target=_worker_main, args=(child, cancel, path), daemon=True,
-                       name="memlab-worker")
+    proc = ctx.Process(
+        target=_worker_main, args=(child, cancel, path), daemon=True, name="memlab-worker"
+    )
     proc.start()
     child.close()
     return _Worker(proc, parent, cancel, path)
@@ -296,7 +327,7 @@ def _stderr_tail(path: str, lines: int = 25) -> str:
         return ""
     starts = [i for i, line in enumerate(text) if line.startswith("Fatal Python error")]
     if starts:
-        text = text[starts[-1]:]
+        text = text[starts[-1] :]
     text = [line for line in text if not line.startswith("Extension modules:")]
     return "\n".join(text[-lines:] if not starts else text[:lines])
 
@@ -324,8 +355,9 @@ class RunHandle:
         keep_warm: bool = False,
     ) -> None:
         if not isinstance(experiment, Experiment):
-            raise TypeError(f"experiment must be a memlab.Experiment, got "
-                            f"{type(experiment).__name__}")
+            raise TypeError(
+                f"experiment must be a memlab.Experiment, got {type(experiment).__name__}"
+            )
         self.experiment = experiment
         self.samples: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
@@ -368,8 +400,10 @@ class RunHandle:
         return self.result
 
     def __repr__(self) -> str:
-        return (f"RunHandle({self.experiment.workload_name}, status={self.status!r}, "
-                f"samples={len(self.samples)}, steps={len(self.steps)})")
+        return (
+            f"RunHandle({self.experiment.workload_name}, status={self.status!r}, "
+            f"samples={len(self.samples)}, steps={len(self.steps)})"
+        )
 
     # -- reader thread ---------------------------------------------------------------------------
     def _finish(self, result: RunResult) -> None:
@@ -386,8 +420,15 @@ class RunHandle:
             warm_up()
 
     def _failed(self, status: str, message: str) -> None:
-        self._finish(RunResult(peak_bytes=0, peak_by_category={}, status=status, error=message,
-                               experiment=self.experiment.to_dict()))
+        self._finish(
+            RunResult(
+                peak_bytes=0,
+                peak_by_category={},
+                status=status,
+                error=message,
+                experiment=self.experiment.to_dict(),
+            )
+        )
 
     def _read(self) -> None:
         w = self._worker
@@ -445,8 +486,11 @@ class RunHandle:
             except Exception:  # noqa: BLE001 - the process may be gone between the two calls
                 rss = None
             if rss is not None and rss > self.rss_cap_bytes:
-                self._failed("oom", f"worker killed: its RSS {rss} bytes passed the hard cap of "
-                                    f"{self.rss_cap_bytes} bytes")
+                self._failed(
+                    "oom",
+                    f"worker killed: its RSS {rss} bytes passed the hard cap of "
+                    f"{self.rss_cap_bytes} bytes",
+                )
                 return True
         return False
 
@@ -483,9 +527,16 @@ def start(
     the worker is killed. A worker started by :func:`warm_up` is used if one is ready; with
     ``warm`` a new one is started once this run has ended, for the next run.
     """
-    return RunHandle(experiment, on_sample=on_sample, on_step=on_step, on_done=on_done,
-                     rss_cap_bytes=rss_cap_bytes, timeout_s=timeout_s, use_warm=True,
-                     keep_warm=warm)
+    return RunHandle(
+        experiment,
+        on_sample=on_sample,
+        on_step=on_step,
+        on_done=on_done,
+        rss_cap_bytes=rss_cap_bytes,
+        timeout_s=timeout_s,
+        use_warm=True,
+        keep_warm=warm,
+    )
 
 
 def run(
@@ -497,6 +548,12 @@ def run(
 ) -> RunResult:
     """Run ``experiment`` in a fresh worker process and return its result (never raises for a
     failed run: the result's ``status`` and ``error`` say what happened)."""
-    handle = RunHandle(experiment, on_sample=on_sample, rss_cap_bytes=rss_cap_bytes,
-                       timeout_s=timeout_s, use_warm=True, keep_warm=False)
+    handle = RunHandle(
+        experiment,
+        on_sample=on_sample,
+        rss_cap_bytes=rss_cap_bytes,
+        timeout_s=timeout_s,
+        use_warm=True,
+        keep_warm=False,
+    )
     return handle.wait()

@@ -267,7 +267,9 @@ class RunResult:
                 if timeline:
                     d[f.name] = v.to_dict()
                 continue
-            d[f.name] = dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
+            d[f.name] = (
+                dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
+            )
         d["step_time_s"] = {"median": self.step_time_median_s, "p95": self.step_time_p95_s}
         d["throughput_samples_per_s"] = self.throughput_samples_per_s
         return d
@@ -307,18 +309,16 @@ class RunResult:
         if self.cuda:
             for k, v in self.cuda.items():
                 rows.append((f"cuda {k}", format_bytes(v)))
-        med = self.step_time_median_s
-        if med is not None:
-            rows.append(("step time", f"{med * 1e3:.1f} ms median, {self.step_time_p95_s * 1e3:.1f} ms p95"))  # type: ignore[operator]
+        med, p95 = self.step_time_median_s, self.step_time_p95_s
+        if med is not None and p95 is not None:
+            rows.append(("step time", f"{med * 1e3:.1f} ms median, {p95 * 1e3:.1f} ms p95"))
         thr = self.throughput_samples_per_s
         if thr is not None:
             rows.append(("throughput", f"{thr:.1f} samples/s"))
         return rows
 
     def __repr__(self) -> str:
-        parts = ", ".join(
-            f"{c}={format_bytes(v)}" for c, v in self.peak_by_category.items() if v
-        )
+        parts = ", ".join(f"{c}={format_bytes(v)}" for c, v in self.peak_by_category.items() if v)
         return (
             f"RunResult(status={self.status!r}, peak={format_bytes(self.peak_bytes)} "
             f"[{parts}], device={self.device!r}, events={len(self.timeline)})"
@@ -330,7 +330,9 @@ class RunResult:
             f"<td style='text-align:right'>{html.escape(v)}</td></tr>"
             for k, v in self._summary_rows()
         )
-        return f"<table><caption>memlab RunResult ({html.escape(self.device)})</caption>{body}</table>"
+        return (
+            f"<table><caption>memlab RunResult ({html.escape(self.device)})</caption>{body}</table>"
+        )
 
 
 def sum_categories(d: Mapping[str, int], cats: Sequence[str] = CATEGORIES) -> int:

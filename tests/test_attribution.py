@@ -34,15 +34,26 @@ def test_training_step_categories_and_peak() -> None:
         Mark(7, 7_000_000, "phase", "optimizer"),
     ]
     cmarks = [CategoryMark(7, 0xC0, "gradients"), CategoryMark(10, 0xE0, "optimizer_state")]
-    a = attribute(events, t0_ns=0, entry_blocks=entry, marks=marks, category_marks=cmarks,
-                  module_names={1: "fc"})
+    a = attribute(
+        events,
+        t0_ns=0,
+        entry_blocks=entry,
+        marks=marks,
+        category_marks=cmarks,
+        module_names={1: "fc"},
+    )
     # running total: 140 +50 +30 -30 +100 +70 -70 -50 +200 +10 -10
     assert a.timeline.total.tolist() == [140, 190, 220, 190, 290, 360, 290, 240, 440, 450, 440]
     assert a.peak_bytes == 450
     assert a.peak_phase == "optimizer"
     assert a.peak_by_category == {
-        "parameters": 100, "gradients": 100, "optimizer_state": 200, "activations": 0,
-        "inputs": 40, "temporaries": 10, "other": 0,
+        "parameters": 100,
+        "gradients": 100,
+        "optimizer_state": 200,
+        "activations": 0,
+        "inputs": 40,
+        "temporaries": 10,
+        "other": 0,
     }
     assert a.end_by_category["temporaries"] == 0
     # the entry point is in the phase the block started in ("other")
@@ -78,11 +89,17 @@ def test_entry_block_freed_then_address_reused() -> None:
 def test_mark_claims_only_the_block_alive_at_that_moment() -> None:
     events = ev((0xA0, 8, 0), (0xA0, -8, 0), (0xA0, 8, 0))
     # the gradient mark comes after the first block died: it claims the second one only
-    a = attribute(events, t0_ns=0, entry_blocks={}, category_marks=[CategoryMark(3, 0xA0, "gradients")])
+    a = attribute(
+        events, t0_ns=0, entry_blocks={}, category_marks=[CategoryMark(3, 0xA0, "gradients")]
+    )
     assert a.block_category == {0: "temporaries", 2: "gradients"}
     # a parameter mark outranks a gradient mark on the same block (tied storage)
-    a = attribute(events, t0_ns=0, entry_blocks={}, category_marks=[
-        CategoryMark(3, 0xA0, "gradients"), CategoryMark(3, 0xA0, "parameters")])
+    a = attribute(
+        events,
+        t0_ns=0,
+        entry_blocks={},
+        category_marks=[CategoryMark(3, 0xA0, "gradients"), CategoryMark(3, 0xA0, "parameters")],
+    )
     assert a.block_category[2] == "parameters"
 
 
@@ -96,8 +113,12 @@ def test_recompute_and_data_segments() -> None:
         (0x4, -3, 2),  # 5
         (0x3, -6, 0),  # 6 freed by backward
     )
-    marks = [Mark(0, 0, "phase", "data"), Mark(3, 0, "phase", "backward"),
-             Mark(3, 0, "recompute_start"), Mark(6, 0, "recompute_end")]
+    marks = [
+        Mark(0, 0, "phase", "data"),
+        Mark(3, 0, "phase", "backward"),
+        Mark(3, 0, "recompute_start"),
+        Mark(6, 0, "recompute_end"),
+    ]
     a = attribute(events, t0_ns=0, entry_blocks={}, marks=marks, module_names={2: "blk"})
     assert a.block_category == {0: "inputs", 1: "temporaries", 3: "activations", 4: "temporaries"}
     assert a.peak_by_category["activations"] == 6

@@ -11,14 +11,23 @@ import pytest
 pytest.importorskip("torch")
 
 REQUIRED = {
-    "status", "error", "experiment", "peak_bytes", "peak_by_category", "rss_peak_bytes",
-    "rss_anon_peak_bytes", "rss_file_peak_bytes", "step_time_s", "throughput_samples_per_s",
+    "status",
+    "error",
+    "experiment",
+    "peak_bytes",
+    "peak_by_category",
+    "rss_peak_bytes",
+    "rss_anon_peak_bytes",
+    "rss_file_peak_bytes",
+    "step_time_s",
+    "throughput_samples_per_s",
 }
 
 
 def memlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memlab", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "memlab", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_run_json_has_every_figure() -> None:

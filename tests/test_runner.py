@@ -32,14 +32,24 @@ def _workload(exp: Any, device: str, model: Any, sleep_s: float = 0.0) -> Worklo
                 time.sleep(sleep_s)
             yield torch.randn(exp.batch_size, 64), torch.randint(0, 10, (exp.batch_size,))
 
-    return Workload(name="user", model=model, optimizer=opt,
-                    loss_fn=torch.nn.functional.cross_entropy, make_batches=batches,
-                    samples_per_step=exp.batch_size, device=device, mode=exp.mode)
+    return Workload(
+        name="user",
+        model=model,
+        optimizer=opt,
+        loss_fn=torch.nn.functional.cross_entropy,
+        make_batches=batches,
+        samples_per_step=exp.batch_size,
+        device=device,
+        mode=exp.mode,
+    )
 
 
 def tiny(exp: Any, device: str) -> Workload:
-    return _workload(exp, device, torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
-                                                      torch.nn.Linear(256, 10)))
+    return _workload(
+        exp,
+        device,
+        torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)),
+    )
 
 
 def slow(exp: Any, device: str) -> Workload:
@@ -91,8 +101,9 @@ def test_budget_gives_oom_promptly() -> None:
     ok = run(Experiment(workload=tiny, batch_size=128, steps=2))
     assert ok.status == "ok"
     t = time.monotonic()
-    r = run(Experiment(workload=tiny, batch_size=128, steps=2,
-                       budget_bytes=int(ok.peak_bytes * 0.8)))
+    r = run(
+        Experiment(workload=tiny, batch_size=128, steps=2, budget_bytes=int(ok.peak_bytes * 0.8))
+    )
     assert r.status == "oom" and "budget" in (r.error or "")
     assert r.peak_bytes <= int(ok.peak_bytes * 0.8)
     assert time.monotonic() - t < 60

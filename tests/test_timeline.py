@@ -18,7 +18,9 @@ def sample() -> RunResult:
         by_category={"parameters": [100, 100, 100], "activations": [0, 50, 0]},
         marks=((0.0, "forward"), (0.1, "backward")),
     )
-    proc = ProcessSeries(t=[0.0, 0.05], parts={"rss": [10, 20], "rss_anon": [5, 15], "rss_file": None})
+    proc = ProcessSeries(
+        t=[0.0, 0.05], parts={"rss": [10, 20], "rss_anon": [5, 15], "rss_file": None}
+    )
     return RunResult(
         peak_bytes=150,
         peak_by_category={"parameters": 100, "activations": 50},
@@ -42,7 +44,9 @@ def test_json_round_trip_is_exact() -> None:
 
 def test_derived_figures() -> None:
     r = sample()
-    assert r.peak_by_category == {c: {"parameters": 100, "activations": 50}.get(c, 0) for c in CATEGORIES}
+    assert r.peak_by_category == {
+        c: {"parameters": 100, "activations": 50}.get(c, 0) for c in CATEGORIES
+    }
     assert r.timeline.total.tolist() == [100, 150, 100]
     assert r.step_time_median_s == pytest.approx(0.2)
     assert r.step_time_p95_s == pytest.approx(0.29)
@@ -80,7 +84,10 @@ def test_format_bytes() -> None:
 
 
 def test_timeline_module_imports_neither_torch_nor_plotly() -> None:
-    code = "import sys, memlab.timeline, memlab; print('torch' in sys.modules, 'plotly' in sys.modules)"
+    code = (
+        "import sys, memlab.timeline, memlab\n"
+        "print('torch' in sys.modules, 'plotly' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
     assert np.__name__ == "numpy"

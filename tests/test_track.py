@@ -28,16 +28,23 @@ def nbytes(tensors) -> int:  # type: ignore[no-untyped-def]
 
 # -- models memlab has never seen -----------------------------------------------------------
 def mlp() -> tuple[nn.Module, tuple]:  # type: ignore[type-arg]
-    m = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.GELU(),
-                      nn.Linear(512, 10))
+    m = nn.Sequential(
+        nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 10)
+    )
     return m, (torch.randn(64, 256), torch.randint(0, 10, (64,)))
 
 
 def small_cnn() -> tuple[nn.Module, tuple]:  # type: ignore[type-arg]
     m = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(32 * 16, 10),
     )
     return m, (torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
 
@@ -430,7 +437,9 @@ def test_process_memory_sees_a_big_tensor() -> None:
 
 def test_live_samples_stream_tensor_bytes() -> None:
     seen: list[int] = []
-    with memlab.track(sample_interval_s=0.002, on_sample=lambda t, s: seen.append(s["tensor_bytes"])):
+    with memlab.track(
+        sample_interval_s=0.002, on_sample=lambda t, s: seen.append(s["tensor_bytes"])
+    ):
         a = torch.ones(2**20)
         import time
 
@@ -441,8 +450,15 @@ def test_live_samples_stream_tensor_bytes() -> None:
 
 
 def test_categories_vocabulary() -> None:
-    assert CATEGORIES == ("parameters", "gradients", "optimizer_state", "activations", "inputs",
-                          "temporaries", "other")
+    assert CATEGORIES == (
+        "parameters",
+        "gradients",
+        "optimizer_state",
+        "activations",
+        "inputs",
+        "temporaries",
+        "other",
+    )
 
 
 # -- CUDA ------------------------------------------------------------------------------------

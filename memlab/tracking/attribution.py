@@ -78,7 +78,8 @@ class Attribution:
     @property
     def block_category(self) -> dict[int, str]:
         """Category of every block allocated inside, keyed by its allocation event's index."""
-        return {int(b): CATEGORIES[int(c)] for b, c in zip(self.block_alloc_idx, self.block_cat)}
+        pairs = zip(self.block_alloc_idx, self.block_cat, strict=True)
+        return {int(b): CATEGORIES[int(c)] for b, c in pairs}
 
 
 def _segments(
@@ -234,7 +235,7 @@ def attribute(
     act_blocks, seg_of = act_blocks[seg_of >= 0], seg_of[seg_of >= 0]
     if len(act_blocks):
         per: dict[tuple[int, str], int] = {}
-        for b, s in zip(act_blocks.tolist(), seg_of.tolist()):
+        for b, s in zip(act_blocks.tolist(), seg_of.tolist(), strict=True):
             key = (s, names.get(int(tag[b]), "(outside modules)"))
             per[key] = per.get(key, 0) + int(delta[b])
         for (_, name), v in per.items():

@@ -125,5 +125,7 @@ class ProcessSampler:
         parts: dict[str, list[int] | None] = {}
         for p in PROCESS_PARTS:
             vals = [r[p] for r in self._rows]
-            parts[p] = None if any(v is None for v in vals) else [int(v) for v in vals if v is not None]
+            parts[p] = (
+                None if any(v is None for v in vals) else [int(v) for v in vals if v is not None]
+            )
         return ProcessSeries(t=self._t, parts=parts)  # type: ignore[arg-type]

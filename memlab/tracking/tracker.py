@@ -270,12 +270,17 @@ class Tracker:
         if sample_interval_s is not None and sample_interval_s <= 0:
             raise ValueError(f"sample_interval_s must be > 0 or None, got {sample_interval_s}")
         optimizers = (
-            [] if optimizer is None else list(optimizer) if isinstance(optimizer, (list, tuple))
+            []
+            if optimizer is None
+            else list(optimizer)
+            if isinstance(optimizer, (list, tuple))
             else [optimizer]
         )
         for o in optimizers:
             if not hasattr(o, "param_groups") or not hasattr(o, "state"):
-                raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(o).__name__}")
+                raise TypeError(
+                    f"optimizer must be a torch.optim.Optimizer, got {type(o).__name__}"
+                )
         if model is not None and not hasattr(model, "named_modules"):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -315,7 +320,11 @@ class Tracker:
         if self._device.startswith("cuda"):
             import torch
 
-            return int(torch.cuda.memory_allocated(self._device)) - self._cuda_entry + self._entry_total
+            return (
+                int(torch.cuda.memory_allocated(self._device))
+                - self._cuda_entry
+                + self._entry_total
+            )
         assert _S.lib is not None
         return int(_S.lib.memlab_live()) - self._live_at_entry + self._entry_total
 
