@@ -19,7 +19,7 @@ import ctypes
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,60 @@ from memlab.tracking.attribution import CategoryMark, Mark, attribute
 __all__ = ["track", "Tracker"]
 
 SampleCallback = Callable[[float, dict[str, Any]], None]
+
+
+class EventSource(Protocol):
+    """Where allocation events come from. The native recorder on CPU; memlab.estimate plugs
+    in a dispatch-level source over fake tensors. ``addr`` keys a tensor's storage the way the
+    source's events do."""
+
+    def event_count(self) -> int: ...
+    def set_tag(self, tag: int) -> None: ...
+    def live(self) -> int: ...
+    def adopt(self, t: Any, nbytes: int) -> None: ...
+    def set_limit(self, limit: int) -> None: ...
+    def set_recording(self, on: bool) -> None: ...
+    def clear(self) -> None: ...
+    def events(self, start: int, end: int) -> np.ndarray: ...
+    def addr(self, t: Any) -> int: ...
+
+
+class NativeSource:
+    """The C++ recorder that wraps PyTorch's CPU allocator (``_alloc.cpp``)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+
+    def event_count(self) -> int:
+        return int(self.lib.memlab_event_count())
+
+    def set_tag(self, tag: int) -> None:
+        self.lib.memlab_set_tag(tag)
+
+    def live(self) -> int:
+        return int(self.lib.memlab_live())
+
+    def adopt(self, t: Any, nbytes: int) -> None:
+        self.lib.memlab_adopt(t.untyped_storage()._cdata, nbytes)
+
+    def set_limit(self, limit: int) -> None:
+        self.lib.memlab_set_limit(limit)
+
+    def set_recording(self, on: bool) -> None:
+        self.lib.memlab_set_recording(1 if on else 0)
+
+    def clear(self) -> None:
+        self.lib.memlab_clear_events()
+
+    def events(self, start: int, end: int) -> np.ndarray:
+        out = np.empty((max(0, end - start), 4), dtype=np.int64)
+        if len(out):
+            got = self.lib.memlab_copy_events(out.ctypes.data_as(ctypes.c_void_p), start, len(out))
+            out = out[:got]
+        return out
+
+    def addr(self, t: Any) -> int:
+        return int(t.untyped_storage().data_ptr())
 
 
 # ----------------------------------------------------------------------------------------
@@ -48,10 +102,10 @@ class _State:
         self.global_hooks: list[Any] = []
         self.patched: dict[str, Callable[..., Any]] = {}
         self.optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.lib: ctypes.CDLL | None = None
+        self.source: EventSource | None = None
 
     def event_count(self) -> int:
-        return int(self.lib.memlab_event_count()) if self.lib is not None else 0
+        return self.source.event_count() if self.source is not None else 0
 
 
 _S = _State()
@@ -76,7 +130,7 @@ def _mark_category(tensors: Iterable[Any], category: str) -> None:
     now = time.monotonic_ns()
     for t in tensors:
         try:
-            addr = int(t.untyped_storage().data_ptr())
+            addr = _addr(t)
         except Exception:  # noqa: BLE001 - sparse, meta or fake tensors have no storage
             continue
         if addr == 0:
@@ -85,9 +139,15 @@ def _mark_category(tensors: Iterable[Any], category: str) -> None:
             b._cat_marks.append(CategoryMark(idx - b._ev_start, addr, category, now))
 
 
+def _addr(t: Any) -> int:
+    if _S.source is not None:
+        return _S.source.addr(t)
+    return int(t.untyped_storage().data_ptr())
+
+
 def _set_tag() -> None:
-    if _S.lib is not None:
-        _S.lib.memlab_set_tag(_S.stack[-1] if _S.stack else 0)
+    if _S.source is not None:
+        _S.source.set_tag(_S.stack[-1] if _S.stack else 0)
 
 
 # -- hooks ------------------------------------------------------------------------------
@@ -244,7 +304,7 @@ def _optimizer_state(opt: Any) -> list[Any]:
 def _storage_key(t: Any) -> tuple[int, int, str] | None:
     try:
         s = t.untyped_storage()
-        return int(s.data_ptr()), int(s.nbytes()), str(t.device)
+        return _addr(t), int(s.nbytes()), str(t.device)
     except Exception:  # noqa: BLE001 - tensors without storage (sparse, fake) are skipped
         return None
 
@@ -262,6 +322,7 @@ class Tracker:
         sample_interval_s: float | None = 0.01,
         on_sample: SampleCallback | None = None,
         budget_bytes: int | None = None,
+        _source: EventSource | None = None,
     ) -> None:
         if budget_bytes is not None and (
             isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0
@@ -289,6 +350,7 @@ class Tracker:
         self.sample_interval_s = sample_interval_s
         self.on_sample = on_sample
         self.budget_bytes = budget_bytes
+        self._source = _source
         self.result: RunResult | None = None
         self._marks: list[Mark] = []
         self._cat_marks: list[CategoryMark] = []
@@ -325,8 +387,8 @@ class Tracker:
                 - self._cuda_entry
                 + self._entry_total
             )
-        assert _S.lib is not None
-        return int(_S.lib.memlab_live()) - self._live_at_entry + self._entry_total
+        assert _S.source is not None
+        return _S.source.live() - self._live_at_entry + self._entry_total
 
     # -- entry / exit -----------------------------------------------------------------------
     def _entry_storages(self) -> dict[int, tuple[int, str]]:
@@ -346,8 +408,8 @@ class Tracker:
                 if key[2] != self._device and not (key[2] == "cpu" and self._device == "cpu"):
                     continue  # a storage on another device does not count toward this device
                 blocks[key[0]] = (key[1], cat)
-                if self._device == "cpu" and _S.lib is not None:
-                    _S.lib.memlab_adopt(t.untyped_storage()._cdata, key[1])
+                if self._device == "cpu" and _S.source is not None:
+                    _S.source.adopt(t, key[1])
         return blocks
 
     def _detect_device(self) -> str:
@@ -360,13 +422,22 @@ class Tracker:
         from memlab.tracking import _native
 
         self._device = self._detect_device()
-        if self._device == "cpu":
-            _S.lib = _native.recorder()
+        if self._source is not None:
+            if _S.blocks and _S.source is not self._source:
+                raise RuntimeError("memlab.track blocks with different event sources cannot nest")
+            _S.source = self._source
+        elif self._device == "cpu":
+            if _S.blocks and not isinstance(_S.source, NativeSource):
+                raise RuntimeError("memlab.track blocks with different event sources cannot nest")
+            if not isinstance(_S.source, NativeSource):
+                _S.source = NativeSource(_native.recorder())
+        else:
+            _S.source = None
         if not _S.blocks:
             _install_global_hooks()
-            if _S.lib is not None:
-                _S.lib.memlab_clear_events()
-                _S.lib.memlab_set_recording(1)
+            if _S.source is not None:
+                _S.source.clear()
+                _S.source.set_recording(True)
         if self.model is not None:
             _hook_model(self.model)
         self._entry = self._entry_storages()
@@ -377,7 +448,7 @@ class Tracker:
         self._t0 = time.monotonic_ns()
         if self._device.startswith("cuda"):
             self._cuda_enter()
-        self._live_at_entry = int(_S.lib.memlab_live()) if _S.lib is not None else 0
+        self._live_at_entry = _S.source.live() if _S.source is not None else 0
         self._ev_start = _S.event_count()
         _S.blocks.append(self)
         if self.sample_interval_s is not None:
@@ -410,8 +481,8 @@ class Tracker:
             limit = self._cuda_entry - self._entry_total + self.budget_bytes
             torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), dev)
         else:
-            assert _S.lib is not None
-            _S.lib.memlab_set_limit(self.budget_bytes - self._entry_total + self._live_at_entry)
+            assert _S.source is not None
+            _S.source.set_limit(self.budget_bytes - self._entry_total + self._live_at_entry)
 
     def _clear_budget(self) -> None:
         if self.budget_bytes is None:
@@ -420,8 +491,8 @@ class Tracker:
             import torch
 
             torch.cuda.set_per_process_memory_fraction(1.0, torch.device(self._device))
-        elif _S.lib is not None:
-            _S.lib.memlab_set_limit(0)
+        elif _S.source is not None:
+            _S.source.set_limit(0)
 
     def _emit_sample(self, t: float, row: dict[str, int | None]) -> None:
         assert self.on_sample is not None
@@ -443,20 +514,16 @@ class Tracker:
         if self.model is not None:
             _unhook_model(self.model)
         events = np.zeros((0, 4), dtype=np.int64)
-        if _S.lib is not None and ev_end > self._ev_start:
-            events = np.empty((ev_end - self._ev_start, 4), dtype=np.int64)
-            got = _S.lib.memlab_copy_events(
-                events.ctypes.data_as(ctypes.c_void_p), self._ev_start, len(events)
-            )
-            events = events[:got]
+        if _S.source is not None:
+            events = _S.source.events(self._ev_start, ev_end)
         if not _S.blocks:
             _remove_global_hooks()
             _S.phase = "other"
             _S.stack.clear()
-            if _S.lib is not None:
-                _S.lib.memlab_set_recording(0)
-                _S.lib.memlab_clear_events()
-                _S.lib.memlab_set_tag(0)
+            if _S.source is not None:
+                _S.source.set_recording(False)
+                _S.source.clear()
+                _S.source.set_tag(0)
         cuda_stats = None
         if self._device.startswith("cuda"):
             events, cuda_stats = self._cuda_exit(events)
@@ -468,7 +535,7 @@ class Tracker:
             category_marks=self._cat_marks,
             initial_phase=self._initial_phase,
             module_names=_S.module_names,
-            source="cuda-allocator" if cuda_stats is not None else "cpu-allocator",
+            source=self._source_name(cuda_stats is not None),
         )
         notes: list[str] = []
         if cuda_stats is not None and cuda_stats.get("peak", 0) > att.peak_bytes:
@@ -495,6 +562,11 @@ class Tracker:
             error=None if exc is None else f"{type(exc).__name__}: {exc}",
             notes=tuple(notes),
         )
+
+    def _source_name(self, cuda: bool) -> str:
+        if self._source is not None:
+            return getattr(self._source, "name", "custom")
+        return "cuda-allocator" if cuda else "cpu-allocator"
 
     # -- CUDA ------------------------------------------------------------------------------
     def _cuda_enter(self) -> None:
