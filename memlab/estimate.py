@@ -1,0 +1,360 @@
+"""Predict the memory of a training step without allocating it.
+
+    est = memlab.estimate(model_fn, batch_fn, optimizer_fn=lambda p: torch.optim.Adam(p))
+    est.peak_bytes, est.peak_by_category, est.first_step_peak_bytes, est.steady_peak_bytes
+
+How: the model is built on the ``meta`` device, its parameters recreated as fake CPU tensors
+under ``FakeTensorMode`` (building inside the fake mode breaks some modules), and two steps run
+on fake tensors -- the first, in which the optimizer creates its state, and a steady one. A
+``TorchDispatchMode`` sees every storage an op returns and, through a weakref on the storage,
+when it dies; those are the allocation events. The step runs inside ``memlab.track`` with this
+fake source, so phases, categories and modules come from the very code that measures real runs.
+
+A dispatch-level view misses buffers that kernels allocate and free inside one op (CPU
+convolution backward's column buffers, for one: the trap in DESIGN.md). ``memlab.estimate_ops``
+predicts them from shapes; each op's internal bytes are added as an allocation that lives while
+the op runs, on top of its outputs.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from memlab.timeline import CATEGORIES, PHASES, RunResult, format_bytes
+
+__all__ = ["Estimate", "estimate", "EstimateError"]
+
+
+class EstimateError(RuntimeError):
+    """The model cannot run under fake tensors (the message names the op)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Estimate:
+    """A prediction of one training (or inference) step's tensor memory, by category."""
+
+    peak_bytes: int
+    first_step_peak_bytes: int
+    steady_peak_bytes: int
+    peak_by_category: dict[str, int]
+    peak_by_phase: dict[str, int]
+    activations_by_module: dict[str, int]
+    elapsed_s: float
+    first_step: RunResult
+    steady: RunResult | None
+    notes: tuple[str, ...] = ()
+    label: str = "predicted"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predicted": True,
+            "peak_bytes": self.peak_bytes,
+            "first_step_peak_bytes": self.first_step_peak_bytes,
+            "steady_peak_bytes": self.steady_peak_bytes,
+            "peak_by_category": dict(self.peak_by_category),
+            "peak_by_phase": dict(self.peak_by_phase),
+            "activations_by_module": dict(self.activations_by_module),
+            "elapsed_s": self.elapsed_s,
+            "notes": list(self.notes),
+        }
+
+    def __repr__(self) -> str:
+        cats = ", ".join(f"{c}={format_bytes(v)}" for c, v in self.peak_by_category.items() if v)
+        return (
+            f"Estimate(predicted peak={format_bytes(self.peak_bytes)} [{cats}], "
+            f"first step={format_bytes(self.first_step_peak_bytes)}, "
+            f"steady={format_bytes(self.steady_peak_bytes)}, {self.elapsed_s * 1e3:.0f} ms)"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td style='text-align:left'>{c}</td><td style='text-align:right'>"
+            f"{format_bytes(v)}</td></tr>"
+            for c, v in self.peak_by_category.items()
+            if v
+        )
+        return (
+            f"<table><caption>memlab Estimate (predicted, not measured): peak "
+            f"{format_bytes(self.peak_bytes)}</caption>{rows}</table>"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+class _FakeSource:
+    """Allocation events of fake tensors, seen at the dispatch level (see the module doc)."""
+
+    name = "fake-dispatch"
+
+    def __init__(self) -> None:
+        self._events: list[tuple[int, int, int, int]] = []
+        self._live = 0
+        self._sizes: dict[int, int] = {}
+        self._tag = 0
+        self._recording = False
+        self._next_addr = 1 << 40  # addresses for op-internal buffers, apart from _cdata
+
+    # EventSource protocol -------------------------------------------------------------------
+    def event_count(self) -> int:
+        return len(self._events)
+
+    def set_tag(self, tag: int) -> None:
+        self._tag = tag
+
+    def live(self) -> int:
+        return self._live
+
+    def adopt(self, t: Any, nbytes: int) -> None:
+        st = t.untyped_storage()
+        key = int(st._cdata)
+        if key not in self._sizes:
+            self._sizes[key] = nbytes
+            self._live += nbytes
+            weakref.finalize(st, self._free, key)
+
+    def set_limit(self, limit: int) -> None:
+        pass
+
+    def set_recording(self, on: bool) -> None:
+        self._recording = on
+
+    def clear(self) -> None:
+        self._events = []
+
+    def events(self, start: int, end: int) -> np.ndarray:
+        rows = self._events[start:end]
+        return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+
+    def addr(self, t: Any) -> int:
+        return int(t.untyped_storage()._cdata)
+
+    # recording ----------------------------------------------------------------------------------
+    def _log(self, key: int, delta: int) -> None:
+        self._live += delta
+        if self._recording:
+            self._events.append((time.monotonic_ns(), key, delta, self._tag))
+
+    def _free(self, key: int) -> None:
+        n = self._sizes.pop(key, None)
+        if n is not None:
+            self._log(key, -n)
+
+    def saw(self, t: Any) -> None:
+        st = t.untyped_storage()
+        key = int(st._cdata)
+        if key in self._sizes:
+            return
+        n = int(st.nbytes())
+        self._sizes[key] = n
+        self._log(key, n)
+        weakref.finalize(st, self._free, key)
+
+    def transient(self, nbytes: int) -> None:
+        """An op-internal buffer: allocated and freed inside one op."""
+        key = self._next_addr
+        self._next_addr += 64
+        self._log(key, nbytes)
+        self._log(key, -nbytes)
+
+
+def _dispatch_mode(source: _FakeSource) -> Any:
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from memlab import estimate_ops
+
+    class _Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            try:
+                out = func(*args, **kwargs)
+            except Exception as e:
+                if isinstance(e, EstimateError):
+                    raise
+                raise EstimateError(
+                    f"the op {func} cannot run under fake tensors: {type(e).__name__}: {e}"
+                ) from e
+            flat, _ = tree_flatten(out)
+            for t in flat:
+                if isinstance(t, torch.Tensor):
+                    source.saw(t)
+            internal = estimate_ops.internal_bytes(func, args, kwargs, out)
+            if internal > 0:
+                source.transient(internal)
+            return out
+
+    return _Recorder()
+
+
+# ----------------------------------------------------------------------------------------------
+def _fakeify(model: Any) -> None:
+    """Give every parameter and buffer of a meta-device model a fake CPU tensor, keeping ties."""
+    import torch
+    from torch import nn
+
+    made: dict[int, Any] = {}
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in made:
+                made[id(p)] = nn.Parameter(
+                    torch.empty(p.shape, dtype=p.dtype, device="cpu"), requires_grad=p.requires_grad
+                )
+            mod._parameters[name] = made[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is None:
+                continue
+            if id(b) not in made:
+                made[id(b)] = torch.zeros(b.shape, dtype=b.dtype, device="cpu")
+            mod._buffers[name] = made[id(b)]
+
+
+def _default_loss(out: Any, y: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.cross_entropy(out, y)
+
+
+def _run_steps(
+    model: Any,
+    batches: Iterator[tuple[Any, Any]],
+    step: Callable[[Any, Any], Any],
+    optimizer: Any,
+    n: int,
+) -> list[RunResult]:
+    import memlab
+
+    out: list[RunResult] = []
+    for _ in range(n):
+        x, y = next(batches)
+        source = _FakeSource()
+        rec = memlab.tracking.Tracker(
+            model, optimizer=optimizer, inputs=(x, y), sample_interval_s=None, _source=source
+        )
+        with _dispatch_mode(source), rec:
+            step(x, y)
+        del x, y
+        assert rec.result is not None
+        out.append(rec.result)
+    return out
+
+
+def estimate(
+    model_fn: Any,
+    batch_fn: Callable[[], tuple[Any, Any]] | None = None,
+    *,
+    optimizer_fn: Callable[[Any], Any] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    precision: str = "fp32",
+    checkpointing: str | None = None,
+) -> Estimate:
+    """Predict a step's peak tensor memory without allocating it.
+
+    ``estimate(experiment)`` for memlab's own experiments, or ``estimate(model_fn, batch_fn,
+    optimizer_fn=..., loss_fn=...)`` for any model: ``model_fn()`` returns an ``nn.Module``,
+    ``batch_fn()`` ``(inputs, targets)``, ``optimizer_fn(params)`` an optimizer (none:
+    inference), ``loss_fn(outputs, targets)`` the loss (default cross-entropy).
+    """
+    from memlab.config import Experiment
+
+    if isinstance(model_fn, Experiment):
+        from memlab.estimate_experiment import estimate_experiment
+
+        return estimate_experiment(model_fn)
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be a callable returning an nn.Module, got {model_fn!r}")
+    if batch_fn is None or not callable(batch_fn):
+        raise TypeError("batch_fn must be a callable returning (inputs, targets)")
+    if precision not in ("fp32", "bf16", "amp-bf16"):
+        raise ValueError(f"precision must be one of fp32, bf16, amp-bf16 here, got {precision!r}")
+    return _estimate(
+        model_fn,
+        batch_fn,
+        optimizer_fn=optimizer_fn,
+        loss_fn=loss_fn or _default_loss,
+        precision=precision,
+        checkpointing=checkpointing,
+    )
+
+
+def _estimate(
+    model_fn: Callable[[], Any],
+    batch_fn: Callable[[], tuple[Any, Any]],
+    *,
+    optimizer_fn: Callable[[Any], Any] | None,
+    loss_fn: Callable[[Any, Any], Any],
+    precision: str,
+    checkpointing: str | None,
+    prepare: Callable[[Any], Any] | None = None,
+) -> Estimate:
+    import contextlib
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        model = model_fn()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model_fn must return an nn.Module, got {type(model).__name__}")
+    notes: list[str] = []
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _fakeify(model)
+        if prepare is not None:
+            model = prepare(model) or model
+        if precision == "bf16":
+            model = model.to(torch.bfloat16)
+        opt = optimizer_fn(list(model.parameters())) if optimizer_fn is not None else None
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if precision == "amp-bf16"
+            else contextlib.nullcontext()
+        )
+
+        def batches() -> Iterator[tuple[Any, Any]]:
+            while True:
+                x, y = batch_fn()
+                if precision == "bf16" and x.is_floating_point():
+                    x = x.to(torch.bfloat16)
+                yield x, y
+
+        def train_step(x: Any, y: Any) -> None:
+            with autocast:
+                loss = loss_fn(model(x).float(), y)
+            loss.backward()
+            assert opt is not None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def infer_step(x: Any, y: Any) -> None:
+            with torch.no_grad(), autocast:
+                loss_fn(model(x).float(), y)
+
+        if opt is None:
+            model.eval()
+            results = _run_steps(model, batches(), infer_step, None, 1)
+        else:
+            results = _run_steps(model, batches(), train_step, opt, 2)
+    first = results[0]
+    steady = results[1] if len(results) > 1 else None
+    top = first if steady is None or first.peak_bytes >= steady.peak_bytes else steady
+    phases = {p: max(r.peak_by_phase.get(p, 0) for r in results) for p in PHASES}
+    return Estimate(
+        peak_bytes=top.peak_bytes,
+        first_step_peak_bytes=first.peak_bytes,
+        steady_peak_bytes=(steady or first).peak_bytes,
+        peak_by_category={c: int(top.peak_by_category.get(c, 0)) for c in CATEGORIES},
+        peak_by_phase={p: v for p, v in phases.items() if v},
+        activations_by_module=dict(top.activations_by_module),
+        elapsed_s=time.perf_counter() - t0,
+        first_step=first,
+        steady=steady,
+        notes=tuple(notes),
+    )
