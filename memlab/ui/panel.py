@@ -1,0 +1,485 @@
+"""``Panel``: knob widgets bound to an Experiment, Run/Stop, a status line and live charts.
+
+    panel = memlab.ui.Panel(knobs=["batch_size"], experiment=Experiment(workload="cnn"))
+    panel                      # shows it
+    panel.set(batch_size=64); panel.run(); panel.wait()
+    panel.history[-1].peak_bytes
+
+Runs go through :func:`memlab.runner.start`: the run is in its own process and the callbacks
+arrive on the runner's reader thread, so the kernel stays free while the charts grow. Nothing
+the learner does with a widget raises into the kernel: a bad combination, a failed start or a
+failed redraw is said in the status line.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from memlab.config import ConfigError, Experiment
+from memlab.timeline import RunResult, format_bytes
+from memlab.ui.charts import CHARTS, LiveCharts
+from memlab.ui.controls import (
+    build_controls,
+    experiment_from_controls,
+    knob_field,
+    resolve_knobs,
+    set_controls,
+    set_knob,
+    smoke_mode,
+    to_field,
+)
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from memlab.runner import RunHandle
+
+__all__ = ["Panel", "run_labels"]
+
+_log = logging.getLogger(__name__)
+
+#: Status line colours by kind of message.
+_COLORS = {
+    "ready": "#555555",
+    "running": "#1f5fa8",
+    "ok": "#2e7d32",
+    "oom": "#b26a00",
+    "error": "#c62828",
+    "cancelled": "#6d4c41",
+    "invalid": "#c62828",
+}
+# Fields a history label may name, in the order a learner reads them.
+_LABEL_FIELDS = (
+    "workload", "mode", "batch_size", "precision", "checkpointing", "sparsity", "sparse_storage",
+    "data", "num_workers", "pin_memory", "prefetch_factor", "budget_bytes", "data_size", "steps",
+    "device", "seed",
+)
+_MAX_LABEL_FIELDS = 3
+
+
+def _short(field: str, value: Any) -> str:
+    if field == "budget_bytes":
+        return "none" if value is None else format_bytes(value).replace(" ", "")
+    if field == "workload" and isinstance(value, str):
+        return value.rpartition(":")[2]
+    return str(value)
+
+
+def run_labels(results: Sequence[RunResult]) -> list[str]:
+    """``#k`` plus the settings in which run k differs from the first run (the baseline)."""
+    if not results:
+        return []
+    base = results[0].experiment or {}
+    labels = []
+    for i, r in enumerate(results):
+        exp = r.experiment or {}
+        diff = [f"{f}={_short(f, exp[f])}" for f in _LABEL_FIELDS
+                if f in exp and exp[f] != base.get(f)]
+        if len(diff) > _MAX_LABEL_FIELDS:
+            diff = [*diff[:_MAX_LABEL_FIELDS], "…"]
+        labels.append(" ".join([f"#{i + 1}", ", ".join(diff)]).strip())
+    return labels
+
+
+class Panel:
+    """A control panel for one lab: knobs, Run/Stop, status line, live charts, history.
+
+    ``knobs``: the knob names to show (``None``: all of :data:`memlab.ui.KNOBS`; the group
+    ``"data_loading"`` stands for data, workers, pin memory and prefetch). Fields without a
+    knob keep ``experiment``'s values. ``smoke`` (default: env ``MEMLAB_SMOKE=1``) cuts runs to
+    2 steps, 1 warm-up step and a small data set. With ``auto_run`` a change of a knob starts a
+    run once the knobs have been still for ``debounce_s`` seconds, cancelling a run in
+    progress. ``charts`` picks among ``memory``, ``throughput``, ``process``, ``history``,
+    ``tradeoff``. ``history`` keeps the runs that ended ``ok`` or ``oom`` (an oom run's peak is
+    what it reached); cancelled and failed runs are reported in the status line only.
+    """
+
+    def __init__(
+        self,
+        knobs: Sequence[str] | None = None,
+        experiment: Experiment | None = None,
+        *,
+        smoke: bool | None = None,
+        auto_run: bool = False,
+        debounce_s: float = 0.4,
+        charts: Sequence[str] = CHARTS,
+        max_fps: float = 20.0,
+        warm: bool = True,
+        timeout_s: float | None = None,
+    ) -> None:
+        if experiment is None:
+            experiment = Experiment()
+        if not isinstance(experiment, Experiment):
+            raise TypeError(f"experiment must be a memlab.Experiment, got "
+                            f"{type(experiment).__name__}")
+        self._base = experiment
+        self.smoke = smoke_mode(smoke)
+        self.auto_run = auto_run
+        self.debounce_s = debounce_s
+        self.warm = warm
+        self.timeout_s = timeout_s
+        self.knobs: tuple[str, ...] = resolve_knobs(knobs)
+
+        self._knob_widgets = build_controls(experiment, self.knobs)
+        self._run_button = widgets.Button(description="Run", button_style="primary", icon="play",
+                                          tooltip="Run the experiment these settings describe")
+        self._stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
+                                           tooltip="Cancel the run in progress")
+        #: name -> widget: every knob shown, plus the "run" and "stop" buttons.
+        self.controls: dict[str, widgets.Widget] = {
+            **self._knob_widgets, "run": self._run_button, "stop": self._stop_button,
+        }
+        self.status_line = widgets.HTML(layout=widgets.Layout(margin="0 0 0 12px"))
+        self._charts = LiveCharts(charts, max_fps=max_fps)
+        #: chart name -> its FigureWidget (updated in place).
+        self.figures: dict[str, go.FigureWidget] = self._charts.figures
+
+        #: Finished runs (status ok or oom), oldest first; the first is the deltas' baseline.
+        self.history: list[RunResult] = []
+        #: The handle of the latest run started, and the result of the latest run finished.
+        self.handle: RunHandle | None = None
+        self.result: RunResult | None = None
+        #: How many runs this panel started (auto runs included).
+        self.runs_started = 0
+
+        self._lock = threading.RLock()
+        self._gen = 0  # bumped per run; callbacks of an older run are ignored
+        self._timer: threading.Timer | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._suspend = 0
+        self._status_text = ""
+        self._status_kind = "ready"
+        self._progress_steps = 0
+        self._stopping = False
+
+        for w in self._knob_widgets.values():
+            w.observe(self._on_knob_change, names="value")
+        self._run_button.on_click(lambda _b: self.run())
+        self._stop_button.on_click(lambda _b: self.stop())
+
+        knob_box = widgets.HBox(list(self._knob_widgets.values()),
+                                layout=widgets.Layout(flex_flow="row wrap"))
+        buttons = widgets.HBox([self._run_button, self._stop_button, self.status_line],
+                               layout=widgets.Layout(align_items="center"))
+        grid = widgets.GridBox(list(self.figures.values()), layout=widgets.Layout(
+            grid_template_columns="repeat(2, minmax(0, 1fr))", width="100%"))
+        #: The ipywidgets container to display.
+        self.widget = widgets.VBox([knob_box, buttons, grid])
+
+        self._validate()
+        if warm:
+            self._warm_up()
+
+    # -- what the controls describe -----------------------------------------------------------
+    @property
+    def experiment(self) -> Experiment:
+        """The Experiment the controls describe now (smoke sizes applied in smoke mode).
+
+        Raises :class:`ConfigError` for an invalid combination (the status line shows it too).
+        """
+        return experiment_from_controls(self._base, self._knob_widgets, smoke=self.smoke)
+
+    @experiment.setter
+    def experiment(self, exp: Experiment) -> None:
+        if not isinstance(exp, Experiment):
+            raise TypeError(f"experiment must be a memlab.Experiment, got {type(exp).__name__}")
+        self._suspend += 1
+        try:
+            self._base = exp
+            set_controls(self._knob_widgets, exp)
+        finally:
+            self._suspend -= 1
+        self._after_change()
+
+    def set(self, **changes: Any) -> Panel:
+        """Set Experiment fields (``batch_size=64``, ``budget_bytes="300MB"``...): shown knobs
+        move, other fields change the panel's base experiment. One change event in all (one
+        auto run at most). An invalid combination is shown in the status line, nothing set."""
+        by_field = {knob_field(k): k for k in self._knob_widgets}
+        try:
+            # Validate the whole new combination before touching anything.
+            current = {knob_field(k): to_field(k, w.value) for k, w in self._knob_widgets.items()}
+            new_base = self._base.replace(**{**current, **changes})
+        except ConfigError as e:
+            self._set_status(str(e), "invalid")
+            return self
+        self._suspend += 1
+        try:
+            self._base = new_base
+            for f, k in by_field.items():
+                set_knob(self._knob_widgets[k], k, getattr(new_base, f))
+        finally:
+            self._suspend -= 1
+        self._after_change()
+        return self
+
+    @property
+    def status(self) -> str:
+        """The status line as plain text."""
+        return self._status_text
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self) -> RunHandle | None:
+        """Start a run with the current settings (cancelling one in progress) and return its
+        handle at once; ``None`` (and the reason in the status line) if it could not start."""
+        try:
+            exp = self.experiment
+        except ConfigError as e:
+            self._set_status(str(e), "invalid")
+            return None
+        with self._lock:
+            self._cancel_timer()
+            self._supersede()
+            self._gen += 1
+            gen = self._gen
+            self._idle.clear()
+            self._progress_steps = exp.steps
+            self._stopping = False
+            try:
+                self._charts.reset()
+                from memlab.runner import start
+
+                handle = start(
+                    exp,
+                    on_sample=lambda s: self._on_sample(gen, s),
+                    on_step=lambda s: self._on_step(gen, s),
+                    on_done=lambda r: self._on_done(gen, r),
+                    warm=self.warm,
+                    timeout_s=self.timeout_s,
+                )
+            except Exception as e:  # noqa: BLE001 - a failed start is a status, not a traceback
+                _log.exception("memlab.ui: the run did not start")
+                self._idle.set()
+                self._set_status(f"the run did not start: {type(e).__name__}: {e}", "error")
+                return None
+            self.handle = handle
+            self.runs_started += 1
+            self._stop_button.disabled = False
+            self._set_status(f"starting run {self.runs_started} ({self._describe(exp)})…",
+                             "running")
+        return handle
+
+    def stop(self) -> None:
+        """Cancel the run in progress (and an auto run waiting to start)."""
+        with self._lock:
+            self._cancel_timer()
+            h = self.handle
+            if h is not None and not h.done():
+                self._stopping = True
+                h.cancel()
+                self._set_status("stopping…", "running")
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Block until no run is in progress or waiting to start; the latest result."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        while True:
+            with self._lock:
+                timer = self._timer
+            if timer is not None:
+                timer.join(left())
+            if not self._idle.wait(left()):
+                raise TimeoutError(f"a run is still going after {timeout} s (stop() ends it)")
+            with self._lock:
+                if self._timer is None and self._idle.is_set():
+                    return self.result
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"a run is still going after {timeout} s (stop() ends it)")
+
+    def clear_history(self) -> None:
+        """Forget the earlier runs (the next run becomes the baseline)."""
+        with self._lock:
+            self.history.clear()
+            self._charts.show_history([], [])
+
+    def close(self) -> None:
+        """Stop any run and close the widgets."""
+        self.stop()
+        self.widget.close()
+        for w in self.controls.values():
+            w.close()
+        for fw in self.figures.values():
+            fw.close()
+
+    # -- display ------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def __repr__(self) -> str:
+        return (f"Panel(knobs={list(self.knobs)}, runs={self.runs_started}, "
+                f"history={len(self.history)}, status={self.status!r})")
+
+    # -- internals ----------------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        try:
+            from memlab.runner import warm_up
+
+            warm_up()
+        except Exception:  # noqa: BLE001 - only an optimisation; the run will start a worker
+            _log.exception("memlab.ui: warm-up failed")
+
+    def _describe(self, exp: Experiment) -> str:
+        fields = [knob_field(k) for k in self.knobs][:4] or ["workload", "batch_size"]
+        values = {f: exp.workload_name if f == "workload" else getattr(exp, f) for f in fields}
+        return ", ".join(f"{f}={_short(f, v)}" for f, v in values.items())
+
+    def _set_status(self, text: str, kind: str) -> None:
+        self._status_text, self._status_kind = text, kind
+        lines = html.escape(text).splitlines() or [""]
+        body = "<br>".join(lines[:12])
+        self.status_line.value = f'<span style="color:{_COLORS.get(kind, "#333")}">{body}</span>'
+
+    def _validate(self) -> Experiment | None:
+        """Check the controls; say what is wrong, or clear an earlier complaint."""
+        try:
+            exp = self.experiment
+        except ConfigError as e:
+            self._set_status(str(e), "invalid")
+            return None
+        if self._status_kind in ("ready", "invalid"):
+            self._set_status(f"ready: {self._describe(exp)} (press Run)" if not self.auto_run
+                             else f"ready: {self._describe(exp)}", "ready")
+        return exp
+
+    def _on_knob_change(self, _change: Mapping[str, Any]) -> None:
+        if self._suspend:
+            return
+        self._after_change()
+
+    def _after_change(self) -> None:
+        try:
+            with self._lock:
+                if self.auto_run:
+                    # A change makes the run in progress stale: cancel it, and restart the
+                    # debounce clock; the new run starts when the knobs have been still.
+                    self._cancel_timer()
+                    self._supersede()
+                exp = self._validate()
+                if self.auto_run and exp is not None:
+                    timer = threading.Timer(self.debounce_s, self._fire)
+                    timer.daemon = True
+                    self._timer = timer
+                    timer.start()
+        except Exception as e:  # noqa: BLE001 - an observer must never raise into the kernel
+            _log.exception("memlab.ui: change handling failed")
+            self._set_status(f"internal error: {type(e).__name__}: {e}", "error")
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread():
+                return  # cancelled (or replaced) after it had already fired
+            self._timer = None
+            self.run()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _supersede(self) -> None:
+        """Cancel the run in progress; its remaining callbacks are ignored from now on."""
+        h = self.handle
+        if h is not None and not h.done():
+            self._gen += 1
+            h.cancel()
+            self._idle.set()
+            self._stop_button.disabled = True
+            self._set_status("the run in progress was cancelled: the settings changed",
+                             "cancelled")
+
+    # Runner callbacks: on the runner's reader thread; short, and never raising.
+    def _on_sample(self, gen: int, sample: Mapping[str, Any]) -> None:
+        try:
+            with self._lock:
+                if gen != self._gen:
+                    return
+                if self._charts.add_sample(sample):
+                    self._show_progress(sample)
+        except Exception:  # noqa: BLE001
+            _log.exception("memlab.ui: live update failed")
+
+    def _on_step(self, gen: int, step: Mapping[str, Any]) -> None:
+        try:
+            with self._lock:
+                if gen != self._gen:
+                    return
+                if self._charts.add_step(step):
+                    self._show_progress(None)
+        except Exception:  # noqa: BLE001
+            _log.exception("memlab.ui: live update failed")
+
+    def _show_progress(self, sample: Mapping[str, Any] | None) -> None:
+        h = self.handle
+        if h is None or self._stopping or self._status_kind != "running" or h.done():
+            return  # a "stopping…" or final message stays on screen
+        steps = h.steps
+        if steps:
+            last = steps[-1]
+            dt = float(last.get("time_s") or 0.0)
+            rate = f" · {last.get('samples', 0) / dt:.0f} samples/s" if dt > 0 else ""
+            tensors = ""
+            if h.samples:
+                tensors = f" · tensors {format_bytes(h.samples[-1].get('tensor_bytes'))}"
+            text = f"running: step {last['step']}/{self._progress_steps}{rate}{tensors}"
+        else:
+            phase = (sample or (h.samples[-1] if h.samples else {})).get("phase")
+            text = ("running: warming up (not measured)…" if phase == "warmup"
+                    else "running: building the workload…")
+        self._set_status(text, "running")
+
+    def _on_done(self, gen: int, result: RunResult) -> None:
+        try:
+            with self._lock:
+                if gen != self._gen:
+                    return
+                self.result = result
+                self._stop_button.disabled = True
+                if result.status in ("ok", "oom"):
+                    self.history.append(result)
+                self._set_status(self._final_message(result), result.status)
+                self._charts.finish(result)
+                if result.status in ("ok", "oom"):
+                    self._charts.show_history(self.history, run_labels(self.history))
+        except Exception as e:  # noqa: BLE001
+            _log.exception("memlab.ui: drawing the result failed")
+            self._set_status(f"the run ended ({result.status}) but drawing it failed: "
+                             f"{type(e).__name__}: {e}", "error")
+        finally:
+            if gen == self._gen:
+                self._idle.set()
+
+    def _final_message(self, r: RunResult) -> str:
+        done = len(r.step_times_s)
+        if r.status == "ok":
+            text = f"done: peak {format_bytes(r.peak_bytes)} of tensors in {r.peak_phase}"
+            tp, med = r.throughput_samples_per_s, r.step_time_median_s
+            if tp is not None and med is not None:
+                text += f", {tp:.0f} samples/s ({med * 1e3:.1f} ms/step)"
+            if r.rss_peak_bytes is not None:
+                text += f", process RSS peak {format_bytes(r.rss_peak_bytes)}"
+            return f"{text} · run {len(self.history)} in the history"
+        if r.status == "oom":
+            return (f"out of memory after {done} of {self._progress_steps} steps: {r.error}. "
+                    "Shown in the history with the peak it reached; lower the batch size or "
+                    "raise the budget.")
+        if r.status == "cancelled":
+            return (f"cancelled after {done} of {self._progress_steps} steps "
+                    f"({r.error or 'stopped by the user'})")
+        return f"error: the run failed: {r.error or 'no message'}"
+
