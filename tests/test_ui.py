@@ -1,0 +1,264 @@
+"""memlab.ui driven headlessly: set ``.value``, press buttons, check runs, status and figures.
+
+The workloads are user factories (module-level, so the worker process can import them), so
+these tests need neither the built-in workloads nor the knobs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ipywidgets")
+
+from memlab.config import ConfigError, Experiment  # noqa: E402
+from memlab.runner import shutdown_warm_worker  # noqa: E402
+from memlab.timeline import CATEGORIES  # noqa: E402
+from memlab.ui import Panel, run_labels, smoke_experiment  # noqa: E402
+from memlab.ui.charts import LIVE_TRACE  # noqa: E402
+from memlab.workloads import Workload  # noqa: E402
+
+MIB = 2**20
+
+
+def _workload(exp: Any, device: str, model: Any, sleep_s: float = 0.0) -> Workload:
+    opt = torch.optim.Adam(model.parameters()) if exp.mode == "train" else None
+
+    def batches(num_batches: int | None = None) -> Iterator[tuple[Any, Any]]:
+        for _ in range(num_batches or 1_000_000):
+            if sleep_s:
+                time.sleep(sleep_s)
+            yield torch.randn(exp.batch_size, 64), torch.randint(0, 10, (exp.batch_size,))
+
+    return Workload(name="user", model=model, optimizer=opt,
+                    loss_fn=torch.nn.functional.cross_entropy, make_batches=batches,
+                    samples_per_step=exp.batch_size, device=device, mode=exp.mode)
+
+
+def tiny(exp: Any, device: str) -> Workload:
+    return _workload(exp, device, torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                                                      torch.nn.Linear(256, 10)))
+
+
+def slow(exp: Any, device: str) -> Workload:
+    """0.2 s per step (in the data phase): long enough to act on mid-run."""
+    return _workload(exp, device, torch.nn.Linear(64, 10), sleep_s=0.2)
+
+
+def broken(exp: Any, device: str) -> Workload:
+    raise RuntimeError("this factory is broken on purpose")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_worker_left() -> Iterator[None]:
+    yield
+    shutdown_warm_worker()
+
+
+def make_panel(workload: Any = tiny, **kw: Any) -> Panel:
+    exp = Experiment(workload=workload, batch_size=32, steps=3, warmup=1, device="cpu")
+    kw.setdefault("smoke", False)
+    return Panel(experiment=exp, **kw)
+
+
+def trace(fig: Any, name: str) -> Any:
+    (t,) = [t for t in fig.data if t.name == name]
+    return t
+
+
+def test_memlab_import_does_not_import_ipywidgets() -> None:
+    code = ("import sys, memlab, memlab.config, memlab.runner, memlab.timeline; "
+            "memlab.Experiment; assert 'ipywidgets' not in sys.modules, 'ipywidgets imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_knobs_limit_the_panel_and_others_keep_the_experiments_values() -> None:
+    exp = Experiment(workload=tiny, batch_size=16, precision="amp-bf16", checkpointing="off")
+    p = Panel(knobs=["batch_size"], experiment=exp, smoke=False, warm=False)
+    assert set(p.controls) == {"batch_size", "run", "stop"}
+    knob_box = p.widget.children[0]
+    assert list(knob_box.children) == [p.controls["batch_size"]]
+    p.controls["batch_size"].value = 48
+    assert p.experiment == exp.replace(batch_size=48)  # every other field as given
+    assert p.experiment.precision == "amp-bf16"
+    loading = Panel(knobs=["data_loading", "budget"], experiment=exp, smoke=False, warm=False)
+    assert set(loading.controls) == {"data", "num_workers", "pin_memory", "prefetch_factor",
+                                     "budget", "run", "stop"}
+    loading.controls["budget"].value = 300  # MiB, the charts' unit
+    assert loading.experiment.budget_bytes == 300 * MIB
+    loading.controls["budget"].value = 0
+    assert loading.experiment.budget_bytes is None
+    with pytest.raises(ConfigError, match="knob must be one of"):
+        Panel(knobs=["batchsize"], experiment=exp, warm=False)
+    all_knobs = Panel(experiment=exp, smoke=False, warm=False)
+    assert all_knobs.experiment == exp
+    all_knobs.experiment = exp.replace(batch_size=2000, mode="inference", precision="int8")
+    assert all_knobs.controls["batch_size"].value == 2000  # the slider widened to show it
+    assert all_knobs.controls["precision"].value == "int8"
+    assert all_knobs.status.startswith("ready")
+    bundle = all_knobs._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_smoke_mode_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = Experiment(workload=tiny, batch_size=32, steps=20, warmup=3, data_size=4096)
+    p = Panel(experiment=exp, smoke=True, warm=False)
+    assert (p.experiment.steps, p.experiment.warmup, p.experiment.data_size) == (2, 1, 256)
+    p.controls["batch_size"].value = 1000  # a batch larger than the smoke data set still fits
+    assert p.experiment.data_size == 1000
+    monkeypatch.setenv("MEMLAB_SMOKE", "1")
+    assert Panel(experiment=exp, warm=False).experiment.steps == 2
+    monkeypatch.setenv("MEMLAB_SMOKE", "0")
+    assert Panel(experiment=exp, warm=False).experiment.steps == 20
+    assert smoke_experiment(exp, batch_size=8).batch_size == 8
+
+
+def test_invalid_setting_is_shown_and_starts_no_run() -> None:
+    p = make_panel(knobs=["mode", "precision", "batch_size"], warm=False)
+    p.controls["precision"].value = "int8"  # int8 is for inference only
+    assert "int8" in p.status and "inference" in p.status
+    assert "int8" in p.status_line.value
+    with pytest.raises(ConfigError):
+        p.experiment  # noqa: B018 - the property is what is tested
+    p.controls["run"].click()  # must not raise
+    assert p.run() is None
+    assert p.handle is None and p.runs_started == 0
+    p.controls["mode"].value = "inference"
+    assert p.status.startswith("ready") and p.experiment.precision == "int8"
+    # set(): an invalid combination changes nothing and says why
+    p.set(mode="train")
+    assert "int8" in p.status and p.controls["mode"].value == "inference"
+    p.set(batch_size=8, steps=2)
+    assert p.controls["batch_size"].value == 8 and p.experiment.steps == 2
+
+
+def test_run_updates_figures_in_place_and_history_compares_runs() -> None:
+    p = make_panel()
+    figs = {name: id(fw) for name, fw in p.figures.items()}
+    p.controls["batch_size"].value = 64
+    assert p.experiment.batch_size == 64
+    t0 = time.monotonic()
+    p.controls["run"].click()
+    r = p.wait(120)
+    elapsed = time.monotonic() - t0
+    assert r is not None and r.status == "ok", r and r.error
+    assert p.runs_started == 1 and p.history == [r]
+    assert p.status.startswith("done") and "samples/s" in p.status
+    assert {name: id(fw) for name, fw in p.figures.items()} == figs  # the same widgets
+
+    # memory: the exact category timeline replaced the live total
+    mem = p.figures["memory"]
+    tl = r.timeline
+    assert 0 < len(tl) <= 4000  # drawn without thinning, so every event is on screen
+    for c in CATEGORIES:
+        np.testing.assert_allclose(trace(mem, c).x, tl.t)
+        np.testing.assert_allclose(trace(mem, c).y, tl.by_category[c] / MIB)
+    assert len(trace(mem, LIVE_TRACE).x) == 0
+    assert any(s.name and s.name.startswith("phase:") for s in mem.layout.shapes)
+    # ...and the synced widget state is the latest, so a page that attaches later sees it
+    (synced,) = [d for d in mem._widget_data if d.get("name") == "parameters"]
+    np.testing.assert_allclose(synced["y"], tl.by_category["parameters"] / MIB)
+    # throughput: one point per measured step
+    thr = p.figures["throughput"]
+    steps = np.asarray(r.step_times_s)
+    np.testing.assert_allclose(trace(thr, "step time (ms)").y, steps * 1e3)
+    np.testing.assert_allclose(trace(thr, "samples/s").y, 64 / steps)
+    # process memory: the RSS parts of the run
+    proc = p.figures["process"]
+    anon = r.process.parts["rss_anon"]
+    assert anon is not None
+    np.testing.assert_allclose(trace(proc, "anonymous").y, anon / MIB)
+    # live redraws were throttled to ~20 a second (+ the final flush)
+    assert 1 <= p._charts.redraws <= elapsed * 20 + 2
+
+    p.controls["batch_size"].value = 256
+    p.controls["run"].click()
+    r2 = p.wait(120)
+    assert r2 is not None and r2.status == "ok"
+    assert p.history == [r, r2] and p.runs_started == 2
+    labels = run_labels(p.history)
+    assert labels == ["#1", "#2 batch_size=256"]
+    bars = p.figures["history"]
+    for c in CATEGORIES:
+        bar = trace(bars, c)
+        assert list(bar.x) == labels
+        np.testing.assert_allclose(bar.y, [r.peak_by_category[c] / MIB,
+                                           r2.peak_by_category[c] / MIB])
+        delta = r2.peak_by_category[c] - r.peak_by_category[c]
+        assert list(bar.customdata) == [0, delta]
+    assert trace(bars, "inputs").customdata[1] > 0  # a 4x batch has 4x the inputs
+    notes = [a.text for a in bars.layout.annotations if a.name == "delta"]
+    assert len(notes) == 2 and "baseline" in notes[0] and "+" in notes[1]
+    tradeoff = p.figures["tradeoff"]
+    assert len(tradeoff.data[0].x) == 2
+
+
+def test_stop_cancels_a_slow_run() -> None:
+    p = make_panel(slow)
+    p.set(steps=50)
+    h = p.run()
+    assert h is not None
+    deadline = time.monotonic() + 60
+    while not h.steps and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.steps, "no step arrived"
+    p.controls["stop"].click()
+    r = p.wait(30)
+    assert r is not None and r.status == "cancelled"
+    assert p.status.startswith("cancelled"), p.status
+    assert p.history == []  # a cancelled run is not compared against
+    assert p.controls["stop"].disabled
+
+
+def test_oom_and_error_are_said_in_the_status_line() -> None:
+    p = make_panel()
+    p.set(budget_bytes=4096)  # far below the tiny model's parameters
+    p.run()
+    r = p.wait(120)
+    assert r is not None and r.status == "oom"
+    assert p.status.startswith("out of memory") and "budget" in p.status
+    assert len(p.history) == 1  # kept, with the peak it reached
+    q = make_panel(broken)
+    q.run()
+    r = q.wait(120)
+    assert r is not None and r.status == "error"
+    assert q.status.startswith("error") and "broken on purpose" in q.status
+    assert q.history == []
+
+
+def test_rapid_changes_with_auto_run_start_exactly_one_run() -> None:
+    p = make_panel(auto_run=True, debounce_s=0.3)
+    for bs in (16, 24, 48):
+        p.controls["batch_size"].value = bs
+    assert p.runs_started == 0  # still waiting for the knobs to be still
+    r = p.wait(120)
+    assert p.runs_started == 1
+    assert r is not None and r.status == "ok"
+    assert p.handle is not None and p.handle.experiment.batch_size == 48
+
+
+def test_auto_run_change_cancels_the_run_in_progress() -> None:
+    p = make_panel(slow, auto_run=True, debounce_s=0.2)
+    p.set(steps=50)
+    deadline = time.monotonic() + 60
+    while (p.handle is None or not p.handle.steps) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first = p.handle
+    assert first is not None and first.steps
+    p.controls["batch_size"].value = 8
+    assert first.wait(10).status == "cancelled"
+    deadline = time.monotonic() + 60
+    while p.runs_started < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert p.runs_started == 2 and p.handle is not first
+    assert p.handle is not None and p.handle.experiment.batch_size == 8
+    p.stop()
+    r = p.wait(30)
+    assert r is not None and r.status == "cancelled" and p.history == []
