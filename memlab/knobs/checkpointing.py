@@ -77,6 +77,7 @@ def apply_checkpointing(workload: Workload, policy: str | int) -> Workload:
             _unwrap(block)
     workload.applied["checkpointing"] = policy
     n = len(checkpointed_blocks(workload))
+    workload.measures["checkpointed_blocks"] = n
     if n and workload.mode != "train":
         workload.notes.append(
             "checkpointing has no effect in inference: no activations are kept for backward"

@@ -259,8 +259,14 @@ def apply_sparsity(workload: Workload, sparsity: float, storage: str = "mask") -
         )
         msg = (
             f"sparsity {sparsity:g} stored as CSR in {len(sparse)} Linear layers: "
-            f"{dense} dense bytes -> {stored} bytes; CSR pays only below density {cross:.3f} "
+            f"{dense} dense bytes -> {stored} bytes; CSR pays in every layer only below "
+            f"density {cross:.3f} "
             f"(sparsity above {1 - cross:.3f})"
+        )
+        workload.measures.update(
+            sparse_dense_equivalent_bytes=dense,
+            sparse_csr_bytes=stored,
+            sparse_density_crossover=round(cross, 4),
         )
         if convs:
             conv_bytes = sum(m.weight.numel() * m.weight.element_size() for m in convs)

@@ -62,9 +62,25 @@ class Workload:
     applied: dict[str, Any] = field(default_factory=dict)
     #: Readable remarks from the knobs (what was converted, what had no effect and why).
     notes: list[str] = field(default_factory=list)
+    #: Figures the knobs computed, by name (``sparse_csr_bytes``...); part of ``metrics``.
+    measures: dict[str, float] = field(default_factory=dict)
     #: Learning rate for ``fit`` on the real data set.
     fit_lr: float = 1e-3
     _real: tuple[Batch, Batch] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Figures of this workload as built, for a run's result: model bytes by dtype
+        (``model_bytes_<dtype>``, see ``memlab.knobs.param_bytes_by_dtype``), the synthetic data
+        set's bytes and what the knobs computed. Numbers only, JSON-safe."""
+        from memlab.knobs.precision import param_bytes_by_dtype
+
+        by = param_bytes_by_dtype(self.model)
+        out: dict[str, float] = {f"model_bytes_{k}": v for k, v in by.items()}
+        out["model_bytes"] = sum(by.values())
+        out["dataset_bytes"] = self.dataset_bytes
+        out.update(self.measures)
+        return out
 
     def _splits(self) -> tuple[Batch, Batch] | None:
         if self._real is None and self.real_data is not None:
