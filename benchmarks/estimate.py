@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memlab.estimate import _fakeify, estimate  # noqa: E402
+from memlab.estimator import _fakeify, estimate  # noqa: E402
 from tests.test_estimate import CASES, measure  # noqa: E402
 
 
@@ -44,6 +44,7 @@ def memtracker_peak(model_fn: Callable[[], Any], batch_fn: Callable[[], Any]) ->
     with FakeTensorMode(allow_non_fake_inputs=True):
         _fakeify(model)
         opt = adam(list(model.parameters()))
+
         def step() -> None:
             x, y = batch_fn()
             torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -64,10 +65,14 @@ def pct(pred: float | None, real: float) -> str:
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Adam; errors vs the "
-          "measured steady-state peak (first step for memlab's first-step column)\n")
-    head = (f"{'model':<10} {'measured':>10} {'memlab 1st':>11} {'memlab':>8} {'ms':>6} "
-            f"{'weights x4':>11} {'MemTracker':>11}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; Adam; errors vs the "
+        "measured steady-state peak (first step for memlab's first-step column)\n"
+    )
+    head = (
+        f"{'model':<10} {'measured':>10} {'memlab 1st':>11} {'memlab':>8} {'ms':>6} "
+        f"{'weights x4':>11} {'MemTracker':>11}"
+    )
     print(head)
     print("-" * len(head))
     errors, times = [], []
@@ -80,11 +85,15 @@ def main() -> None:
         mt = memtracker_peak(model_fn, batch_fn)
         errors.append(abs(est.steady_peak_bytes / steady - 1))
         times.append(ms)
-        print(f"{name:<10} {steady / 2**20:>8.2f}Mi {pct(est.first_step_peak_bytes, first):>11} "
-              f"{pct(est.steady_peak_bytes, steady):>8} {ms:>6.0f} {pct(4 * params, steady):>11} "
-              f"{pct(mt, steady):>11}")
-    print(f"\nworst memlab error {100 * max(errors):.2f}% (target 3%); "
-          f"median estimate time {statistics.median(times):.0f} ms (target 500 ms)")
+        print(
+            f"{name:<10} {steady / 2**20:>8.2f}Mi {pct(est.first_step_peak_bytes, first):>11} "
+            f"{pct(est.steady_peak_bytes, steady):>8} {ms:>6.0f} {pct(4 * params, steady):>11} "
+            f"{pct(mt, steady):>11}"
+        )
+    print(
+        f"\nworst memlab error {100 * max(errors):.2f}% (target 3%); "
+        f"median estimate time {statistics.median(times):.0f} ms (target 500 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ __all__ = [
     "RunHandle",
     "track",
     "Tracker",
+    "estimate",
+    "max_batch_size",
+    "Estimate",
     "RunResult",
     "Timeline",
     "ProcessSeries",
@@ -31,6 +34,9 @@ _LAZY = {
     "start": "memlab.runner",
     "RunHandle": "memlab.runner",
     "track": "memlab.tracking",
+    "estimate": "memlab.estimator",
+    "max_batch_size": "memlab.estimator",
+    "Estimate": "memlab.estimator",
     "Tracker": "memlab.tracking",
     "RunResult": "memlab.timeline",
     "Timeline": "memlab.timeline",
@@ -42,6 +48,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from memlab.config import Experiment
+    from memlab.estimator import Estimate, estimate, max_batch_size
     from memlab.runner import RunHandle, run, start
     from memlab.timeline import (
         CATEGORIES,

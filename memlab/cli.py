@@ -1,7 +1,7 @@
-"""The command line: ``memlab run ...`` (also ``python -m memlab run ...``).
+"""The command line: ``memlab run ...`` and ``memlab estimate ...`` (also ``python -m memlab``).
 
-Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled``; 2 a bad argument
-(one line naming it, no traceback).
+Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled`` (or a model that
+cannot be estimated); 2 a bad argument (one line naming it, no traceback).
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def _parser() -> _Parser:
     r = sub.add_parser("run", help="run an experiment in a worker process and report it")
     _experiment_args(r)
     r.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    e = sub.add_parser("estimate", help="predict an experiment's peak without running it")
+    _experiment_args(e)
+    e.add_argument(
+        "--max-batch",
+        action="store_true",
+        help="find the largest batch size predicted to fit --budget, then confirm it "
+        "with one real run",
+    )
+    e.add_argument("--no-confirm", action="store_true", help="with --max-batch: skip the run")
     return p
 
 
@@ -132,6 +141,58 @@ def result_table(r: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _estimate(ns: argparse.Namespace, exp: Any) -> int:
+    from memlab.config import ConfigError
+    from memlab.estimator import EstimateError, estimate, max_batch_size
+
+    try:
+        if ns.max_batch:
+            if exp.budget_bytes is None:
+                raise ConfigError("--max-batch needs --budget (e.g. --budget 2GB)")
+            mb = max_batch_size(
+                exp.replace(budget_bytes=None),
+                budget_bytes=exp.budget_bytes,
+                confirm=not ns.no_confirm,
+            )
+        else:
+            est = estimate(exp)
+    except ConfigError as e:
+        print(f"memlab: error: {e}", file=sys.stderr)
+        return 2
+    except EstimateError as e:
+        print(f"memlab: cannot estimate: {e}", file=sys.stderr)
+        return 1
+    if ns.max_batch:
+        if ns.json:
+            print(json.dumps(mb.to_dict(), indent=2))
+        else:
+            print(
+                f"largest batch size predicted to fit {format_bytes(mb.budget_bytes)}: "
+                f"{mb.batch_size} (predicted peak {format_bytes(mb.predicted_peak_bytes)}, "
+                f"{mb.estimates} estimates)"
+            )
+            if mb.confirmed is not None:
+                c = mb.confirmed
+                print(
+                    f"confirmed by a real run: {c.status}, measured peak "
+                    f"{format_bytes(c.peak_bytes)}" + (f" ({c.error})" if c.error else "")
+                )
+        return 0 if mb.confirmed is None else EXIT[mb.confirmed.status]
+    if ns.json:
+        print(json.dumps({**est.to_dict(), "experiment": exp.to_dict()}, indent=2))
+    else:
+        print(
+            f"memlab estimate (predicted, nothing run): peak {format_bytes(est.peak_bytes)} "
+            f"(first step {format_bytes(est.first_step_peak_bytes)}, steady "
+            f"{format_bytes(est.steady_peak_bytes)}), {est.elapsed_s * 1e3:.0f} ms"
+        )
+        for c in CATEGORIES:
+            v = est.peak_by_category.get(c, 0)
+            if v:
+                print(f"  {c:<16} {format_bytes(v)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     from memlab.config import ConfigError
@@ -141,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ImportError, AttributeError) as e:
         print(f"memlab: error: {e}", file=sys.stderr)
         return 2
+    if ns.command == "estimate":
+        return _estimate(ns, exp)
     from memlab.runner import run
 
     result = run(exp, timeout_s=ns.timeout)

@@ -28,7 +28,7 @@ import numpy as np
 
 from memlab.timeline import CATEGORIES, PHASES, RunResult, format_bytes
 
-__all__ = ["Estimate", "estimate", "EstimateError"]
+__all__ = ["Estimate", "EstimateError", "MaxBatch", "estimate", "max_batch_size"]
 
 
 class EstimateError(RuntimeError):
@@ -229,13 +229,13 @@ def _run_steps(
     optimizer: Any,
     n: int,
 ) -> list[RunResult]:
-    import memlab
+    from memlab.tracking import Tracker
 
     out: list[RunResult] = []
     for _ in range(n):
         x, y = next(batches)
         source = _FakeSource()
-        rec = memlab.tracking.Tracker(
+        rec = Tracker(
             model, optimizer=optimizer, inputs=(x, y), sample_interval_s=None, _source=source
         )
         with _dispatch_mode(source), rec:
@@ -265,8 +265,6 @@ def estimate(
     from memlab.config import Experiment
 
     if isinstance(model_fn, Experiment):
-        from memlab.estimate_experiment import estimate_experiment
-
         return estimate_experiment(model_fn)
     if not callable(model_fn):
         raise TypeError(f"model_fn must be a callable returning an nn.Module, got {model_fn!r}")
@@ -342,6 +340,67 @@ def _estimate(
             results = _run_steps(model, batches(), infer_step, None, 1)
         else:
             results = _run_steps(model, batches(), train_step, opt, 2)
+    return _combine(results, time.perf_counter() - t0, tuple(notes))
+
+
+# ----------------------------------------------------------------------------------------------
+def _swap_to_fake(model: Any, fake_mode: Any) -> None:
+    """Replace a real model's parameters and buffers with fake copies (same shapes, dtypes,
+    strides; no data), keeping ties. The real storages are then free to go."""
+    from torch import nn
+
+    made: dict[int, Any] = {}
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                if id(p) not in made:
+                    made[id(p)] = nn.Parameter(
+                        fake_mode.from_tensor(p.detach()), requires_grad=p.requires_grad
+                    )
+                mod._parameters[name] = made[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                if id(b) not in made:
+                    made[id(b)] = fake_mode.from_tensor(b)
+                mod._buffers[name] = made[id(b)]
+
+
+def estimate_experiment(exp: Any) -> Estimate:
+    """Predict a memlab ``Experiment``'s step. The built-in models are a few MB, so they are
+    built for real (knobs need real weights: magnitude pruning decides what a sparse layer keeps)
+    with a one-batch data set, then swapped for fake tensors before any step runs."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memlab.workloads import build_experiment
+
+    if exp.precision == "int8":
+        raise EstimateError(
+            "precision 'int8' cannot be estimated: dynamic quantization packs weights into "
+            "objects that fake tensors cannot stand in for; measure it with memlab.run"
+        )
+    t0 = time.perf_counter()
+    small = exp.replace(data="ram", data_size=exp.batch_size, num_workers=0, device="cpu")
+    w = build_experiment(small, "cpu")
+    x_real, y_real = next(w.make_batches(1))
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        _swap_to_fake(w.model, fake_mode)
+        w.rebuild_optimizer()
+        x, y = fake_mode.from_tensor(x_real), fake_mode.from_tensor(y_real)
+        del x_real, y_real
+
+        def batches() -> Iterator[tuple[Any, Any]]:
+            while True:
+                yield x, y
+
+        n = 2 if w.mode == "train" and w.optimizer is not None else 1
+        with torch.random.fork_rng(devices=[]):
+            results = _run_steps(w.model, batches(), w.step, w.optimizer, n)
+    return _combine(results, time.perf_counter() - t0, tuple(w.notes))
+
+
+def _combine(results: list[RunResult], elapsed: float, notes: tuple[str, ...]) -> Estimate:
     first = results[0]
     steady = results[1] if len(results) > 1 else None
     top = first if steady is None or first.peak_bytes >= steady.peak_bytes else steady
@@ -353,8 +412,76 @@ def _estimate(
         peak_by_category={c: int(top.peak_by_category.get(c, 0)) for c in CATEGORIES},
         peak_by_phase={p: v for p, v in phases.items() if v},
         activations_by_module=dict(top.activations_by_module),
-        elapsed_s=time.perf_counter() - t0,
+        elapsed_s=elapsed,
         first_step=first,
         steady=steady,
-        notes=tuple(notes),
+        notes=notes,
     )
+
+
+@dataclass(frozen=True)
+class MaxBatch:
+    """The largest batch size predicted to fit a budget, and the real run that checks it."""
+
+    batch_size: int
+    budget_bytes: int
+    predicted_peak_bytes: int
+    estimates: int
+    confirmed: RunResult | None = None
+    searched: dict[int, int] = field(default_factory=dict)  # batch size -> predicted peak
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "budget_bytes": self.budget_bytes,
+            "predicted_peak_bytes": self.predicted_peak_bytes,
+            "estimates": self.estimates,
+            "searched": {str(k): v for k, v in sorted(self.searched.items())},
+            "confirmed": None
+            if self.confirmed is None
+            else {
+                "status": self.confirmed.status,
+                "peak_bytes": self.confirmed.peak_bytes,
+                "error": self.confirmed.error,
+            },
+        }
+
+
+def max_batch_size(
+    experiment: Any, *, budget_bytes: int, confirm: bool = True, limit: int = 1 << 16
+) -> MaxBatch:
+    """The largest batch size whose predicted peak fits ``budget_bytes`` (searched on
+    predictions alone: doubling, then bisection), confirmed by one real run under that budget
+    (``confirm``). Works on CPU: no out-of-memory is needed to find the limit."""
+    from memlab.config import ConfigError
+
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
+        raise ConfigError(f"budget_bytes must be a positive int, got {budget_bytes!r}")
+    peaks: dict[int, int] = {}
+
+    def peak(bs: int) -> int:
+        if bs not in peaks:
+            peaks[bs] = estimate_experiment(experiment.replace(batch_size=bs)).peak_bytes
+        return peaks[bs]
+
+    if peak(1) > budget_bytes:
+        raise ConfigError(
+            f"even batch size 1 is predicted to need {peak(1)} bytes, over the budget of "
+            f"{budget_bytes} bytes"
+        )
+    lo, hi = 1, 2
+    while hi <= limit and peak(hi) <= budget_bytes:
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if peak(mid) <= budget_bytes:
+            lo = mid
+        else:
+            hi = mid
+    confirmed = None
+    if confirm:
+        from memlab.runner import run
+
+        confirmed = run(experiment.replace(batch_size=lo, budget_bytes=budget_bytes))
+    return MaxBatch(lo, budget_bytes, peaks[lo], len(peaks), confirmed, dict(peaks))

@@ -72,3 +72,29 @@ def test_bad_argument_is_one_line_exit_2(args: list[str], needle: str) -> None:
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_estimate_json_is_labelled_predicted() -> None:
+    p = memlab("estimate", "--workload", "transformer", "--batch-size", "8", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["predicted"] is True
+    assert sum(d["peak_by_category"].values()) == d["peak_bytes"] > 0
+    assert d["peak_bytes"] == max(d["first_step_peak_bytes"], d["steady_peak_bytes"])
+    assert d["experiment"]["batch_size"] == 8
+
+
+def test_estimate_max_batch_confirmed_by_a_run() -> None:
+    p = memlab("estimate", "--workload", "transformer", "--max-batch", "--budget", "40MB", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["predicted_peak_bytes"] <= 40_000_000
+    # the next batch size up was predicted over the budget (or the search hit its limit)
+    over = [int(b) for b, v in d["searched"].items() if v > 40_000_000]
+    assert over and min(over) == d["batch_size"] + 1
+    assert d["confirmed"]["status"] == "ok" and d["confirmed"]["peak_bytes"] <= 40_000_000
+
+
+def test_estimate_max_batch_needs_a_budget() -> None:
+    p = memlab("estimate", "--max-batch", timeout=60)
+    assert p.returncode == 2 and "--budget" in p.stderr

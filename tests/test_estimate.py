@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import memlab  # noqa: E402
-from memlab.estimate import EstimateError, estimate  # noqa: E402
+from memlab.estimator import EstimateError, estimate  # noqa: E402
 
 TOLERANCE = 0.03  # the bar: within 3% of the measured allocator peak
 
@@ -29,9 +29,16 @@ class Depthwise(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, groups=32),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(64, 10),
         )
 
@@ -52,15 +59,22 @@ class Seq2Seq(nn.Module):
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.GELU(),
-                         nn.Linear(512, 10))
+    return nn.Sequential(
+        nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 10)
+    )
 
 
 def cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(32 * 16, 10),
     )
 
 
@@ -138,8 +152,11 @@ def test_a_100gb_model_is_estimated_without_allocating_it() -> None:
 
     estimate(mlp, CASES["mlp"][1], optimizer_fn=lambda p: torch.optim.Adam(p))  # imports
     before = read_process_memory()["rss"]
-    est = estimate(Huge, lambda: (torch.randn(8, 50_000), torch.randint(0, 10, (8,))),
-                   optimizer_fn=lambda p: torch.optim.Adam(p))
+    est = estimate(
+        Huge,
+        lambda: (torch.randn(8, 50_000), torch.randint(0, 10, (8,))),
+        optimizer_fn=lambda p: torch.optim.Adam(p),
+    )
     after = read_process_memory()["rss"]
     assert before is not None and after is not None
     params = 10 * (50_000 * 50_000 + 50_000) * 4
