@@ -171,6 +171,13 @@ def apply_precision(workload: Workload, precision: str) -> Workload:
             f"{precision}: weights stay fp32 (master copy); autocast casts them to "
             f"{_dtype_name(dtype)} per op, and the casts are temporaries"
         )
+        if dev_type == "cpu" and dtype == torch.float16:
+            # Many CPUs have no native fp16 arithmetic; the memory saving is real, the speed
+            # may not be. Said, not asserted: compare the measured step times.
+            workload.notes.append(
+                "amp-fp16 on CPU: many CPUs lack fast fp16 kernels, so compare its step time "
+                "with fp32's before counting on a speed-up"
+            )
     elif precision == "bf16":
         workload.model.to(torch.bfloat16)
         workload.input_dtype = torch.bfloat16

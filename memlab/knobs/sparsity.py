@@ -111,11 +111,17 @@ class _SparseMM(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(values, x, crow, col)
         ctx.shape = shape
-        return torch.sparse.mm(_csr(crow, col, values, shape), x.t()).t()
+        # W @ x.T comes out transposed; handing that layout on would make later ops (attention
+        # above all) keep contiguous copies of it, so return nn.Linear's layout (one copy here,
+        # a temporary).
+        return torch.sparse.mm(_csr(crow, col, values, shape), x.t()).t().contiguous()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         values, x, crow, col = ctx.saved_tensors
+        # Under autocast or bf16 storage the incoming gradient can be 16-bit while the product
+        # ran in fp32; cuSPARSE refuses mixed dtypes, so bring it to the compute dtype.
+        grad = grad.to(values.dtype)
         grad_values = grad_x = None
         if ctx.needs_input_grad[1]:
             w = _csr(crow, col, values, ctx.shape)
@@ -132,8 +138,8 @@ class _SparseMM(torch.autograd.Function):
 
 class SparseLinear(nn.Module):
     """A Linear layer whose weight is stored as CSR: ``values`` (trainable), ``col_indices``
-    and ``crow_indices``. Computes in fp32 when the values are 16-bit (torch's CPU sparse
-    matmul has no bf16/fp16 kernel) and returns the input's dtype."""
+    and ``crow_indices``. Computes in fp32 when the values are 16-bit and under autocast
+    (torch's CPU sparse matmul has no bf16/fp16 kernel) and returns the input's dtype."""
 
     crow_indices: torch.Tensor
     col_indices: torch.Tensor
@@ -195,12 +201,15 @@ class SparseLinear(nn.Module):
         values: torch.Tensor = self.values
         if values.dtype not in (torch.float32, torch.float64):
             values = values.float()
-        out = _SparseMM.apply(
-            values, x2.to(values.dtype), self.crow_indices, self.col_indices,
-            (self.out_features, self.in_features),
-        )
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
+        # Outside autocast: it would cast the sparse product's operands to 16 bits, for which
+        # torch's CPU sparse kernels (MKL) have no implementation and cuSPARSE no mixed mode.
+        with torch.autocast(x.device.type, enabled=False):
+            out = _SparseMM.apply(
+                values, x2.to(values.dtype), self.crow_indices, self.col_indices,
+                (self.out_features, self.in_features),
+            )
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype)
         return out.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
