@@ -288,9 +288,33 @@ def _tensors_in(obj: Any) -> Iterator[Any]:
 
 
 def _params_of(model: Any) -> list[Any]:
+    """Parameters, buffers, and weights that torch.nn.utils.prune derives from them."""
     if model is None:
         return []
-    return list(model.parameters()) + list(model.buffers())
+    return list(model.parameters()) + list(model.buffers()) + _pruned_weights(model)
+
+
+def _model_grads(model: Any) -> list[Any]:
+    if model is None:
+        return []
+    return [p.grad for p in model.parameters() if p.grad is not None]
+
+
+def _pruned_weights(model: Any) -> list[Any]:
+    """torch.nn.utils.prune keeps ``name_orig`` (a parameter) and ``name_mask`` (a buffer) and
+    recomputes ``name = name_orig * name_mask`` as a plain attribute before every forward
+    (torch/nn/utils/prune.py, BasePruningMethod.apply): model state, not an activation."""
+    import torch
+
+    out = []
+    for mod in model.modules():
+        for key in list(mod._parameters):
+            if key.endswith("_orig"):
+                name = key[: -len("_orig")]
+                t = mod.__dict__.get(name)
+                if isinstance(t, torch.Tensor) and f"{name}_mask" in mod._buffers:
+                    out.append(t)
+    return out
 
 
 def _grads_of(opt: Any) -> list[Any]:
@@ -395,7 +419,7 @@ class Tracker:
         blocks: dict[int, tuple[int, str]] = {}
         groups = [
             (_params_of(self.model), "parameters"),
-            ([p.grad for p in _params_of(self.model) if p.grad is not None], "gradients"),
+            (_model_grads(self.model), "gradients"),
             ([t for o in self.optimizers for t in _grads_of(o)], "gradients"),
             ([t for o in self.optimizers for t in _optimizer_state(o)], "optimizer_state"),
             (list(_tensors_in(self.inputs)), "inputs"),
@@ -508,7 +532,7 @@ class Tracker:
             _mark_category(_grads_of(o), "gradients")
             _mark_category(_optimizer_state(o), "optimizer_state")
         params = _params_of(self.model)
-        _mark_category([p.grad for p in params if p.grad is not None], "gradients")
+        _mark_category(_model_grads(self.model), "gradients")
         _mark_category(params, "parameters")
         _S.blocks.remove(self)
         if self.model is not None:
@@ -577,7 +601,11 @@ class Tracker:
         torch.cuda.reset_peak_memory_stats(dev)
         self._cuda_entry = int(torch.cuda.memory_allocated(dev))
         self._wall_minus_mono = time.time_ns() - time.monotonic_ns()
-        torch.cuda.memory._record_memory_history(max_entries=1_000_000, device=dev)
+        # context=None: the trace needs addresses, sizes and times, not stacks; capturing
+        # stacks also broke custom autograd Functions under checkpointing on torch 2.11.
+        torch.cuda.memory._record_memory_history(
+            max_entries=1_000_000, context=None, device=dev
+        )
 
     def _cuda_exit(self, _cpu_events: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
         import torch
