@@ -397,7 +397,13 @@ def estimate_experiment(exp: Any) -> Estimate:
         n = 2 if w.mode == "train" and w.optimizer is not None else 1
         with torch.random.fork_rng(devices=[]):
             results = _run_steps(w.model, batches(), w.step, w.optimizer, n)
-    return _combine(results, time.perf_counter() - t0, tuple(w.notes))
+    notes = list(w.notes)
+    if exp.sparsity > 0 and exp.sparse_storage == "sparse":
+        notes.append(
+            "estimate: the sparse CSR product's internal buffers (torch.sparse.mm, "
+            "sampled_addmm) are not modelled; the prediction is low by what they hold"
+        )
+    return _combine(results, time.perf_counter() - t0, tuple(notes))
 
 
 def _combine(results: list[RunResult], elapsed: float, notes: tuple[str, ...]) -> Estimate:
