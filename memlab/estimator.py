@@ -144,12 +144,12 @@ class _FakeSource:
         if n is not None:
             self._log(key, -n)
 
-    def saw(self, t: Any) -> None:
+    def saw(self, t: Any, real_nbytes: int | None = None) -> None:
         st = t.untyped_storage()
         key = int(st._cdata)
         if key in self._sizes:
             return
-        n = int(st.nbytes())
+        n = int(st.nbytes()) if real_nbytes is None else real_nbytes
         self._sizes[key] = n
         self._log(key, n)
         weakref.finalize(st, self._free, key)
@@ -181,9 +181,12 @@ def _dispatch_mode(source: _FakeSource) -> Any:
                     f"the op {func} cannot run under fake tensors: {type(e).__name__}: {e}"
                 ) from e
             flat, _ = tree_flatten(out)
-            for t in flat:
+            # An output whose fake storage is smaller than the real one (the LSTM workspace,
+            # 0 bytes under fake tensors) is counted at its real size.
+            real = estimate_ops.real_output_bytes(func, args, kwargs, out)
+            for i, t in enumerate(flat):
                 if isinstance(t, torch.Tensor):
-                    source.saw(t)
+                    source.saw(t, real.get(i))
             internal = estimate_ops.internal_bytes(func, args, kwargs, out)
             if internal > 0:
                 source.transient(internal)
