@@ -96,7 +96,49 @@ def main() -> None:
     )
 
 
+KNOB_GRID: list[dict[str, Any]] = [
+    {},
+    {"batch_size": 64},
+    {"checkpointing": "every-block"},
+    {"checkpointing": "every-other-block"},
+    {"precision": "bf16"},
+    {"precision": "amp-bf16"},
+    {"mode": "inference"},
+    {"sparsity": 0.9, "sparse_storage": "mask"},
+    {"sparsity": 0.9, "sparse_storage": "sparse"},
+]
+
+
+def builtin_grid() -> None:
+    """memlab's own workloads across the knob grid: estimate vs a real run (memlab.run)."""
+    import memlab
+    from memlab.config import Experiment
+
+    print(
+        f"\n{'workload':<12} {'knobs':<44} {'measured':>10} {'predicted':>10} {'error':>7} "
+        f"{'ms':>5}"
+    )
+    worst = 0.0
+    for wl in ("mlp", "cnn", "transformer"):
+        for knobs in KNOB_GRID:
+            exp = Experiment(workload=wl, steps=2, warmup=1, **knobs)
+            est = memlab.estimate(exp)
+            real = memlab.run(exp)
+            err = est.peak_bytes / real.peak_bytes - 1 if real.peak_bytes else float("nan")
+            flag = "" if abs(err) <= 0.03 else "  <- over 3%"
+            if knobs.get("sparse_storage") != "sparse":
+                worst = max(worst, abs(err))
+            label = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "baseline (fp32)"
+            print(
+                f"{wl:<12} {label:<44} {real.peak_bytes / 2**20:>8.2f}Mi "
+                f"{est.peak_bytes / 2**20:>8.2f}Mi {100 * err:>+6.1f}% "
+                f"{est.elapsed_s * 1e3:>5.0f}{flag}"
+            )
+    print(f"worst error outside sparse storage: {100 * worst:.2f}% (target 3%)")
+
+
 if __name__ == "__main__":
     t = time.perf_counter()
     main()
+    builtin_grid()
     print(f"(benchmark took {time.perf_counter() - t:.0f} s)")
