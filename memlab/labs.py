@@ -391,7 +391,10 @@ def epoch_profile(
     parts = ("rss_anon", "rss_file", "rss_shmem")
     # The level when the measured steps began: the last reading before step 1 (not the highest
     # during setup, which may have written the memmap file through a mapping of its own).
-    running = {p: (_samples_value(before, p) or [None])[-1] for p in parts}
+    running: dict[str, int | None] = {}
+    for p in parts:
+        vals = _samples_value(before, p)
+        running[p] = vals[-1] if vals else None
     out = []
     last_epoch = epoch_of(steps)
     for e in range(1, last_epoch + 1):
