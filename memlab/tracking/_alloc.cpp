@@ -19,6 +19,8 @@
 #include <c10/util/Exception.h>
 
 #include <atomic>
+#include <cstdio>
+#include <string>
 #include <cstdint>
 #include <ctime>
 #include <mutex>
@@ -83,10 +85,19 @@ struct RecordingAllocator final : public c10::Allocator {
         live = g_live;
       }
       // A simulated device limit: fail the way a full GPU does (torch.OutOfMemoryError), before
-      // the memory is taken, so the run stops at the allocation that would not fit.
-      TORCH_CHECK_WITH(OutOfMemoryError, live + static_cast<int64_t>(n) <= limit,
-                       "memlab budget exceeded: allocating ", n, " bytes with ", live,
-                       " bytes live would pass the limit of ", limit, " bytes");
+      // the memory is taken, so the run stops at the allocation that would not fit. The message
+      // is formatted with snprintf, not c10::str: ostream code instantiated in this library
+      // crashed on one torch build (2.11, another libstdc++).
+      if (live + static_cast<int64_t>(n) > limit) {
+        char msg[256];
+        std::snprintf(msg, sizeof(msg),
+                      "memlab budget exceeded: allocating %zu bytes with %lld bytes live would "
+                      "pass the limit of %lld bytes",
+                      n, static_cast<long long>(live), static_cast<long long>(limit));
+        throw c10::OutOfMemoryError(
+            c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+            std::string(msg));
+      }
     }
     c10::DataPtr d = g_base->allocate(n);
     void* p = d.get();
