@@ -389,7 +389,12 @@ def estimate_experiment(exp: Any) -> Estimate:
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     with fake_mode:
         _swap_to_fake(w.model, fake_mode)
-        w.rebuild_optimizer()
+        if w.optimizer is not None:
+            if w.make_optimizer is not None:
+                w.rebuild_optimizer()
+            else:  # a user workload without a builder: the same class and settings
+                params = [p for p in w.model.parameters() if p.requires_grad]
+                w.optimizer = type(w.optimizer)(params, **w.optimizer.defaults)
         x, y = fake_mode.from_tensor(x_real), fake_mode.from_tensor(y_real)
         del x_real, y_real
 

@@ -262,3 +262,40 @@ def test_auto_run_change_cancels_the_run_in_progress() -> None:
     p.stop()
     r = p.wait(30)
     assert r is not None and r.status == "cancelled" and p.history == []
+
+
+def test_prediction_is_drawn_before_the_run_and_compared_after() -> None:
+    from memlab.estimator import estimate
+
+    panel = make_panel(knobs=["batch_size"], warm=False)
+    panel.controls["batch_size"].value = 64
+    est = panel.wait_prediction(120)
+    assert est is not None and est.peak_bytes > 0
+    # the chart shows the prediction of the settings on screen, before any run
+    truth = estimate(panel.experiment)
+    assert est.peak_by_category == truth.peak_by_category
+    fig = panel.figures["prediction"]
+    pred = trace(fig, "predicted")
+    assert np.allclose(pred.y, [truth.peak_by_category[c] / MIB for c in CATEGORIES])
+    assert [t.name for t in fig.data] == ["predicted"]
+    assert panel.prediction_error_pct() is None
+    # after the run: the measurement of the same settings beside it, the error in the title
+    panel.run()
+    r = panel.wait(120)
+    assert r is not None and r.status == "ok"
+    panel.wait_prediction(60)
+    meas = trace(fig, "measured")
+    assert np.allclose(meas.y, [r.peak_by_category[c] / MIB for c in CATEGORIES])
+    err = panel.prediction_error_pct()
+    assert err is not None and abs(err) <= 3.0
+    assert f"{err:+.1f}%" in fig.layout.title.text
+    panel.close()
+
+
+def test_no_prediction_is_said_not_raised() -> None:
+    panel = make_panel(knobs=["mode", "precision"], warm=False)
+    panel.set(mode="inference", precision="int8")
+    panel.wait_prediction(120)
+    assert panel.prediction is None
+    assert "no prediction" in panel.figures["prediction"].layout.title.text
+    panel.close()

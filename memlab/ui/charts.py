@@ -22,7 +22,9 @@ from memlab.timeline import PROCESS_PARTS, RunResult, format_bytes
 __all__ = ["CHARTS", "LiveCharts", "sync_figure", "sync_state"]
 
 #: Chart names, in display order.
-CHARTS: tuple[str, ...] = ("memory", "throughput", "process", "history", "tradeoff")
+CHARTS: tuple[str, ...] = (
+    "memory", "prediction", "throughput", "process", "history", "tradeoff",
+)
 LIVE_TRACE = "tensor bytes (live)"
 _MAX_LIVE_POINTS = 2000
 _HEIGHT = 340
@@ -125,6 +127,10 @@ class LiveCharts:
             return _throughput_figure()
         if name == "history":
             return plots.peak_bars_figure([])
+        if name == "prediction":
+            fig = plots.prediction_figure({})
+            fig.update_layout(title={"text": "Prediction: appears when the settings are valid"})
+            return fig
         return plots.memory_throughput_figure([])
 
     # -- a run starts -----------------------------------------------------------------------
@@ -252,6 +258,21 @@ class LiveCharts:
                 "Throughput per step" if tp is None or med is None
                 else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step")
             sync_state(fw)
+
+    def show_prediction(self, predicted: Mapping[str, int] | None, result: RunResult | None,
+                        note: str) -> None:
+        """Predicted bytes by category (labelled predicted), the measurement of the same
+        settings beside them once there is one, or why there is no prediction."""
+        fw = self.figures.get("prediction")
+        if fw is None:
+            return
+        if predicted is None:
+            fig = plots.prediction_figure({})
+            fig.update_layout(title={"text": note})
+        else:
+            fig = plots.prediction_figure(predicted, result)
+            fig.update_layout(title={"subtitle": {"text": note}})
+        sync_figure(fw, fig)
 
     def show_history(self, results: Sequence[RunResult], labels: Sequence[str]) -> None:
         """Redraw the comparison charts from the panel's history."""

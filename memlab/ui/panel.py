@@ -25,6 +25,7 @@ import ipywidgets as widgets
 from memlab.config import ConfigError, Experiment
 from memlab.timeline import RunResult, format_bytes
 from memlab.ui.charts import CHARTS, LiveCharts
+from memlab.ui.predict import Predictor
 from memlab.ui.controls import (
     build_controls,
     experiment_from_controls,
@@ -113,6 +114,7 @@ class Panel:
         max_fps: float = 20.0,
         warm: bool = True,
         timeout_s: float | None = None,
+        predict: bool = True,
     ) -> None:
         if experiment is None:
             experiment = Experiment()
@@ -174,7 +176,14 @@ class Panel:
         #: The ipywidgets container to display.
         self.widget = widgets.VBox([knob_box, buttons, grid])
 
-        self._validate()
+        #: Predicts each valid setting before it runs (``None`` without a prediction chart).
+        self.predictor: Predictor | None = (
+            Predictor(self._charts.show_prediction)
+            if predict and "prediction" in self.figures else None
+        )
+        exp = self._validate()
+        if exp is not None and self.predictor is not None:
+            self.predictor.request(exp)
         if warm:
             self._warm_up()
 
@@ -297,6 +306,21 @@ class Panel:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"a run is still going after {timeout} s (stop() ends it)")
 
+    @property
+    def prediction(self) -> Any:
+        """The latest prediction (a :class:`memlab.Estimate`), or ``None``."""
+        return None if self.predictor is None else self.predictor.latest
+
+    def prediction_error_pct(self) -> float | None:
+        """(predicted - measured) / measured of the peak in %, once the predicted settings ran."""
+        return None if self.predictor is None else self.predictor.error_pct()
+
+    def wait_prediction(self, timeout: float | None = 60.0) -> Any:
+        """Block until the prediction of the current settings is drawn; return it."""
+        if self.predictor is not None and not self.predictor.wait(timeout):
+            raise TimeoutError(f"no prediction after {timeout} s")
+        return self.prediction
+
     def clear_history(self) -> None:
         """Forget the earlier runs (the next run becomes the baseline)."""
         with self._lock:
@@ -371,6 +395,8 @@ class Panel:
                     self._cancel_timer()
                     self._supersede()
                 exp = self._validate()
+                if exp is not None and self.predictor is not None:
+                    self.predictor.request(exp)
                 if self.auto_run and exp is not None:
                     timer = threading.Timer(self.debounce_s, self._fire)
                     timer.daemon = True
@@ -456,6 +482,8 @@ class Panel:
                 self._charts.finish(result)
                 if result.status in ("ok", "oom"):
                     self._charts.show_history(self.history, run_labels(self.history))
+                    if self.predictor is not None:
+                        self.predictor.measured(result)
         except Exception as e:  # noqa: BLE001
             _log.exception("memlab.ui: drawing the result failed")
             self._set_status(f"the run ended ({result.status}) but drawing it failed: "
