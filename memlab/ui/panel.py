@@ -25,7 +25,6 @@ import ipywidgets as widgets
 from memlab.config import ConfigError, Experiment
 from memlab.timeline import RunResult, format_bytes
 from memlab.ui.charts import CHARTS, LiveCharts
-from memlab.ui.predict import Predictor
 from memlab.ui.controls import (
     build_controls,
     experiment_from_controls,
@@ -36,6 +35,7 @@ from memlab.ui.controls import (
     smoke_mode,
     to_field,
 )
+from memlab.ui.predict import Predictor
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
