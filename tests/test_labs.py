@@ -1,0 +1,260 @@
+"""memlab.labs: the analysis, explanations and exercise checks behind the notebooks, on
+hand-made results (no runs), plus the two pieces that need torch (accuracy, data_only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from memlab import Experiment, labs
+from memlab.labs import MIB, Check, Sweep
+from memlab.timeline import RunResult
+
+
+def _result(exp: Experiment | None = None, *, status: str = "ok", steps: tuple[float, ...] = (
+        0.01, 0.01), metrics: dict[str, Any] | None = None, **cats: int) -> RunResult:
+    peak = sum(cats.values())
+    spp = exp.batch_size if exp is not None else 32
+    return RunResult(peak_bytes=peak, peak_by_category=cats, status=status,
+                     step_times_s=steps, samples_per_step=spp,
+                     experiment=None if exp is None else exp.to_dict(), metrics=metrics or {})
+
+
+def _batch_sweep() -> Sweep:
+    base = Experiment(workload="transformer")
+    exps, results = [], []
+    for b in (8, 16, 32):
+        exps.append(base.replace(batch_size=b))
+        results.append(_result(exps[-1], steps=(0.01 * b / 8,) * 2, parameters=1000,
+                               gradients=1000, optimizer_state=2000, activations=100_000 * b,
+                               inputs=4096 * b, temporaries=8000 * b))
+    return Sweep(tuple(f"batch {b}" for b in (8, 16, 32)), tuple(exps), tuple(results))
+
+
+# -- analysis --------------------------------------------------------------------------------------
+def test_category_trends() -> None:
+    t = labs.category_trends(_batch_sweep().results)
+    assert t["activations"] == t["inputs"] == t["temporaries"] == "grows"
+    assert t["parameters"] == t["gradients"] == t["optimizer_state"] == "constant"
+    assert t["other"] == "absent"
+    with pytest.raises(ValueError):
+        labs.category_trends(_batch_sweep().results[:1])
+
+
+def test_linear_fit_recovers_line() -> None:
+    slope, intercept = labs.linear_fit([1, 2, 4], [7, 10, 16])
+    assert slope == pytest.approx(3.0) and intercept == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        labs.linear_fit([2, 2], [1, 3])
+
+
+def test_epoch_profile_growth_from_start_of_measurement() -> None:
+    # Setup wrote the file through a mapping (high), then unmapped it; steps 1-2 are epoch 1
+    # (with 1 warm-up batch and 3 batches an epoch), steps 3-5 epoch 2.
+    samples = [
+        {"step": 0, "rss_file": 500, "rss_anon": 10, "rss_shmem": 0},
+        {"step": 0, "rss_file": 100, "rss_anon": 10, "rss_shmem": 0},
+        {"step": 1, "rss_file": 300, "rss_anon": 12, "rss_shmem": 0},
+        {"step": 2, "rss_file": 400, "rss_anon": 12, "rss_shmem": 0},
+        {"step": 3, "rss_file": 400, "rss_anon": 11, "rss_shmem": 0},
+        {"step": 5, "rss_file": 410, "rss_anon": 11, "rss_shmem": 0},
+    ]
+    prof = labs.epoch_profile(samples, steps=5, warmup=1, steps_per_epoch=3,
+                              step_times_s=[0.1, 0.2, 0.3, 0.4, 0.5])
+    assert [p["epoch"] for p in prof] == [1, 2]
+    assert [p["measured steps"] for p in prof] == [2, 3]
+    assert prof[0]["rss_file growth"] == 300 and prof[1]["rss_file growth"] == 10
+    assert prof[0]["rss_anon growth"] == 2 and prof[1]["rss_anon growth"] == 0
+    assert prof[1]["step ms"] == pytest.approx(400.0)
+    assert labs.check_first_epoch_part("file-backed", prof).ok is True
+    assert labs.check_first_epoch_part("anonymous", prof).ok is False
+
+
+def test_phase_seconds_sums_event_gaps() -> None:
+    from memlab.timeline import PHASES, Timeline
+
+    f, b = PHASES.index("forward"), PHASES.index("backward")
+    tl = Timeline(t=[0.0, 1.0, 3.0, 3.5], phase=[f, b, b, b],
+                  by_category={"activations": [1, 2, 3, 4]})
+    r = RunResult(peak_bytes=4, peak_by_category={"activations": 4}, timeline=tl)
+    assert labs.phase_seconds(r) == {"forward": 1.0, "backward": 2.5}
+
+
+# -- explanations: every number in the text comes from the results -------------------------------
+def test_explain_batch_size_is_built_from_the_numbers() -> None:
+    text = labs.explain_batch_size(_batch_sweep())
+    assert "from 8 to 32 (4.00x)" in text
+    assert "**Grew with the batch:** activations, inputs, temporaries" in text
+    assert "**Stayed constant:** parameters, gradients, optimizer_state" in text
+    per_sample = 100_000 + 4096 + 8000
+    assert f"{per_sample / 1024:.1f} KiB per sample" in text
+    assert "Throughput stayed about level" in text  # 32/(0.01*b/8) samples/s is flat
+
+
+def test_explain_checkpointing_and_tour() -> None:
+    base = Experiment(workload="transformer")
+    labels = ("off", "every-block")
+    exps = (base, base.replace(checkpointing="every-block"))
+    results = (_result(exps[0], steps=(0.010,) * 3, parameters=10, activations=8 * MIB,
+                       temporaries=MIB),
+               _result(exps[1], steps=(0.013,) * 3, parameters=10, activations=2 * MIB,
+                       temporaries=2 * MIB))
+    sweep = Sweep(labels, exps, results)
+    text = labs.explain_checkpointing(sweep, "off")
+    assert "2.0 MiB instead of 8.0 MiB (-75%)" in text
+    assert "3.0 ms more per step (+30%)" in text
+    assert "Temporaries rose (1.0 MiB → 2.0 MiB)" in text
+    assert labs.check_activation_saving(0.75, sweep, "off", "every-block").ok is True
+    assert labs.check_activation_saving(0.5, sweep, "off", "every-block").ok is False
+    tour = labs.explain_tour(sweep)
+    assert "**every-block** lowered the peak" in tour and "mostly through **activations**" in tour
+    assert labs.check_biggest_saving("every-block", sweep).ok is True
+
+
+def test_explain_precision_sparsity_and_data_loading() -> None:
+    b = Experiment(workload="mlp")
+    exps = (b, b.replace(precision="amp-bf16"), b.replace(precision="bf16"),
+            b.replace(mode="inference"), b.replace(mode="inference", precision="int8"))
+    labels = ("fp32", "amp-bf16", "bf16", "fp32 inference", "int8 inference")
+    m32 = {"model_bytes_float32": 4 * MIB, "model_bytes": 4 * MIB}
+    results = (
+        _result(exps[0], metrics=m32, parameters=4 * MIB, optimizer_state=8 * MIB),
+        _result(exps[1], metrics=m32, parameters=4 * MIB, optimizer_state=8 * MIB),
+        _result(exps[2], metrics={"model_bytes_bfloat16": 2 * MIB, "model_bytes": 2 * MIB},
+                parameters=2 * MIB, optimizer_state=4 * MIB),
+        _result(exps[3], metrics=m32, parameters=4 * MIB),
+        _result(exps[4], metrics={"model_bytes_qint8": MIB, "model_bytes": MIB}, parameters=10),
+    )
+    sweep = Sweep(labels, exps, results)
+    text = labs.explain_precision(sweep, "fp32", accuracy=dict.fromkeys(labels, 0.9),
+                                  inference_baseline="fp32 inference")
+    assert "parameter bytes did not drop (4.0 MiB → 4.0 MiB)" in text
+    assert "parameters 4.0 MiB → 2.0 MiB (0.50x)" in text
+    assert "1.0 MiB instead of 4.0 MiB (0.25x)" in text
+    assert "outside PyTorch's tensor storage" in text  # the int8 peak is below the model
+    assert labs.check_bf16_parameters(2.05, sweep, "bf16").ok is True
+    assert labs.check_bf16_parameters(4.0, sweep, "bf16").ok is False
+    assert labs.check_smallest_training_peak("bf16", sweep).ok is True
+    assert labs.check_smallest_training_peak("fp32", sweep).ok is False
+
+    sp = (b, b.replace(sparsity=0.9), b.replace(sparsity=0.5, sparse_storage="sparse"))
+    sm = {"sparse_csr_bytes": 6 * MIB, "sparse_dense_equivalent_bytes": 4 * MIB,
+          "sparse_density_crossover": 0.3229}
+    ssweep = Sweep(("dense", "mask 0.9", "sparse 0.5"), sp, (
+        _result(sp[0], parameters=4 * MIB), _result(sp[1], parameters=8 * MIB),
+        _result(sp[2], metrics=sm, parameters=6 * MIB)))
+    text = labs.explain_sparsity(ssweep, "dense", accuracy={0.0: 0.9, 0.5: 0.88, 0.9: 0.7})
+    assert "masking saves nothing" in text and "larger than dense" in text
+    assert "above **0.677 sparsity**" in text and "within 5 points of dense here: **0.5**" in text
+    assert labs.check_crossover(0.68, ssweep).ok is True
+    assert labs.check_crossover(0.33, ssweep).ok is False
+    assert labs.check_sparsity_accuracy(0.5, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is True
+    assert labs.check_sparsity_accuracy(0.9, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is False
+
+    d = Experiment(workload="mlp", data_size=1024)
+    ram = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=300 * MIB,
+                    rss_file_peak_bytes=80 * MIB, metrics={"dataset_bytes": 64 * MIB})
+    mm = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=236 * MIB,
+                   rss_file_peak_bytes=145 * MIB, metrics={"dataset_bytes": 64 * MIB})
+    dsweep = Sweep(("ram", "memmap"), (d, d.replace(data="memmap")), (ram, mm))
+    text = labs.explain_data_loading(dsweep, "ram", "memmap")
+    assert "**64.0 MiB less** (100% of the data set's size)" in text
+    assert labs.check_memmap_saving(60, dsweep, "ram", "memmap").ok is True
+    assert labs.check_memmap_saving(10, dsweep, "ram", "memmap").ok is False
+
+
+# -- checks ---------------------------------------------------------------------------------------
+def test_check_number_and_choice() -> None:
+    assert labs.check_number(None, 3.0).ok is None
+    assert labs.check_number("3", 3.0).ok is False
+    assert labs.check_number(True, 1.0).ok is False
+    assert labs.check_number(3.1, 3.0, rel_tol=0.05).ok is True
+    wrong = labs.check_number(4.0, 3.0, rel_tol=0.05)
+    assert wrong.ok is False and "too high" in wrong.message and "3" not in wrong.message[:2]
+    assert labs.check_choice({"Activations", "inputs"}, {"activations", "inputs"}).ok is True
+    assert labs.check_choice("activations", {"activations"}).ok is False  # a set is asked for
+    assert labs.check_choice("file backed", "file-backed").ok is True
+    assert labs.check_choice("x", "y", options=["y", "z"]).ok is False
+
+
+def test_check_renders() -> None:
+    c = Check(True, "fine <b>")
+    assert "&lt;b&gt;" in c._repr_html_() and repr(c).startswith("[RIGHT]")
+    assert bool(c) and not bool(Check(None, "x")) and not bool(Check(False, "x"))
+
+
+def test_check_largest_batch_uses_runs() -> None:
+    asked: list[int] = []
+
+    def fake_run(exp: Experiment) -> RunResult:
+        asked.append(exp.batch_size)
+        assert exp.budget_bytes is None and exp.data_size >= exp.batch_size
+        return _result(exp, activations=1000 * exp.batch_size + 500)
+
+    base = Experiment(workload="transformer", data_size=64)
+    budget = 100_500  # batch 100 fits exactly, 108 does not
+    assert labs.check_largest_batch(None, base, budget, run=fake_run).ok is None
+    assert labs.check_largest_batch(99, base, budget, run=fake_run).ok is False  # not a multiple
+    assert asked == []
+    assert labs.check_largest_batch(96, base, budget, run=fake_run).ok is True
+    assert asked == [96, 104]
+    assert labs.check_largest_batch(88, base, budget, run=fake_run).ok is False  # 96 fits too
+    assert labs.check_largest_batch(104, base, budget, run=fake_run).ok is False  # over budget
+
+
+def test_check_panel_result() -> None:
+    class FakePanel:
+        result: RunResult | None = None
+
+    p = FakePanel()
+    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64).ok is None
+    exp = Experiment(workload="transformer", batch_size=64, checkpointing="every-block")
+    p.result = _result(exp, activations=90)
+    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64,
+                                   workload="transformer").ok is True
+    assert labs.check_panel_result(p, max_peak_bytes=80, min_batch=64).ok is False
+    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=128).ok is False
+    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64, workload="mlp").ok is False
+    p.result = _result(exp, status="oom", activations=90)
+    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64).ok is False
+
+
+def test_sweep_table_and_lookup() -> None:
+    sweep = _batch_sweep()
+    df = sweep.table()
+    assert list(df.index) == ["batch 8", "batch 16", "batch 32"]
+    assert df.loc["batch 32", "activations MiB"] == round(3_200_000 / MIB, 2)
+    assert sweep["batch 16"].peak_by_category["activations"] == 1_600_000
+    with pytest.raises(KeyError):
+        sweep["batch 64"]
+    assert "batch 8" in repr(sweep)
+    fig = sweep.figure("t")
+    assert fig.layout.title.text == "t"
+
+
+# -- the parts that need torch ---------------------------------------------------------------------
+def test_data_only_workload_steps() -> None:
+    pytest.importorskip("torch")
+    exp = Experiment(workload=labs.data_only, mode="inference", batch_size=16, data_size=64)
+    w = labs.data_only(exp, "cpu")
+    assert sum(p.numel() for p in w.model.parameters()) == 64 * 10 + 10
+    assert w.dataset_bytes == 64 * 64 * 4
+    for x, y in w.make_batches(5):  # more batches than one epoch holds
+        w.step(x, y)
+    assert exp.to_dict()["workload"] == "memlab.labs:data_only"
+
+
+@pytest.mark.slow
+def test_accuracies_match_workloads_accuracy() -> None:
+    """Training once and applying each variant's knobs gives what memlab.workloads.accuracy
+    gives when it trains for each variant."""
+    pytest.importorskip("torch")
+    from memlab.workloads import accuracy
+
+    base = Experiment(workload="mlp", batch_size=32)
+    variants = {"dense": base, "mask 0.9": base.replace(sparsity=0.9),
+                "int8": base.replace(mode="inference", precision="int8")}
+    got = labs.accuracies(variants, train_steps=5)
+    for label, exp in variants.items():
+        assert got[label] == pytest.approx(accuracy(exp, train_steps=5, device="cpu")), label
