@@ -38,9 +38,21 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy memlab
 
-# Placeholder: serves the labs as apps (no code cells shown) on loopback.
+# Workshop mode: the labs as apps (Voila; code hidden, widgets live) on loopback with a token.
+# voila.json picks memlab's template (share/jupyter/voila/templates/memlab: Voila's lab
+# template without its CDN stylesheets, so pages fetch nothing from the internet).
+# `make app SMOKE=1` runs the labs with small sizes (each page is ready in seconds).
+APP_PORT ?= 8866
+SMOKE ?=
 app: venv
-	$(VENV)/bin/voila labs --Voila.ip=$(HOST) --port=8866 --no-browser
+	@TOKEN=$$($(VPY) -c 'import secrets; print(secrets.token_hex(24))'); \
+	echo ""; \
+	echo "  Open this URL in your browser:"; \
+	echo "  http://$(HOST):$(APP_PORT)/voila/tree?token=$$TOKEN"; \
+	echo ""; \
+	MEMLAB_SMOKE=$(SMOKE) JUPYTER_PATH=$(CURDIR)/share/jupyter exec $(VENV)/bin/voila labs \
+		--Voila.ip=$(HOST) --port=$(APP_PORT) --Voila.port_retries=0 --no-browser \
+		--token=$$TOKEN
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
