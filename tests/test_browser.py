@@ -1,0 +1,339 @@
+"""A real browser: JupyterLab on loopback, headless Chromium, lab 00 run top to bottom, then the
+batch-size slider moved with the keyboard; the memory chart must change (DESIGN.md, "Tests").
+
+Chromium is Debian's (``/usr/bin/chromium``; ``.ci/run`` installs it), driven by Python
+playwright with ``executable_path`` (``playwright install`` is never needed). Without a
+Chromium the test skips, except in CI (``CI`` set), where a missing browser is a failure.
+The lab runs in smoke mode (``MEMLAB_SMOKE=1``), so Run All takes about a minute on 2 cores.
+A screenshot goes to ``test-artifacts/browser-00_tour.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+LAB = "00_tour.ipynb"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Generous: Run All of lab 00 in smoke mode is ~1 minute on an idle 2-core machine.
+SERVER_START_S = 90
+RUN_ALL_S = 420
+RUN_S = 180
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail in CI: there the browser test must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the browser test must run; .ci/run installs it)")
+    pytest.skip(reason)
+
+
+def _chromium() -> str:
+    candidates = [
+        os.environ.get("MEMLAB_CHROMIUM"),
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ]
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    _unavailable("no Chromium binary (looked for /usr/bin/chromium, chromium on PATH, "
+                 "$MEMLAB_CHROMIUM); install Debian's chromium to run the browser test")
+    raise AssertionError("unreachable")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _api(base: str, token: str, path: str, method: str = "GET") -> Any:
+    req = urllib.request.Request(f"{base}{path}", method=method,
+                                 headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = resp.read()
+    return json.loads(body) if body else None
+
+
+def _write_settings(settings: Path) -> None:
+    """User settings for this server only: every cell attached to the DOM (no windowing, so
+    prompts and outputs can be read), and no news or update checks (nothing from the internet)."""
+    files = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
+    }
+    for rel, value in files.items():
+        p = settings / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(value))
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """JupyterLab on 127.0.0.1 (random free port, a token) serving a temp copy of lab 00."""
+    pytest.importorskip("jupyterlab")
+    tmp = tmp_path_factory.mktemp("browser")
+    root = tmp / "labs"
+    root.mkdir()
+    shutil.copy(ROOT / "labs" / LAB, root / LAB)
+    settings = tmp / "settings"
+    _write_settings(settings)
+    port = _free_port()
+    token = os.urandom(24).hex()
+    env = {
+        **os.environ,
+        "MEMLAB_SMOKE": "1",
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        # memlab writes memmap files under the checkout; a kernel started in a temp dir still
+        # imports the checkout's memlab (editable install), so nothing else is needed.
+    }
+    cmd = [
+        sys.executable, "-m", "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        "--LabApp.news_url=None",
+    ]
+    if hasattr(os, "getuid") and os.getuid() == 0:
+        cmd.append("--allow-root")  # containers and CI run as root; Jupyter refuses without it
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited ({proc.returncode}):\n"
+                                   f"{(tmp / 'server.log').read_text()[-3000:]}")
+            try:
+                _api(base, token, "/api/status")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"JupyterLab did not answer in {SERVER_START_S} s:\n"
+                                       f"{(tmp / 'server.log').read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        _stop_server(proc, base, token)
+        log.close()
+
+
+def _shutdown_kernels(base: str, token: str) -> None:
+    try:
+        for k in _api(base, token, "/api/kernels") or []:
+            _api(base, token, f"/api/kernels/{k['id']}", method="DELETE")
+    except (urllib.error.URLError, OSError, ValueError):
+        pass
+
+
+def _stop_server(proc: subprocess.Popen[bytes], base: str, token: str) -> None:
+    """Shut the kernels down (they stop their memlab workers), then the server; kill what is
+    left of the server's process group."""
+    if proc.poll() is None:
+        _shutdown_kernels(base, token)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=10)
+
+
+# -- the page -------------------------------------------------------------------------------------
+# Each FigureWidget renders as a plotly graph div (class js-plotly-plot) that holds its traces.
+_CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => {
+  const t = gd.layout && gd.layout.title;
+  return {
+    title: (t && (t.text !== undefined ? t.text : t)) || '',
+    traces: (gd.data || []).map(d => ({
+      name: d.name || '',
+      y: d.y && d.y.length !== undefined ? Array.from(d.y, v => (v === null ? null : +v)) : [],
+    })),
+  };
+})"""
+
+
+def _memory_chart(page: Any) -> dict[str, Any] | None:
+    charts = page.evaluate(_CHARTS_JS)
+    mem = [c for c in charts if str(c["title"]).startswith("Tensor memory")]
+    return mem[0] if mem else None
+
+
+def _points(chart: dict[str, Any] | None) -> int:
+    return 0 if chart is None else sum(len(t["y"]) for t in chart["traces"])
+
+
+def _status_text(page: Any) -> str:
+    texts = page.locator(".widget-html-content").all_inner_texts()
+    found = [t for t in texts if t.strip().startswith(("done", "running", "starting", "ready",
+                                                        "error", "out of memory", "cancelled",
+                                                        "the run"))]
+    return found[-1] if found else ""
+
+
+def _wait_kernel_idle(page: Any, timeout_s: float) -> None:
+    """Until the kernel says idle and no cell is waiting to run ([*])."""
+    deadline = time.monotonic() + timeout_s
+    idle_since = None
+    while time.monotonic() < deadline:
+        state = page.evaluate("""() => {
+          const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
+          const prompts = Array.from(document.querySelectorAll(
+              '.jp-CodeCell .jp-InputArea-prompt')).map(p => p.textContent.trim());
+          return {status: ind ? ind.getAttribute('data-status') : null, prompts};
+        }""")
+        busy = any("*" in p for p in state["prompts"]) or state["status"] not in ("idle", None)
+        if not busy:
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > 2.0:  # idle for a moment, not between two cells
+                return
+        else:
+            idle_since = None
+        page.wait_for_timeout(500)
+    raise TimeoutError(f"the kernel was not idle after {timeout_s} s")
+
+
+def _errors(page: Any) -> list[str]:
+    return page.locator('[data-mime-type="application/vnd.jupyter.error"]').all_inner_texts()
+
+
+def _run_all(page: Any) -> None:
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+
+
+def _open_and_run(page: Any, base: str, token: str) -> None:
+    page.goto(f"{base}/lab/tree/{LAB}?token={token}", timeout=120_000)
+    page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
+    # The kernel starts with the notebook; wait until it is ready before running.
+    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
+        timeout=120_000)
+    _run_all(page)
+    page.wait_for_timeout(1000)
+    _wait_kernel_idle(page, RUN_ALL_S)
+    errors = _errors(page)
+    assert not errors, "a cell failed:\n" + "\n".join(e[-2000:] for e in errors)
+    prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+    assert prompts and all(p.strip() not in ("[ ]:", "") for p in prompts), prompts
+
+
+def _move_batch_slider(page: Any) -> tuple[str, str]:
+    slider = page.locator(".widget-slider", has_text="batch size").first
+    slider.scroll_into_view_if_needed()
+    readout = slider.locator(".widget-readout")
+    before = readout.inner_text().strip()
+    handle = slider.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(8):  # +8; the panel debounces, so this starts one run
+        handle.press("ArrowRight")
+    page.wait_for_timeout(200)
+    return before, readout.inner_text().strip()
+
+
+def _flow(page: Any, base: str, token: str) -> None:
+    _open_and_run(page, base, token)
+    page.wait_for_function(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+             .some(gd => gd.layout && gd.layout.title && String(gd.layout.title.text || '')
+                   .startsWith('Tensor memory'))""",
+        timeout=60_000,
+    )
+    before = _memory_chart(page)
+    assert _points(before) > 0, f"the memory chart has no data after Run All: {before}"
+    status_before = _status_text(page)
+    assert status_before.startswith("done"), status_before
+
+    old, new = _move_batch_slider(page)
+    assert new != old, f"the slider did not move ({old} -> {new})"
+    deadline = time.monotonic() + RUN_S
+    after, status = before, status_before
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        status = _status_text(page)
+        after = _memory_chart(page)
+        if status.startswith("done") and status != status_before and after != before:
+            break
+    assert status.startswith("done") and status != status_before, (
+        f"no new run finished in {RUN_S} s: {status!r}")
+    assert after != before and _points(after) > 0, "the memory chart did not change"
+
+
+def test_lab00_in_jupyterlab(lab_server: tuple[str, str]) -> None:
+    exe = _chromium()
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install playwright)")
+        raise
+    base, token = lab_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser-00_tour.png"
+    external: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        try:
+            for attempt in (1, 2):  # retry once, from a fresh page and kernel
+                context = browser.new_context(viewport={"width": 1500, "height": 1100})
+                page = context.new_page()
+                page.on("request", lambda r: None if r.url.startswith(
+                    (base, base.replace("http", "ws", 1), "data:", "blob:")
+                ) else external.append(r.url))
+                try:
+                    _flow(page, base, token)
+                    page.locator(".widget-slider", has_text="batch size").first \
+                        .scroll_into_view_if_needed()
+                    page.screenshot(path=str(shot))
+                    break
+                except (AssertionError, TimeoutError, PlaywrightError):
+                    page.screenshot(path=str(ARTIFACTS / f"browser-00_tour-failed-{attempt}.png"))
+                    if attempt == 2:
+                        raise
+                    _shutdown_kernels(base, token)
+                finally:
+                    context.close()
+        finally:
+            browser.close()
+    assert shot.exists()
+    assert not external, f"the page fetched from outside this machine: {external[:5]}"
