@@ -15,6 +15,7 @@ the block, once every block's life is known (``attribution.py``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ctypes
 import time
 import weakref
@@ -102,6 +103,7 @@ class _State:
         self.global_hooks: list[Any] = []
         self.patched: dict[str, Callable[..., Any]] = {}
         self.optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.roots: weakref.WeakSet[Any] = weakref.WeakSet()  # models passed to track()
         self.source: EventSource | None = None
 
     def event_count(self) -> int:
@@ -156,7 +158,7 @@ def _pre_forward(module: Any, args: Any) -> None:
     if _S.phase == "backward":
         if not _S.stack:
             _mark("recompute_start")
-    elif module in _S.roots:  # type: ignore[attr-defined]
+    elif module in _S.roots:
         import torch
 
         _S.stack.clear()
@@ -190,6 +192,7 @@ def _grad_hook(p: Any) -> None:
 
 
 def _wrap_backward(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         outer = _S.phase
         if outer != "backward":
@@ -200,7 +203,6 @@ def _wrap_backward(fn: Callable[..., Any]) -> Callable[..., Any]:
             if outer != "backward":
                 _set_phase("other")
 
-    wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -237,9 +239,6 @@ def _remove_global_hooks() -> None:
     _S.patched = {}
 
 
-_S.roots = weakref.WeakSet()  # type: ignore[attr-defined]
-
-
 def _hook_model(model: Any) -> None:
     key = id(model)
     if key in _S.model_hooks:
@@ -257,7 +256,7 @@ def _hook_model(model: Any) -> None:
     for p in model.parameters():
         if p.requires_grad:
             hooks.append(p.register_post_accumulate_grad_hook(_grad_hook))
-    _S.roots.add(model)  # type: ignore[attr-defined]
+    _S.roots.add(model)
     _S.model_hooks[key] = (hooks, 1)
 
 
@@ -270,7 +269,7 @@ def _unhook_model(model: Any) -> None:
     for h in hooks:
         h.remove()
     del _S.model_hooks[key]
-    _S.roots.discard(model)  # type: ignore[attr-defined]
+    _S.roots.discard(model)
 
 
 # -- walking what is live -----------------------------------------------------------------
