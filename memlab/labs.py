@@ -941,12 +941,17 @@ def explain_data_loading(
                 f"- **{label}**: file-backed RSS grew {_mib(g1)} in the first epoch and "
                 f"{_mib(max(later))} at most in a later one."
             )
-        out.append(
-            "\nThe first pass over a memmapped file faults its pages in (from the page cache, or "
-            "from disk if they are not cached); later epochs find them already mapped. With "
-            "loader workers the reads happen in the worker processes, so *this* process's "
-            "file-backed RSS stays flat and batches arrive through shared memory."
-        )
+        prof = list(epochs.get(memmap, ()))
+        if len(prof) >= 2:
+            first = int(prof[0].get("rss_file growth") or 0)
+            later_max = max(int(r.get("rss_file growth") or 0) for r in prof[1:])
+            if first > 4 * later_max and first > 0.5 * ds:
+                out.append(
+                    f"\nWith **{memmap}**, file-backed memory grew while the first epoch ran "
+                    "and not after: the first pass over a memory-mapped file faults its pages in "
+                    "(from the page cache, or from disk if they are not cached), later epochs "
+                    "find them already mapped."
+                )
     return "\n".join(s for s in out if s)
 
 

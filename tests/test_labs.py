@@ -160,6 +160,15 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
     dsweep = Sweep(("ram", "memmap"), (d, d.replace(data="memmap")), (ram, mm))
     text = labs.explain_data_loading(dsweep, "ram", "memmap")
     assert "**64.0 MiB less** (100% of the data set's size)" in text
+    assert "first epoch ran" not in text  # no epochs given: nothing said about them
+    row = {"rss_anon growth": 0, "rss_shmem growth": 0, "step ms": 1.0}
+    epochs = {"memmap": [{**row, "epoch": 1, "rss_file growth": 64 * MIB},
+                         {**row, "epoch": 2, "rss_file growth": 0}]}
+    text = labs.explain_data_loading(dsweep, "ram", "memmap", epochs=epochs)
+    assert "file-backed RSS grew 64.0 MiB in the first epoch and 0 B at most" in text
+    assert "grew while the first epoch ran and not after" in text
+    epochs["memmap"][1]["rss_file growth"] = 60 * MIB  # growth later too: no such sentence
+    assert "first epoch ran" not in labs.explain_data_loading(dsweep, "ram", "memmap", epochs)
     assert labs.check_memmap_saving(60, dsweep, "ram", "memmap").ok is True
     assert labs.check_memmap_saving(10, dsweep, "ram", "memmap").ok is False
 
