@@ -1,15 +1,18 @@
 """A real browser: JupyterLab on loopback, headless Chromium, lab 00 run top to bottom, then the
 batch-size slider moved with the keyboard; the memory chart must change (DESIGN.md, "Tests").
+And workshop mode: Voila as ``make app`` serves it, a lab's page shows its charts with data,
+hides the code, and its Run button works. Neither page may fetch anything from the internet.
 
 Chromium is Debian's (``/usr/bin/chromium``; ``.ci/run`` installs it), driven by Python
 playwright with ``executable_path`` (``playwright install`` is never needed). Without a
 Chromium the test skips, except in CI (``CI`` set), where a missing browser is a failure.
 The lab runs in smoke mode (``MEMLAB_SMOKE=1``), so Run All takes about a minute on 2 cores.
-A screenshot goes to ``test-artifacts/browser-00_tour.png``.
+Screenshots go to ``test-artifacts/`` (``browser-00_tour.png``, ``voila-05_data_loading.png``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -98,6 +101,63 @@ def _write_settings(settings: Path) -> None:
         p.write_text(json.dumps(value))
 
 
+@contextlib.contextmanager
+def _serve(
+    name: str, cmd: list[str], *, cwd: Path, env: dict[str, str], ready_url: str,
+    log_path: Path,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server, wait until ``ready_url`` answers, and always stop it: the server gets
+    SIGTERM (it shuts its kernels down), and whatever it started that is still alive after 20 s
+    (kernels, memlab workers) is killed by process id."""
+    import psutil
+
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    children: dict[int, psutil.Process] = {}
+
+    def remember_children() -> None:
+        try:
+            for c in psutil.Process(proc.pid).children(recursive=True):
+                children.setdefault(c.pid, c)
+        except psutil.Error:
+            pass
+
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited ({proc.returncode}):\n"
+                                   f"{log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(ready_url, timeout=10).close()
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not answer in {SERVER_START_S} s:\n"
+                                       f"{log_path.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield proc
+        remember_children()
+    finally:
+        remember_children()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        # Kernels run in sessions of their own (jupyter_client), so by pid, not by group.
+        _gone, alive = psutil.wait_procs(list(children.values()), timeout=5)
+        for c in alive:
+            try:
+                c.kill()
+            except psutil.Error:
+                pass
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """JupyterLab on 127.0.0.1 (random free port, a token) serving a temp copy of lab 00."""
@@ -116,8 +176,6 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         "JUPYTERLAB_SETTINGS_DIR": str(settings),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
         "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-        # memlab writes memmap files under the checkout; a kernel started in a temp dir still
-        # imports the checkout's memlab (editable install), so nothing else is needed.
     }
     cmd = [
         sys.executable, "-m", "jupyterlab",
@@ -131,28 +189,13 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     ]
     if hasattr(os, "getuid") and os.getuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root; Jupyter refuses without it
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited ({proc.returncode}):\n"
-                                   f"{(tmp / 'server.log').read_text()[-3000:]}")
-            try:
-                _api(base, token, "/api/status")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not answer in {SERVER_START_S} s:\n"
-                                       f"{(tmp / 'server.log').read_text()[-3000:]}") from None
-                time.sleep(0.5)
-        yield base, token
-    finally:
-        _stop_server(proc, base, token)
-        log.close()
+    with _serve("JupyterLab", cmd, cwd=root, env=env, ready_url=f"{base}/api/status?token={token}",
+                log_path=tmp / "server.log"):
+        try:
+            yield base, token
+        finally:
+            _shutdown_kernels(base, token)
 
 
 def _shutdown_kernels(base: str, token: str) -> None:
@@ -161,23 +204,6 @@ def _shutdown_kernels(base: str, token: str) -> None:
             _api(base, token, f"/api/kernels/{k['id']}", method="DELETE")
     except (urllib.error.URLError, OSError, ValueError):
         pass
-
-
-def _stop_server(proc: subprocess.Popen[bytes], base: str, token: str) -> None:
-    """Shut the kernels down (they stop their memlab workers), then the server; kill what is
-    left of the server's process group."""
-    if proc.poll() is None:
-        _shutdown_kernels(base, token)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait(timeout=10)
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -299,41 +325,138 @@ def _flow(page: Any, base: str, token: str) -> None:
     assert after != before and _points(after) > 0, "the memory chart did not change"
 
 
-def test_lab00_in_jupyterlab(lab_server: tuple[str, str]) -> None:
-    exe = _chromium()
+def _playwright() -> Any:
     try:
-        from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("playwright is not installed (pip install playwright)")
         raise
-    base, token = lab_server
+    return sync_playwright
+
+
+def _in_browser(base: str, flow: Any, shot_name: str, *, on_retry: Any = None) -> None:
+    """Run ``flow(page)`` in headless Chromium, once more from a fresh page if it fails; write
+    the screenshot; fail if the page fetched anything from outside this machine."""
+    exe = _chromium()
+    sync_playwright = _playwright()
+    from playwright.sync_api import Error as PlaywrightError
+
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "browser-00_tour.png"
+    shot = ARTIFACTS / shot_name
     external: list[str] = []
+    local = (base, base.replace("http", "ws", 1), "data:", "blob:", "about:")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
         try:
-            for attempt in (1, 2):  # retry once, from a fresh page and kernel
+            for attempt in (1, 2):  # retry once, from a fresh page (and kernel)
                 context = browser.new_context(viewport={"width": 1500, "height": 1100})
                 page = context.new_page()
-                page.on("request", lambda r: None if r.url.startswith(
-                    (base, base.replace("http", "ws", 1), "data:", "blob:")
-                ) else external.append(r.url))
+                page.on("request", lambda r: None if r.url.startswith(local)
+                        else external.append(r.url))
                 try:
-                    _flow(page, base, token)
-                    page.locator(".widget-slider", has_text="batch size").first \
-                        .scroll_into_view_if_needed()
+                    flow(page)
+                    page.wait_for_timeout(1500)  # let the history charts redraw for the shot
                     page.screenshot(path=str(shot))
                     break
                 except (AssertionError, TimeoutError, PlaywrightError):
-                    page.screenshot(path=str(ARTIFACTS / f"browser-00_tour-failed-{attempt}.png"))
+                    failed = shot.with_name(f"{shot.stem}-failed-{attempt}.png")
+                    page.screenshot(path=str(failed))
                     if attempt == 2:
                         raise
-                    _shutdown_kernels(base, token)
+                    if on_retry is not None:
+                        on_retry()
                 finally:
                     context.close()
         finally:
             browser.close()
     assert shot.exists()
     assert not external, f"the page fetched from outside this machine: {external[:5]}"
+
+
+def test_lab00_in_jupyterlab(lab_server: tuple[str, str]) -> None:
+    base, token = lab_server
+
+    def flow(page: Any) -> None:
+        _flow(page, base, token)
+        page.locator(".widget-slider", has_text="batch size").first.scroll_into_view_if_needed()
+
+    _in_browser(base, flow, "browser-00_tour.png",
+                on_retry=lambda: _shutdown_kernels(base, token))
+
+
+# -- workshop mode: Voila --------------------------------------------------------------------
+VOILA_LAB = "05_data_loading.ipynb"  # the quickest lab: its page is ready in seconds
+
+
+@pytest.fixture(scope="module")
+def voila_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """Voila as ``make app`` runs it (voila.json and the memlab template from the checkout),
+    serving a temp copy of one lab in smoke mode."""
+    pytest.importorskip("voila")
+    tmp = tmp_path_factory.mktemp("voila")
+    root = tmp / "labs"
+    root.mkdir()
+    shutil.copy(ROOT / "labs" / VOILA_LAB, root / VOILA_LAB)
+    port = _free_port()
+    token = os.urandom(24).hex()
+    env = {
+        **os.environ,
+        "MEMLAB_SMOKE": "1",
+        "JUPYTER_PATH": str(ROOT / "share" / "jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+    }
+    cmd = [
+        sys.executable, "-m", "voila", str(root),
+        "--Voila.ip=127.0.0.1",
+        f"--port={port}",
+        "--Voila.port_retries=0",
+        "--no-browser",
+        f"--token={token}",
+    ]
+    base = f"http://127.0.0.1:{port}"
+    # cwd: the checkout, where Voila reads voila.json (template "memlab"), as `make app` does.
+    with _serve("Voila", cmd, cwd=ROOT, env=env, ready_url=f"{base}/voila/tree?token={token}",
+                log_path=tmp / "voila.log"):
+        yield base, token
+
+
+_PANEL_CHARTS_JS = """() => Array.from(document.querySelectorAll('.widget-gridbox .js-plotly-plot'))
+  .map(gd => (gd.data || []).map(d => [d.name || '',
+       d.y && d.y.length !== undefined ? Array.from(d.y, v => (v === null ? null : +v)) : []]))"""
+
+
+def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
+    """The served page shows the panel with its charts in their latest state (the run the lab
+    made while the page was built), hides the code, and its Run button starts a run that
+    changes the charts; nothing comes from the internet (the check in _in_browser)."""
+    base, token = voila_server
+
+    def charts(page: Any) -> list[Any]:
+        return list(page.evaluate(_PANEL_CHARTS_JS))
+
+    def flow(page: Any) -> None:
+        # Voila runs the whole notebook while it sends the page; the load event comes after.
+        page.goto(f"{base}/voila/render/{VOILA_LAB}?token={token}", timeout=RUN_ALL_S * 1000)
+        page.locator(".widget-gridbox .js-plotly-plot").first.wait_for(timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelectorAll('.widget-gridbox .js-plotly-plot').length >= 4",
+            timeout=60_000)
+        assert page.locator(".jp-InputArea-editor").count() == 0, "code is shown"
+        status = _status_text(page)
+        assert status.startswith("done"), status
+        before = charts(page)
+        assert any(len(y) > 0 for chart in before for _name, y in chart), (
+            "the charts are empty at page load: the latest state did not reach the page")
+        page.get_by_role("button", name="Run").first.click()
+        deadline = time.monotonic() + RUN_S
+        now = _status_text(page)
+        while time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+            now = _status_text(page)
+            if now.startswith("done") and now != status and charts(page) != before:
+                break
+        assert now.startswith("done") and now != status, f"no new run finished: {now!r}"
+        assert charts(page) != before, "the charts did not change after Run"
+        page.locator(".widget-gridbox").first.scroll_into_view_if_needed()
+
+    _in_browser(base, flow, "voila-05_data_loading.png")
