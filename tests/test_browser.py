@@ -323,6 +323,27 @@ def _flow(page: Any, base: str, token: str) -> None:
     assert status.startswith("done") and status != status_before, (
         f"no new run finished in {RUN_S} s: {status!r}")
     assert after != before and _points(after) > 0, "the memory chart did not change"
+    page.wait_for_timeout(1000)
+    final = _memory_chart(page)
+
+    # A page that attaches later (a reload, a second view) must show the chart as it is now,
+    # not as it was created: the panel syncs the widget state after each run. Save first (the
+    # saved outputs hold the widget views; their state then comes from the running kernel).
+    page.locator(".jp-NotebookPanel .jp-Notebook").first.click(position={"x": 5, "y": 5})
+    page.keyboard.press("Control+s")
+    page.wait_for_function(
+        "() => !document.querySelector('.jp-NotebookPanel .jp-mod-dirty, "
+        ".lm-TabBar-tab.jp-mod-dirty')", timeout=30_000)
+    page.reload()
+    page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
+    deadline = time.monotonic() + 90
+    reloaded = None
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        reloaded = _memory_chart(page)
+        if reloaded == final:
+            break
+    assert reloaded == final, "after a reload the memory chart is not the latest run's"
 
 
 def _playwright() -> Any:
