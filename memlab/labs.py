@@ -36,6 +36,7 @@ __all__ = [
     "Check",
     "Sweep",
     "run_sweep",
+    "timing_note",
     "category_trends",
     "linear_fit",
     "phase_seconds",
@@ -222,6 +223,9 @@ class Sweep:
     experiments: tuple[Experiment, ...]
     results: tuple[RunResult, ...]
     samples: tuple[tuple[Mapping[str, Any], ...], ...] = field(default=(), repr=False)
+    #: Runs per experiment; with more than one, each result is the one with the fastest median
+    #: step (the memory numbers of the repeats are the same; the times are not).
+    repeats: int = 1
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -287,33 +291,71 @@ def run_sweep(
     progress: Callable[[str], None] | None = None,
     allow: Sequence[str] = ("ok",),
     timeout_s: float | None = None,
+    repeat: int = 1,
 ) -> Sweep:
     """Run each experiment in its own worker process, one after the other, and keep the results
     and live samples. A run whose status is not in ``allow`` raises ``RuntimeError`` with the
     run's own message: a lab must not explain numbers that were not measured.
-    ``progress(line)`` is called before and after each run (pass ``print`` in a notebook)."""
+
+    With ``repeat`` > 1 the whole sweep runs that many times, interleaved (A B C A B C), and each
+    experiment keeps its run with the fastest median step: a burst of other work on the machine
+    then rarely lands on one setting only. ``progress(line)`` is called before and after each
+    run (pass ``print`` in a notebook)."""
     from memlab.runner import start
 
-    labels, exps, results, samples = [], [], [], []
-    n = len(experiments)
-    for i, (label, exp) in enumerate(experiments.items(), 1):
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    items = list(experiments.items())
+    for label, exp in items:
         if not isinstance(exp, Experiment):
             raise TypeError(f"{label!r}: expected a memlab.Experiment, got {type(exp).__name__}")
-        if progress is not None:
-            progress(f"run {i}/{n}: {label} …")
-        handle = start(exp, timeout_s=timeout_s)
-        r = handle.wait()
-        if r.status not in allow:
-            raise RuntimeError(f"run {label!r} ended {r.status}: {r.error}")
-        if progress is not None:
+    best: dict[int, tuple[RunResult, tuple[Mapping[str, Any], ...]]] = {}
+    n = len(items) * repeat
+    i = 0
+    for _ in range(repeat):
+        for k, (label, exp) in enumerate(items):
+            i += 1
+            if progress is not None:
+                progress(f"run {i}/{n}: {label} …")
+            handle = start(exp, timeout_s=timeout_s)
+            r = handle.wait()
+            if r.status not in allow:
+                raise RuntimeError(f"run {label!r} ended {r.status}: {r.error}")
             med = r.step_time_median_s
-            speed = "" if med is None else f", {med * 1e3:.1f} ms/step"
-            progress(f"run {i}/{n}: {label}: peak {format_bytes(r.peak_bytes)}{speed}")
-        labels.append(str(label))
-        exps.append(exp)
-        results.append(r)
-        samples.append(tuple(handle.samples))
-    return Sweep(tuple(labels), tuple(exps), tuple(results), tuple(samples))
+            if progress is not None:
+                speed = "" if med is None else f", {med * 1e3:.1f} ms/step"
+                progress(f"run {i}/{n}: {label}: peak {format_bytes(r.peak_bytes)}{speed}")
+            old = best.get(k)
+            old_med = None if old is None else old[0].step_time_median_s
+            if old is None or (med is not None and (old_med is None or med < old_med)):
+                best[k] = (r, tuple(handle.samples))
+    return Sweep(
+        tuple(str(label) for label, _ in items),
+        tuple(exp for _, exp in items),
+        tuple(best[k][0] for k in range(len(items))),
+        tuple(best[k][1] for k in range(len(items))),
+        repeats=repeat,
+    )
+
+
+def timing_note(sweep: Sweep) -> str:
+    """A caveat on the step times of a sweep, computed from them: how much the steps of one run
+    varied (slowest against median), and how the times were chosen. Empty when steady."""
+    spreads = [
+        (max(r.step_times_s) - med) / med
+        for r in sweep.results
+        if r.step_times_s and (med := r.step_time_median_s)
+    ]
+    parts = []
+    if sweep.repeats > 1:
+        parts.append(f"Times are the fastest of {sweep.repeats} runs of each setting.")
+    if spreads and max(spreads) > 0.5:
+        parts.append(
+            f"Within one run the slowest step took up to {max(spreads):.0%} longer than the "
+            "median: something else used the CPU at times, so treat small time differences as "
+            "noise (memory numbers do not depend on it)."
+        )
+    return " ".join(parts)
 
 
 # ================================================================================================
@@ -540,6 +582,9 @@ def explain_tour(sweep: Sweep) -> str:
             "here. Which one wins depends on where the bytes are: a parameter-heavy "
             "model and an activation-heavy one reward different knobs."
         )
+    note = timing_note(sweep)
+    if note:
+        lines.append(f"\n_{note}_")
     return "\n".join(lines)
 
 
@@ -584,6 +629,9 @@ def explain_batch_size(sweep: Sweep, field: str = "batch_size") -> str:
             "batches amortise per-step overhead until the cores are saturated; after that a "
             "bigger batch costs memory without buying speed."
         )
+    note = timing_note(sweep)
+    if note:
+        out.append(f"\n_{note}_")
     return "\n".join(out)
 
 
@@ -661,6 +709,9 @@ def explain_checkpointing(sweep: Sweep, baseline: str) -> str:
             "intermediate tensors are alive during backward, so the peak falls by less "
             f"than the activations did ({_mib(base.peak_bytes)} → {_mib(best.peak_bytes)})."
         )
+    note = timing_note(sweep)
+    if note:
+        out.append(f"\n_{note}_")
     return "\n".join(out)
 
 
@@ -769,6 +820,9 @@ def explain_precision(
                 f"applied): {acc0:.3f} in {baseline}; the lowest was {a:.3f} ({lab}, "
                 f"{(a - acc0) * 100:+.1f} points)."
             )
+    note = timing_note(sweep)
+    if note:
+        out.append(f"\n_{note}_")
     return "\n".join(out)
 
 

@@ -267,3 +267,39 @@ def test_accuracies_match_workloads_accuracy() -> None:
     got = labs.accuracies(variants, train_steps=5)
     for label, exp in variants.items():
         assert got[label] == pytest.approx(accuracy(exp, train_steps=5, device="cpu")), label
+
+
+def test_run_sweep_repeat_keeps_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
+    import memlab.runner
+
+    times = iter([0.05, 0.02, 0.01, 0.04])  # A, B, A, B
+
+    class FakeHandle:
+        def __init__(self, exp: Experiment, **_kw: Any) -> None:
+            t = next(times)
+            self.samples = [{"step": 1, "t": t}]
+            self.result = _result(exp, steps=(t, t), activations=100)
+
+        def wait(self) -> RunResult:
+            return self.result
+
+    monkeypatch.setattr(memlab.runner, "start", FakeHandle)
+    base = Experiment(workload="mlp")
+    lines: list[str] = []
+    sweep = labs.run_sweep({"A": base, "B": base.replace(batch_size=64)}, repeat=2,
+                           progress=lines.append)
+    assert sweep.labels == ("A", "B") and sweep.repeats == 2
+    assert sweep["A"].step_time_median_s == 0.01 and sweep["B"].step_time_median_s == 0.02
+    assert sweep.samples_of("A")[0]["t"] == 0.01
+    assert len(lines) == 8 and lines[0] == "run 1/4: A …"
+    assert labs.timing_note(sweep) == "Times are the fastest of 2 runs of each setting."
+    with pytest.raises(ValueError):
+        labs.run_sweep({"A": base}, repeat=0)
+
+
+def test_timing_note_flags_unsteady_steps() -> None:
+    exp = Experiment(workload="mlp")
+    steady = Sweep(("a",), (exp,), (_result(exp, steps=(0.010, 0.011, 0.010)),))
+    assert labs.timing_note(steady) == ""
+    noisy = Sweep(("a",), (exp,), (_result(exp, steps=(0.010, 0.010, 0.030)),))
+    assert "up to 200% longer than the median" in labs.timing_note(noisy)
