@@ -439,7 +439,8 @@ def test_process_memory_sees_a_big_tensor() -> None:
         "r = rec.result\n"
         "print(json.dumps({'peak': r.peak_bytes, 'hwm': r.rss_hwm_bytes,\n"
         "    'anon': r.rss_anon_peak_bytes, 'file': r.rss_file_peak_bytes,\n"
-        "    'rss0': int(r.process.parts['rss'][0]), 'anon0': int(r.process.parts['rss_anon'][0])}))\n"
+        "    'rss0': int(r.process.parts['rss'][0]),\n"
+        "    'anon0': int(r.process.parts['rss_anon'][0])}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     d = json.loads(out.stdout.strip().splitlines()[-1])
