@@ -224,6 +224,28 @@ def test_tied_weights_counted_once() -> None:
     assert r.end_by_category["gradients"] == 50 * 16 * 4
 
 
+def test_pruned_weights_are_parameters_every_step() -> None:
+    """torch's prune keeps weight_orig and weight_mask and recomputes weight before each forward:
+    three dense copies of the model state, and never an activation."""
+    from torch.nn.utils import prune
+
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    for layer in (model[0], model[2]):
+        prune.l1_unstructured(layer, "weight", amount=0.9)
+    x, y = torch.randn(32, 256), torch.randint(0, 10, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, opt, x, y)
+    with memlab.track(model, optimizer=opt, inputs=(x, y)) as rec:
+        for _ in range(3):
+            train_step(model, opt, x, y)
+    r = rec.result
+    assert r is not None
+    weights, biases = 256 * 256 + 256 * 10, 256 + 10
+    assert r.peak_by_category["parameters"] == (3 * weights + biases) * 4
+    assert r.end_by_category["parameters"] == (3 * weights + biases) * 4
+    assert r.peak_by_category["activations"] <= 64  # the loss scalar at most
+
+
 def test_activation_bytes_per_module_exact() -> None:
     model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.ReLU())
     x = torch.randn(8, 64)

@@ -253,6 +253,8 @@ def _hook_model(model: Any) -> None:
             _S.module_names[mid] = name or type(model).__name__
         hooks.append(mod.register_forward_pre_hook(_pre_forward))
         hooks.append(mod.register_forward_hook(_post_forward, always_call=True))
+        if _pruned_weights_of(mod):  # registered after prune's hook, so it runs after it
+            hooks.append(mod.register_forward_pre_hook(_pruned_pre_forward))
     for p in model.parameters():
         if p.requires_grad:
             hooks.append(p.register_post_accumulate_grad_hook(_grad_hook))
@@ -303,17 +305,25 @@ def _pruned_weights(model: Any) -> list[Any]:
     """torch.nn.utils.prune keeps ``name_orig`` (a parameter) and ``name_mask`` (a buffer) and
     recomputes ``name = name_orig * name_mask`` as a plain attribute before every forward
     (torch/nn/utils/prune.py, BasePruningMethod.apply): model state, not an activation."""
+    return [t for mod in model.modules() for t in _pruned_weights_of(mod)]
+
+
+def _pruned_weights_of(mod: Any) -> list[Any]:
     import torch
 
     out = []
-    for mod in model.modules():
-        for key in list(mod._parameters):
-            if key.endswith("_orig"):
-                name = key[: -len("_orig")]
-                t = mod.__dict__.get(name)
-                if isinstance(t, torch.Tensor) and f"{name}_mask" in mod._buffers:
-                    out.append(t)
+    for key in list(mod._parameters):
+        if key.endswith("_orig"):
+            name = key[: -len("_orig")]
+            t = mod.__dict__.get(name)
+            if isinstance(t, torch.Tensor) and f"{name}_mask" in mod._buffers:
+                out.append(t)
     return out
+
+
+def _pruned_pre_forward(module: Any, args: Any) -> None:
+    """Runs after prune's own pre-hook has recomputed the weight: claim it as a parameter."""
+    _mark_category(_pruned_weights_of(module), "parameters")
 
 
 def _grads_of(opt: Any) -> list[Any]:
@@ -561,6 +571,13 @@ class Tracker:
             source=self._source_name(cuda_stats is not None),
         )
         notes: list[str] = []
+        packed = [n for n, m in self.model.named_modules() if hasattr(m, "_packed_params")] \
+            if self.model is not None else []
+        if packed:
+            notes.append(
+                f"{len(packed)} quantized layers keep their weights packed outside PyTorch's "
+                "allocator (fbgemm), so those bytes are not in the tensor account"
+            )
         if cuda_stats is not None and cuda_stats.get("peak", 0) > att.peak_bytes:
             notes.append("CUDA allocator peak exceeds the traced peak; trace may be truncated")
         self.result = RunResult(
