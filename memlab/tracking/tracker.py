@@ -15,8 +15,8 @@ the block, once every block's life is known (``attribution.py``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import ctypes
+import functools
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -571,8 +571,11 @@ class Tracker:
             source=self._source_name(cuda_stats is not None),
         )
         notes: list[str] = []
-        packed = [n for n, m in self.model.named_modules() if hasattr(m, "_packed_params")] \
-            if self.model is not None else []
+        packed = (
+            [n for n, m in self.model.named_modules() if hasattr(m, "_packed_params")]
+            if self.model is not None
+            else []
+        )
         if packed:
             notes.append(
                 f"{len(packed)} quantized layers keep their weights packed outside PyTorch's "
@@ -619,9 +622,7 @@ class Tracker:
         self._wall_minus_mono = time.time_ns() - time.monotonic_ns()
         # context=None: the trace needs addresses, sizes and times, not stacks; capturing
         # stacks also broke custom autograd Functions under checkpointing on torch 2.11.
-        torch.cuda.memory._record_memory_history(
-            max_entries=1_000_000, context=None, device=dev
-        )
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000, context=None, device=dev)
 
     def _cuda_exit(self, _cpu_events: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
         import torch
