@@ -186,10 +186,10 @@ def _estimate(ns: argparse.Namespace, exp: Any) -> int:
             f"(first step {format_bytes(est.first_step_peak_bytes)}, steady "
             f"{format_bytes(est.steady_peak_bytes)}), {est.elapsed_s * 1e3:.0f} ms"
         )
-        for c in CATEGORIES:
-            v = est.peak_by_category.get(c, 0)
+        for cat in CATEGORIES:
+            v = est.peak_by_category.get(cat, 0)
             if v:
-                print(f"  {c:<16} {format_bytes(v)}")
+                print(f"  {cat:<16} {format_bytes(v)}")
     return 0
 
 

@@ -241,7 +241,7 @@ def _build(exp: Experiment, device: str) -> Any:
 # ============================================================================================
 # Parent side
 # ============================================================================================
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Worker:
     process: Any
     conn: Connection
@@ -255,12 +255,24 @@ def _spawn() -> _Worker:
     cancel = ctx.Event()
     fd, path = tempfile.mkstemp(prefix="memlab-worker-", suffix=".stderr")
     os.close(fd)
-    proc = ctx.Process(
-        target=_worker_main, args=(child, cancel, path), daemon=True, name="memlab-worker"
-    )
+    # Not a daemon: a daemonic process may not have children, and the DataLoader's workers
+    # (num_workers > 0) are the worker's children. Workers are killed explicitly (_kill), and
+    # at exit by _kill_all, which runs before multiprocessing's own exit hook joins them.
+    proc = ctx.Process(target=_worker_main, args=(child, cancel, path), name="memlab-worker")
+    _register_atexit()
     proc.start()
     child.close()
-    return _Worker(proc, parent, cancel, path)
+    w = _Worker(proc, parent, cancel, path)
+    _live.add(w)
+    return w
+
+
+_live: set[_Worker] = set()
+
+
+def _kill_all() -> None:
+    for w in list(_live):
+        _kill(w)
 
 
 _warm_lock = threading.Lock()
@@ -272,8 +284,6 @@ def warm_up() -> None:
     global _warm
     with _warm_lock:
         if _warm is None or not _warm.process.is_alive():
-            if not _atexit_registered:
-                _register_atexit()
             _warm = _spawn()
 
 
@@ -282,9 +292,13 @@ _atexit_registered = False
 
 def _register_atexit() -> None:
     global _atexit_registered
+    if _atexit_registered:
+        return
     import atexit
 
-    atexit.register(shutdown_warm_worker)
+    # atexit runs last-registered first: this runs before multiprocessing's hook (registered
+    # when multiprocessing was imported), which would otherwise wait for a running worker.
+    atexit.register(_kill_all)
     _atexit_registered = True
 
 
@@ -308,6 +322,7 @@ def _take_worker(warm: bool) -> _Worker:
 
 
 def _kill(w: _Worker) -> None:
+    _live.discard(w)
     if w.process.is_alive():
         w.process.kill()
     w.process.join(timeout=5)

@@ -182,3 +182,11 @@ def test_bad_experiments_are_refused_before_any_process() -> None:
     with pytest.raises(TypeError, match="experiment must be a memlab.Experiment"):
         RunHandle({"workload": "mlp"})  # type: ignore[arg-type]
     assert memlab.Experiment is Experiment
+
+
+def test_dataloader_workers_run_inside_the_worker() -> None:
+    """The worker may have children: DataLoader workers (num_workers > 0) start and end."""
+    r = run(Experiment(workload="mlp", batch_size=32, data_size=256, num_workers=2, steps=2))
+    assert r.status == "ok", r.error
+    assert len(r.step_times_s) == 2
+    no_zombies()

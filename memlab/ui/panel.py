@@ -478,12 +478,13 @@ class Panel:
                 self._stop_button.disabled = True
                 if result.status in ("ok", "oom"):
                     self.history.append(result)
-                self._set_status(self._final_message(result), result.status)
                 self._charts.finish(result)
                 if result.status in ("ok", "oom"):
                     self._charts.show_history(self.history, run_labels(self.history))
                     if self.predictor is not None:
                         self.predictor.measured(result)
+                # Last: a page that waits for "done" then sees every chart already redrawn.
+                self._set_status(self._final_message(result), result.status)
         except Exception as e:  # noqa: BLE001
             _log.exception("memlab.ui: drawing the result failed")
             self._set_status(f"the run ended ({result.status}) but drawing it failed: "
