@@ -1411,3 +1411,36 @@ def check_first_epoch_part(answer: Any, profile: Sequence[Mapping[str, Any]]) ->
         what="a part name",
         explain=f"It grew {format_bytes(grew[best])} in the first epoch.",
     )
+
+
+def check_prediction(answer_mib: Any, experiment: Experiment, *, rel_tol: float = 0.10) -> Check:
+    """Exercise "predict, then check": the learner's guess of ``experiment``'s peak tensor
+    memory (MiB) against a real run, with memlab's own estimate beside it.
+
+    Right within ``rel_tol`` of the measured peak. The message gives the estimator's prediction
+    and its error too, so the learner sees how close a prediction without running can get."""
+    if answer_mib is None:
+        return _todo("your predicted peak in MiB, e.g. 120")
+    if isinstance(answer_mib, bool) or not isinstance(answer_mib, (int, float)):
+        return Check(False, f"The answer must be a number of MiB, got {answer_mib!r}.")
+    from memlab.estimator import estimate
+    from memlab.runner import run
+
+    est = estimate(experiment)
+    real = run(experiment)
+    if real.status != "ok":
+        return Check(False, f"The check run did not finish ({real.status}: {real.error}).")
+    measured = real.peak_bytes / MIB
+    predicted = est.peak_bytes / MIB
+    est_err = 100.0 * (predicted / measured - 1.0)
+    mine = 100.0 * (answer_mib / measured - 1.0)
+    ok = abs(answer_mib - measured) <= rel_tol * measured
+    tail = (f"memlab.estimate predicted {predicted:.1f} MiB without running "
+            f"({est_err:+.1f}%, {est.elapsed_s * 1e3:.0f} ms).")
+    if ok:
+        return Check(True, f"Your {answer_mib:g} MiB is {mine:+.1f}% from the measured "
+                           f"{measured:.1f} MiB. {tail}")
+    direction = "too high" if answer_mib > measured else "too low"
+    return Check(False, f"Your {answer_mib:g} MiB is {direction} (more than "
+                        f"{100 * rel_tol:.0f}% off the measured peak). Look at the prediction "
+                        "chart in the panel, or at the sweep's line, and try again.")

@@ -303,3 +303,17 @@ def test_timing_note_flags_unsteady_steps() -> None:
     assert labs.timing_note(steady) == ""
     noisy = Sweep(("a",), (exp,), (_result(exp, steps=(0.010, 0.010, 0.030)),))
     assert "up to 200% longer than the median" in labs.timing_note(noisy)
+
+
+def test_check_prediction_against_the_estimate_and_a_run() -> None:
+    pytest.importorskip("torch")
+    from memlab.config import Experiment
+    from memlab.estimator import estimate
+
+    exp = Experiment(workload="mlp", batch_size=8, steps=1, warmup=1, data_size=64)
+    assert labs.check_prediction(None, exp).ok is None
+    assert labs.check_prediction("lots", exp).ok is False
+    peak = estimate(exp).peak_bytes / labs.MIB  # within 3% of the run (tests/test_estimate.py)
+    right = labs.check_prediction(peak, exp)
+    assert right.ok is True and "memlab.estimate predicted" in right.message
+    assert labs.check_prediction(peak * 2, exp).ok is False
