@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -93,19 +94,31 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds\n")
-    print(f"{'model':<12} {'variant':<11} {'median ms':>10} {'min-max ms':>16} {'x plain':>8}")
-    for name in sorted(MODELS):
+    print(f"{'model':<18} {'variant':<11} {'median ms':>10} {'min-max ms':>16} {'x plain':>8}")
+    cases: list[tuple[str, Any, Any, tuple, Callable[[], None]]] = []  # type: ignore[type-arg]
+    for name in sorted(MODELS):  # the tests' small models: a step of a few ms
         model, (x, y) = MODELS[name]()
         opt = torch.optim.Adam(model.parameters())
 
         def step(model=model, opt=opt, x=x, y=y) -> None:  # type: ignore[no-untyped-def]
             train_step(model, opt, x, y)
 
+        cases.append((f"test {name}", model, opt, (x, y), step))
+    from memlab.config import Experiment
+    from memlab.workloads import build_experiment
+
+    for name in ("mlp", "cnn", "transformer"):  # memlab's workloads at their default sizes
+        w = build_experiment(Experiment(workload=name), "cpu")
+        x, y = next(w.make_batches(1))
+        cases.append((f"memlab {name}", w.model, w.optimizer, (x, y),
+                      lambda w=w, x=x, y=y: w.step(x, y)))
+
+    for name, model, opt, inputs, step in cases:
         for _ in range(3):
             step()
         variants: dict[str, Callable[[], None]] = {
             "plain": step,
-            "memlab": memlab_variant(model, opt, (x, y), step),
+            "memlab": memlab_variant(model, opt, inputs, step),
             "profiler": profiler_variant(step),
         }
         mt = memtracker_variant(model, opt, step)
@@ -114,8 +127,19 @@ def main() -> None:
         for v in variants.values():  # warm each variant once (lazy imports, JIT build)
             v()
         for k, med, lo, hi, ratio in summarize(interleave(variants, args.rounds)):
-            print(f"{name:<12} {k:<11} {med:>10.2f} {lo:>7.2f}-{hi:<8.2f} {ratio:>8.3f}")
+            print(f"{name:<18} {k:<11} {med:>10.2f} {lo:>7.2f}-{hi:<8.2f} {ratio:>8.3f}")
         print()
+
+    # the fixed cost of a block: entering and leaving around nothing
+    model, opt, inputs = cases[-1][1], cases[-1][2], cases[-1][3]
+
+    def empty() -> None:
+        with memlab.track(model, optimizer=opt, inputs=inputs):
+            pass
+
+    times = interleave({"empty": empty}, 50)["empty"]
+    print(f"fixed cost of one block (memlab transformer, nothing inside): "
+          f"{statistics.median(times) * 1e3:.2f} ms median\n")
 
     # per-op fixed cost: a loop of tiny ops, each allocating a 40-byte result
     def tiny() -> None:

@@ -176,31 +176,32 @@ def attribute(
     other = (~act) & (~inp) & (free_idx[alloc_idx] == n) & (phase_of[alloc_idx] == _PHASE["other"])
     cat[alloc_idx[other]] = _CAT["other"]
 
-    # marks: the block at addr alive at idx is the last allocation there before idx
-    allocs_at: dict[int, np.ndarray] = {}
-    if len(alloc_idx):
-        a_order = np.lexsort((alloc_idx, addr[alloc_idx]))
-        a_sorted = alloc_idx[a_order]
-        a_addr = addr[a_sorted]
-        cuts = np.flatnonzero(np.diff(a_addr)) + 1
-        for chunk in np.split(a_sorted, cuts):
-            allocs_at[int(addr[chunk[0]])] = chunk
-    claimed: dict[int, int] = {}
-    for m in category_marks:
-        cands = allocs_at.get(m.addr)
-        if cands is None:
-            continue
-        k = int(np.searchsorted(cands, m.idx, side="left")) - 1
-        if k < 0:
-            continue
-        b = int(cands[k])
-        if free_idx[b] < m.idx:
-            continue
-        rank = _PRIORITY.index(m.category)
-        if b not in claimed or rank < claimed[b]:
-            claimed[b] = rank
-    for b, rank in claimed.items():
-        cat[b] = _CAT[_PRIORITY[rank]]
+    # marks: the block at addr alive at idx is the last allocation there before idx. Done on
+    # arrays: each (address, index) pair becomes one sortable key, address by its rank.
+    if len(category_marks) and len(alloc_idx):
+        a_addr_all = addr[alloc_idx]
+        uniq = np.unique(a_addr_all)
+        m_addr = np.fromiter((m.addr for m in category_marks), np.int64, len(category_marks))
+        m_idx = np.fromiter((m.idx for m in category_marks), np.int64, len(category_marks))
+        m_rank = np.fromiter((_PRIORITY.index(m.category) for m in category_marks), np.int64,
+                             len(category_marks))
+        pos = np.searchsorted(uniq, m_addr)
+        known = (pos < len(uniq)) & (uniq[np.minimum(pos, len(uniq) - 1)] == m_addr)
+        span = n + 1
+        a_key = np.searchsorted(uniq, a_addr_all) * span + alloc_idx
+        order_k = np.argsort(a_key, kind="stable")
+        a_key, a_blocks = a_key[order_k], alloc_idx[order_k]
+        m_key = pos * span + m_idx
+        k = np.searchsorted(a_key, m_key, side="left") - 1
+        ok = known & (k >= 0)
+        k = np.maximum(k, 0)
+        ok &= (a_key[k] // span) == pos  # the same address
+        b = a_blocks[k]
+        ok &= free_idx[b] >= m_idx  # still alive when marked
+        best = np.full(n, len(_PRIORITY), dtype=np.int64)
+        np.minimum.at(best, b[ok], m_rank[ok])
+        hit = best < len(_PRIORITY)
+        cat[hit] = np.asarray([_CAT[c] for c in _PRIORITY], dtype=np.int64)[best[hit]]
 
     # -- running bytes per category ---------------------------------------------------------
     ev_cat = np.where(block_of >= 0, cat[np.maximum(block_of, 0)], entry_cat)

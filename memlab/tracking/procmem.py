@@ -11,7 +11,6 @@ Documentation/filesystems/proc.rst), so a block's high-water mark can be read on
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -74,11 +73,63 @@ def reset_peak_rss() -> bool:
         return False
 
 
+class _Hub:
+    """One sampling thread per process, started once and then idle while nobody samples.
+
+    Why not a thread per block: creating a thread beside a training step costs about 2 ms on
+    a 2-core machine (it disturbs the OpenMP workers' spinning: measured with
+    benchmarks/overhead.py), more than a small model's whole step."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._subs: list[ProcessSampler] = []
+        self._thread: threading.Thread | None = None
+
+    def add(self, s: ProcessSampler) -> None:
+        with self._cv:
+            self._subs.append(s)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="memlab-procmem",
+                                                daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def remove(self, s: ProcessSampler) -> None:
+        with self._cv:
+            if s in self._subs:
+                self._subs.remove(s)
+
+    def _loop(self) -> None:
+        next_due: dict[int, float] = {}
+        while True:
+            with self._cv:
+                while not self._subs:
+                    next_due.clear()
+                    self._cv.wait()
+                subs = list(self._subs)
+            now = time.monotonic()
+            for s in subs:
+                due = next_due.setdefault(id(s), now + s.interval_s)
+                if now >= due:
+                    s.sample()
+                    next_due[id(s)] = due + s.interval_s if due + s.interval_s > now \
+                        else now + s.interval_s
+            live = {id(s) for s in subs}
+            for k in [k for k in next_due if k not in live]:
+                del next_due[k]
+            wait = min((next_due[id(s)] for s in subs), default=now + 0.01) - time.monotonic()
+            with self._cv:
+                self._cv.wait(max(0.0, wait))
+
+
+_HUB = _Hub()
+
+
 class ProcessSampler:
-    """A daemon thread that samples process memory (and an optional extra reading) on a period.
+    """Samples process memory on a period, on memlab's one sampling thread.
 
     Used by ``memlab.track`` for the process-memory series, and by the runner to stream live
-    samples. ``extra`` is called on the same beat (e.g. the recorder's live tensor bytes).
+    samples; ``on_sample(t, parts)`` is called on each beat.
     """
 
     def __init__(
@@ -95,33 +146,31 @@ class ProcessSampler:
         self.on_sample = on_sample
         self._t: list[float] = []
         self._rows: list[dict[str, int | None]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def sample(self) -> None:
         row = read_process_memory()
         t = (time.monotonic_ns() - self.t0_ns) / 1e9
-        self._t.append(t)
-        self._rows.append(row)
+        with self._lock:
+            if self._stopped:
+                return
+            self._t.append(t)
+            self._rows.append(row)
         if self.on_sample is not None:
             self.on_sample(t, row)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
     def start(self) -> ProcessSampler:
         self.sample()
-        self._thread = threading.Thread(target=self._loop, name="memlab-procmem", daemon=True)
-        self._thread.start()
+        _HUB.add(self)
         return self
 
     def stop(self) -> ProcessSeries:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        """The series so far plus a last sample."""
+        _HUB.remove(self)
         self.sample()
+        with self._lock:
+            self._stopped = True
         parts: dict[str, list[int] | None] = {}
         for p in PROCESS_PARTS:
             vals = [r[p] for r in self._rows]

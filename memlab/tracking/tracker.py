@@ -239,7 +239,7 @@ def _remove_global_hooks() -> None:
     _S.patched = {}
 
 
-def _hook_model(model: Any) -> None:
+def _hook_model(model: Any, with_optimizer: bool) -> None:
     key = id(model)
     if key in _S.model_hooks:
         hooks, n = _S.model_hooks[key]
@@ -255,9 +255,12 @@ def _hook_model(model: Any) -> None:
         hooks.append(mod.register_forward_hook(_post_forward, always_call=True))
         if _pruned_weights_of(mod):  # registered after prune's hook, so it runs after it
             hooks.append(mod.register_forward_pre_hook(_pruned_pre_forward))
-    for p in model.parameters():
-        if p.requires_grad:
-            hooks.append(p.register_post_accumulate_grad_hook(_grad_hook))
+    if not with_optimizer:
+        # Without an optimizer, gradients are found as autograd accumulates them; with one, its
+        # step pre-hook and the exit marks find them (a hook per parameter costs ~1 us a call).
+        for p in model.parameters():
+            if p.requires_grad:
+                hooks.append(p.register_post_accumulate_grad_hook(_grad_hook))
     _S.roots.add(model)
     _S.model_hooks[key] = (hooks, 1)
 
@@ -288,17 +291,22 @@ def _tensors_in(obj: Any) -> Iterator[Any]:
             yield from _tensors_in(v)
 
 
-def _params_of(model: Any) -> list[Any]:
-    """Parameters, buffers, and weights that torch.nn.utils.prune derives from them."""
+def _model_state(model: Any) -> tuple[list[Any], list[Any]]:
+    """(parameters, buffers and pruned weights; gradients) of ``model``, in one walk."""
     if model is None:
-        return []
-    return list(model.parameters()) + list(model.buffers()) + _pruned_weights(model)
-
-
-def _model_grads(model: Any) -> list[Any]:
-    if model is None:
-        return []
-    return [p.grad for p in model.parameters() if p.grad is not None]
+        return [], []
+    params: list[Any] = []
+    others: list[Any] = []
+    seen: set[int] = set()
+    for mod in model.modules():
+        for p in mod._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+        others.extend(b for b in mod._buffers.values() if b is not None)
+        others.extend(_pruned_weights_of(mod))
+    grads = [p.grad for p in params if p.grad is not None]
+    return params + others, grads
 
 
 def _pruned_weights(model: Any) -> list[Any]:
@@ -426,9 +434,10 @@ class Tracker:
     # -- entry / exit -----------------------------------------------------------------------
     def _entry_storages(self) -> dict[int, tuple[int, str]]:
         blocks: dict[int, tuple[int, str]] = {}
+        state, grads = _model_state(self.model)
         groups = [
-            (_params_of(self.model), "parameters"),
-            (_model_grads(self.model), "gradients"),
+            (state, "parameters"),
+            (grads, "gradients"),
             ([t for o in self.optimizers for t in _grads_of(o)], "gradients"),
             ([t for o in self.optimizers for t in _optimizer_state(o)], "optimizer_state"),
             (list(_tensors_in(self.inputs)), "inputs"),
@@ -445,8 +454,14 @@ class Tracker:
                     _S.source.adopt(t, key[1])
         return blocks
 
+    def _first_tensors(self) -> Iterator[Any]:
+        if self.model is not None:
+            yield from self.model.parameters()
+            yield from self.model.buffers()
+        yield from _tensors_in(self.inputs)
+
     def _detect_device(self) -> str:
-        for t in list(_params_of(self.model)) + list(_tensors_in(self.inputs)):
+        for t in self._first_tensors():
             if t.device.type == "cuda":
                 return str(t.device if t.device.index is not None else "cuda:0")
         return "cpu"
@@ -472,7 +487,7 @@ class Tracker:
                 _S.source.clear()
                 _S.source.set_recording(True)
         if self.model is not None:
-            _hook_model(self.model)
+            _hook_model(self.model, with_optimizer=bool(self.optimizers))
         self._entry = self._entry_storages()
         self.inputs = None  # holding them would keep them alive past the user's own `del`
         self._entry_total = sum(b for b, _ in self._entry.values())
@@ -537,11 +552,11 @@ class Tracker:
         duration = (time.monotonic_ns() - self._t0) / 1e9
         process = self._sampler.stop() if self._sampler is not None else None
         # Exit marks: what is a parameter / gradient / optimizer state now.
-        for o in list(self.optimizers) + list(_S.optimizers):
+        for o in {id(o): o for o in [*self.optimizers, *_S.optimizers]}.values():
             _mark_category(_grads_of(o), "gradients")
             _mark_category(_optimizer_state(o), "optimizer_state")
-        params = _params_of(self.model)
-        _mark_category(_model_grads(self.model), "gradients")
+        params, grads = _model_state(self.model)
+        _mark_category(grads, "gradients")
         _mark_category(params, "parameters")
         _S.blocks.remove(self)
         if self.model is not None:
