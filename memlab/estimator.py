@@ -231,18 +231,33 @@ def _run_steps(
     step: Callable[[Any, Any], Any],
     optimizer: Any,
     n: int,
+    *,
+    runner_loop: bool = False,
 ) -> list[RunResult]:
+    """``n`` tracked fake steps. With ``runner_loop`` the batch is loaded inside the block, in a
+    ``data`` phase, while the previous one is still referenced -- as memlab's runner does
+    (``x, y = next(batches)``), so two batches are live for a moment."""
     from memlab.tracking import Tracker
 
     out: list[RunResult] = []
+    prev: tuple[Any, Any] | None = None
     for _ in range(n):
-        x, y = next(batches)
         source = _FakeSource()
-        rec = Tracker(
-            model, optimizer=optimizer, inputs=(x, y), sample_interval_s=None, _source=source
-        )
-        with _dispatch_mode(source), rec:
-            step(x, y)
+        if runner_loop:
+            rec = Tracker(model, optimizer=optimizer, inputs=prev or (),
+                          sample_interval_s=None, _source=source)
+            with _dispatch_mode(source), rec:
+                with rec.phase("data"):
+                    x, y = next(batches)
+                prev = None
+                step(x, y)
+            prev = (x, y)
+        else:
+            x, y = next(batches)
+            rec = Tracker(model, optimizer=optimizer, inputs=(x, y), sample_interval_s=None,
+                          _source=source)
+            with _dispatch_mode(source), rec:
+                step(x, y)
         del x, y
         assert rec.result is not None
         out.append(rec.result)
@@ -399,12 +414,14 @@ def estimate_experiment(exp: Any) -> Estimate:
         del x_real, y_real
 
         def batches() -> Iterator[tuple[Any, Any]]:
-            while True:
-                yield x, y
+            while True:  # a new batch each step, as a data loader gives
+                yield torch.empty_like(x), torch.empty_like(y)
 
-        n = 2 if w.mode == "train" and w.optimizer is not None else 1
+        # The first step creates the optimizer's state; the next two are steady, the second
+        # with the previous batch still referenced while the next one loads.
+        n = 3 if w.mode == "train" and w.optimizer is not None else 2
         with torch.random.fork_rng(devices=[]):
-            results = _run_steps(w.model, batches(), w.step, w.optimizer, n)
+            results = _run_steps(w.model, batches(), w.step, w.optimizer, n, runner_loop=True)
     notes = list(w.notes)
     if exp.sparsity > 0 and exp.sparse_storage == "sparse":
         notes.append(
@@ -416,7 +433,7 @@ def estimate_experiment(exp: Any) -> Estimate:
 
 def _combine(results: list[RunResult], elapsed: float, notes: tuple[str, ...]) -> Estimate:
     first = results[0]
-    steady = results[1] if len(results) > 1 else None
+    steady = max(results[1:], key=lambda r: r.peak_bytes) if len(results) > 1 else None
     top = first if steady is None or first.peak_bytes >= steady.peak_bytes else steady
     phases = {p: max(r.peak_by_phase.get(p, 0) for r in results) for p in PHASES}
     return Estimate(
