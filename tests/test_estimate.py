@@ -11,6 +11,8 @@ nn = torch.nn
 import memlab  # noqa: E402
 from memlab.estimator import EstimateError, estimate  # noqa: E402
 
+from . import test_track  # noqa: E402  (the same small models the tracker is tested on)
+
 TOLERANCE = 0.03  # the bar: within 3% of the measured allocator peak
 
 
@@ -59,23 +61,11 @@ class Seq2Seq(nn.Module):
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 10)
-    )
+    return test_track.mlp()[0]
 
 
 def cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(32 * 16, 10),
-    )
+    return test_track.small_cnn()[0]
 
 
 CASES = {

@@ -25,31 +25,15 @@ from memlab.ui import Panel, run_labels, smoke_experiment  # noqa: E402
 from memlab.ui.charts import LIVE_TRACE  # noqa: E402
 from memlab.workloads import Workload  # noqa: E402
 
+from .factories import slow, tiny  # noqa: E402
+
 MIB = 2**20
 
 
-def _workload(exp: Any, device: str, model: Any, sleep_s: float = 0.0) -> Workload:
-    opt = torch.optim.Adam(model.parameters()) if exp.mode == "train" else None
-
-    def batches(num_batches: int | None = None) -> Iterator[tuple[Any, Any]]:
-        for _ in range(num_batches or 1_000_000):
-            if sleep_s:
-                time.sleep(sleep_s)
-            yield torch.randn(exp.batch_size, 64), torch.randint(0, 10, (exp.batch_size,))
-
-    return Workload(name="user", model=model, optimizer=opt,
-                    loss_fn=torch.nn.functional.cross_entropy, make_batches=batches,
-                    samples_per_step=exp.batch_size, device=device, mode=exp.mode)
 
 
-def tiny(exp: Any, device: str) -> Workload:
-    return _workload(exp, device, torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
-                                                      torch.nn.Linear(256, 10)))
 
 
-def slow(exp: Any, device: str) -> Workload:
-    """0.2 s per step (in the data phase): long enough to act on mid-run."""
-    return _workload(exp, device, torch.nn.Linear(64, 10), sleep_s=0.2)
 
 
 def broken(exp: Any, device: str) -> Workload:
