@@ -417,9 +417,9 @@ def estimate_experiment(exp: Any) -> Estimate:
             while True:  # a new batch each step, as a data loader gives
                 yield torch.empty_like(x), torch.empty_like(y)
 
-        # The first step creates the optimizer's state; the next two are steady, the second
-        # with the previous batch still referenced while the next one loads.
-        n = 3 if w.mode == "train" and w.optimizer is not None else 2
+        # The first step creates the optimizer's state; the second is steady, with the
+        # previous batch still referenced while the next one loads.
+        n = 2
         with torch.random.fork_rng(devices=[]):
             results = _run_steps(w.model, batches(), w.step, w.optimizer, n, runner_loop=True)
     notes = list(w.notes)
