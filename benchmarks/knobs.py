@@ -48,30 +48,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _cpu import busy_s, proc_cpu_s  # noqa: E402
+
 MAIN_CATEGORIES = ("parameters", "activations", "optimizer_state")
-
-
-def _busy_s() -> float | None:
-    """Machine-wide busy CPU seconds so far (/proc/stat; steal counts: a VM's neighbours)."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _proc_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds process ``pid`` (all its threads) has used (proc(5): utime, stime)."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _self_cpu_s() -> float:
@@ -84,9 +63,9 @@ def wait_for_quiet(max_other: float, max_wait_s: float, window_s: float = 0.5) -
     busy over a ``window_s`` window; returns the last window's load (``None``: no /proc)."""
     deadline = time.perf_counter() + max_wait_s
     while True:
-        b0, s0, t0 = _busy_s(), _self_cpu_s(), time.perf_counter()
+        b0, s0, t0 = busy_s(), _self_cpu_s(), time.perf_counter()
         time.sleep(window_s)
-        b1, s1, t1 = _busy_s(), _self_cpu_s(), time.perf_counter()
+        b1, s1, t1 = busy_s(), _self_cpu_s(), time.perf_counter()
         if b0 is None or b1 is None:
             return None
         load = max(0.0, ((b1 - b0) - (s1 - s0)) / (t1 - t0))
@@ -106,7 +85,7 @@ def measured_run(exp: Any) -> tuple[Any, float | None]:
 
     def mark(name: str) -> None:
         if name not in marks:
-            marks[name] = (time.perf_counter(), _busy_s(), _proc_cpu_s(pid_box[0]),
+            marks[name] = (time.perf_counter(), busy_s(), proc_cpu_s(pid_box[0]),
                            _self_cpu_s())
 
     def on_sample(s: dict[str, Any]) -> None:

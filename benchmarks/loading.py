@@ -47,31 +47,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _cpu import busy_s, proc_cpu_s  # noqa: E402
+
 MAX_OTHER_LOAD = 0.25  # cores other processes may keep busy before an epoch counts as disturbed
 
 
 # -- CPU used by others ------------------------------------------------------------------------
-def busy_s() -> float | None:
-    """Machine-wide busy CPU seconds (/proc/stat; steal counts: a VM's neighbours)."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds of process ``pid`` (all threads; proc(5) utime + stime); 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def wait_for_quiet(max_wait_s: float, window_s: float = 0.5) -> None:
     """Wait up to ``max_wait_s`` until other processes leave the CPU (nearly) idle."""
     deadline = time.perf_counter() + max_wait_s
@@ -230,7 +211,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     for _ in range(cfg["epochs"]):
         sampler.sample()  # children of the last epoch are known before the marks
         kids = set(sampler.children)
-        b0, s0, w0 = busy_s(), _self_cpu(), sum(proc_cpu_s(p) for p in kids)
+        b0, s0, w0 = busy_s(), _self_cpu(), sum(proc_cpu_s(p) or 0.0 for p in kids)
         t = time.perf_counter()
         nb = 0
         shape_ok = True
@@ -244,7 +225,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
         dt = time.perf_counter() - t
         sampler.sample()
         kids |= sampler.children
-        b1, s1, w1 = busy_s(), _self_cpu(), sum(proc_cpu_s(p) for p in kids)
+        b1, s1, w1 = busy_s(), _self_cpu(), sum(proc_cpu_s(p) or 0.0 for p in kids)
         other = None
         if b0 is not None and b1 is not None and dt > 0:
             other = max(0.0, ((b1 - b0) - (s1 - s0) - (w1 - w0)) / dt)

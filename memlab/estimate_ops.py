@@ -558,7 +558,13 @@ def _r_mkldnn_rnn_layer(
     scratchpad of the gates of every step plus two hidden-state rows, each part rounded to a
     4 KiB page. Fitted and exact on 135 shapes (seq 5-33, batch 1-8, input 20-128, hidden
     32-256, 1 and 2 threads: no thread dependence); 32x8, 128->128: 1096248 B."""
-    dims = _lstm_dims(args, 10)
+    return _lstm_buffers(args, 10)
+
+
+def _lstm_buffers(args: Sequence[Any], hidden_pos: int) -> int:
+    """The bias sum, the weight reorders and the scratchpad that the LSTM forward and backward
+    both allocate (see ``_r_mkldnn_rnn_layer``); 0 where the shapes are unknown."""
+    dims = _lstm_dims(args, hidden_pos)
     if dims is None:
         return 0
     seq, batch, inp, hid = dims
@@ -581,12 +587,10 @@ def _r_mkldnn_rnn_layer_backward(
     dims = _lstm_dims(args, 15)
     if dims is None:
         return 0
-    seq, batch, inp, hid = dims
+    _seq, _batch, inp, hid = dims
     g = 4 * hid
-    ld = _good_ld(g)
     it = int(args[0].element_size())
-    total = g * it + (inp + hid) * ld * it
-    total += 568 + _page(seq * batch * ld * it) + 2 * _page(batch * _good_ld(hid) * it) + 4096
+    total = _lstm_buffers(args, 15)
     total += _copy_if_strided(args[10])
     for gh, h in ((args[11], args[5]), (args[12], args[6])):
         total += _nbytes(h) if gh is None else _copy_if_strided(gh)

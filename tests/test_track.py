@@ -74,6 +74,25 @@ def train_step(model, opt, x, y) -> None:  # type: ignore[no-untyped-def]
     opt.zero_grad()
 
 
+def measure_with_truth(model, step, *, optimizer=None, inputs=(), guard=None):  # type: ignore[no-untyped-def]
+    """Run ``step`` once inside memlab.track and torch.profiler together; return memlab's
+    result and the profiler's truth (bytes counted at entry plus the highest rise of its
+    allocator events)."""
+    import contextlib
+
+    def tracked() -> object:
+        with (
+            (guard or contextlib.nullcontext)(),
+            memlab.track(model, optimizer=optimizer, inputs=inputs) as rec,
+        ):
+            step()
+        return rec
+
+    rise, rec = profiler_peak(tracked)
+    r = rec.result  # type: ignore[attr-defined]
+    return r, sum(r.entry_by_category.values()) + rise
+
+
 # -- exact bytes on tensors of known size --------------------------------------------------
 def test_known_sizes_exact() -> None:
     keep = torch.empty(1000, dtype=torch.float32)  # 4000 B, alive at entry
@@ -114,14 +133,9 @@ def test_peak_matches_profiler_truth(name: str) -> None:
     for _ in range(2):  # warm-up: optimizer state exists, lazy allocations are done
         train_step(model, opt, x, y)
 
-    def tracked() -> object:
-        with memlab.track(model, optimizer=opt, inputs=(x, y)) as rec:
-            train_step(model, opt, x, y)
-        return rec
-
-    rise, rec = profiler_peak(tracked)
-    r = rec.result  # type: ignore[attr-defined]
-    truth = sum(r.entry_by_category.values()) + rise
+    r, truth = measure_with_truth(
+        model, lambda: train_step(model, opt, x, y), optimizer=opt, inputs=(x, y)
+    )
     assert abs(r.peak_bytes - truth) <= TOLERANCE * truth, (r.peak_bytes, truth)
     # 100% categorized: the categories sum to the peak, none negative
     assert sum(r.peak_by_category.values()) == r.peak_bytes
@@ -320,14 +334,9 @@ def test_any_model_matches_truth(checkpointed: bool) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     train_step(model, opt, x, y)
 
-    def tracked() -> object:
-        with memlab.track(model, optimizer=opt, inputs=(x, y)) as rec:
-            train_step(model, opt, x, y)
-        return rec
-
-    rise, rec = profiler_peak(tracked)
-    r = rec.result  # type: ignore[attr-defined]
-    truth = sum(r.entry_by_category.values()) + rise
+    r, truth = measure_with_truth(
+        model, lambda: train_step(model, opt, x, y), optimizer=opt, inputs=(x, y)
+    )
     assert abs(r.peak_bytes - truth) <= TOLERANCE * truth
     assert sum(r.peak_by_category.values()) == r.peak_bytes
 
@@ -359,14 +368,7 @@ def test_eval_only_without_optimizer(ctx: str) -> None:
     with guard():
         model(x)
 
-    def tracked() -> object:
-        with guard(), memlab.track(model, inputs=(x,)) as rec:
-            model(x)
-        return rec
-
-    rise, rec = profiler_peak(tracked)
-    r = rec.result  # type: ignore[attr-defined]
-    truth = sum(r.entry_by_category.values()) + rise
+    r, truth = measure_with_truth(model, lambda: model(x), inputs=(x,), guard=guard)
     assert abs(r.peak_bytes - truth) <= TOLERANCE * truth
     assert r.peak_phase == "inference"
     assert r.peak_by_category["gradients"] == 0
