@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -215,10 +216,64 @@ _CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).m
     title: (t && (t.text !== undefined ? t.text : t)) || '',
     traces: (gd.data || []).map(d => ({
       name: d.name || '',
+      x: d.x && d.x.length !== undefined ? Array.from(d.x, v => (v === null ? null : +v)) : [],
       y: d.y && d.y.length !== undefined ? Array.from(d.y, v => (v === null ? null : +v)) : [],
     })),
   };
 })"""
+
+
+# The panel's charts (in its grid), with their titles.
+_PANEL_CHARTS_TITLED_JS = _CHARTS_JS.replace("'.js-plotly-plot'",
+                                             "'.widget-gridbox .js-plotly-plot'")
+# The status line of a finished run (memlab/ui/panel.py, Panel._final_message).
+_DONE = re.compile(r"done: peak (?P<peak>.+?) of tensors in (?P<phase>\w+), (?P<rate>\d+) "
+                   r"samples/s \((?P<ms>[\d.]+) ms/step\).* run (?P<runs>\d+) in the history")
+
+
+def _panel_charts(page: Any) -> dict[str, Any]:
+    """The panel's charts by the start of their title ("Throughput", "Process memory"...)."""
+    return {str(c["title"]).split(":")[0].split(" (")[0]: c
+            for c in page.evaluate(_PANEL_CHARTS_TITLED_JS)}
+
+
+def _charts_disagree(page: Any, status: str, before: dict[str, Any] | None) -> list[str]:
+    """How the panel's charts differ from the run the status line reports (empty: they show it).
+
+    Each figure is its own widget model in the page: one that stopped taking updates keeps an
+    earlier run while the status line moves on, so each is checked, not just one. Titles and
+    the history's run count come from the status line; the process chart has no figure in the
+    status line, so it must have changed since ``before`` (the charts of the previous run)."""
+    m = _DONE.search(status)
+    if m is None:
+        return [f"the status line is not a finished run: {status!r}"]
+    charts = _panel_charts(page)
+    wrong = []
+    want = {
+        "Tensor memory by category": f"peak {m['peak']} in {m['phase']}",
+        "Throughput": f"median {m['rate']} samples/s, {m['ms']} ms/step",
+    }
+    for name, text in want.items():
+        chart = charts.get(name)
+        if chart is None or text not in str(chart["title"]):
+            wrong.append(f"{name}: {chart and chart['title']!r}, want {text!r}")
+    history = charts.get("Peak memory by category")
+    runs = max((len(t["y"]) for t in history["traces"]), default=0) if history else 0
+    if runs != int(m["runs"]):
+        wrong.append(f"history chart: {runs} runs, the status says {m['runs']}")
+    name = "Process memory"
+    if before is not None and name in before:
+        if name not in charts or charts[name]["traces"] == before[name]["traces"]:
+            wrong.append("process memory chart: still the previous run's")
+    return wrong
+
+
+def _wait_charts_show(page: Any, status: str, before: dict[str, Any] | None = None,
+                      timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (wrong := _charts_disagree(page, status, before)) and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+    assert not wrong, "charts do not show the run the status reports:\n" + "\n".join(wrong)
 
 
 def _memory_chart(page: Any) -> dict[str, Any] | None:
@@ -310,6 +365,7 @@ def _flow(page: Any, base: str, token: str) -> None:
     assert _points(before) > 0, f"the memory chart has no data after Run All: {before}"
     status_before = _status_text(page)
     assert status_before.startswith("done"), status_before
+    panel_before = _panel_charts(page)
 
     old, new = _move_batch_slider(page)
     assert new != old, f"the slider did not move ({old} -> {new})"
@@ -324,6 +380,7 @@ def _flow(page: Any, base: str, token: str) -> None:
     assert status.startswith("done") and status != status_before, (
         f"no new run finished in {RUN_S} s: {status!r}")
     assert after != before and _points(after) > 0, "the memory chart did not change"
+    _wait_charts_show(page, status, panel_before)
     page.wait_for_timeout(1000)
     final = _memory_chart(page)
 
@@ -380,9 +437,11 @@ def _in_browser(base: str, flow: Any, shot_name: str, *, on_retry: Any = None) -
                     page.wait_for_timeout(1500)  # let the history charts redraw for the shot
                     page.screenshot(path=str(shot))
                     break
-                except (AssertionError, TimeoutError, PlaywrightError):
+                except (AssertionError, TimeoutError, PlaywrightError) as e:
                     failed = shot.with_name(f"{shot.stem}-failed-{attempt}.png")
                     page.screenshot(path=str(failed))
+                    # Why, beside the screenshot: a retry that passes hides the first error.
+                    failed.with_suffix(".txt").write_text(f"{type(e).__name__}: {e}\n")
                     if attempt == 2:
                         raise
                     if on_retry is not None:
@@ -469,6 +528,8 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
         before = charts(page)
         assert any(len(y) > 0 for chart in before for _name, y in chart), (
             "the charts are empty at page load: the latest state did not reach the page")
+        _wait_charts_show(page, status, timeout_s=5)
+        panel_before = _panel_charts(page)
         page.get_by_role("button", name="Run").first.click()
         deadline = time.monotonic() + RUN_S
         now = _status_text(page)
@@ -479,6 +540,7 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
                 break
         assert now.startswith("done") and now != status, f"no new run finished: {now!r}"
         assert charts(page) != before, "the charts did not change after Run"
+        _wait_charts_show(page, now, panel_before)
         page.locator(".widget-gridbox").first.scroll_into_view_if_needed()
 
     _in_browser(base, flow, "voila-05_data_loading.png")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,18 +23,12 @@ from memlab.config import ConfigError, Experiment  # noqa: E402
 from memlab.runner import shutdown_warm_worker  # noqa: E402
 from memlab.timeline import CATEGORIES  # noqa: E402
 from memlab.ui import Panel, run_labels, smoke_experiment  # noqa: E402
-from memlab.ui.charts import LIVE_TRACE  # noqa: E402
+from memlab.ui.charts import LIVE_TRACE, LiveCharts  # noqa: E402
 from memlab.workloads import Workload  # noqa: E402
 
 from .factories import slow, tiny  # noqa: E402
 
 MIB = 2**20
-
-
-
-
-
-
 
 
 def broken(exp: Any, device: str) -> Workload:
@@ -283,3 +278,74 @@ def test_no_prediction_is_said_not_raised() -> None:
     assert panel.prediction is None
     assert "no prediction" in panel.figures["prediction"].layout.title.text
     panel.close()
+
+
+def record_messages(fw: Any) -> list[dict[str, Any]]:
+    """The state of every message the widget sends to the page, in order."""
+    sent: list[dict[str, Any]] = []
+    fw._send = lambda msg, buffers=None: sent.append(dict(msg.get("state", {})))
+    return sent
+
+
+def test_an_edit_from_another_thread_reaches_the_page_while_the_kernel_handles_a_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """plotly sends an edit as ``_py2js_update = msg`` then ``None``. While the kernel's main
+    thread applies the page's reply to an earlier edit (``set_state``), traitlets merges the
+    changes of each trait, for every thread: an edit made meanwhile would go out as ``None``
+    only and never reach the page (found under Voila, where the throughput chart kept the
+    previous run). The reader thread's edit must wait for the reply, then go out whole."""
+    charts = LiveCharts(("throughput",))
+    fw = charts.figures["throughput"]
+    sent = record_messages(fw)
+    handling = threading.Event()
+    # A slow main thread: decoding the reply takes 0.3 s, inside set_state's window.
+    meta = fw.traits()["_js2py_layoutDelta"].metadata
+    decode = meta.get("from_json", lambda value, _widget: value)
+
+    def slow_decode(value: Any, widget: Any) -> Any:
+        handling.set()
+        time.sleep(0.3)
+        return decode(value, widget)
+
+    monkeypatch.setitem(meta, "from_json", slow_decode)
+    reply = {"_js2py_layoutDelta": {"layout_delta": {}, "layout_edit_id": -1}}
+    main = threading.Thread(target=fw.set_state, args=(reply,))
+    main.start()
+    assert handling.wait(10)
+    assert charts.add_step({"step": 1, "time_s": 0.02, "samples": 32})  # drawn at once
+    main.join(10)
+    assert not main.is_alive()
+
+    edits = [(k, v is not None) for state in sent for k, v in state.items()
+             if k.startswith("_py2js_")]
+    assert ("_py2js_update", True) in edits, edits
+    # Every edit message is followed by its reset; a reset alone is an edit the page lost.
+    pending: set[str] = set()
+    for key, has_msg in edits:
+        if has_msg:
+            pending.add(key)
+        else:
+            assert key in pending, f"an edit went out as None only: {edits}"
+            pending.discard(key)
+    np.testing.assert_allclose(trace(fw, "step time (ms)").y, [20.0])
+
+
+def test_figure_front_end_is_plotlys_bundle_behind_a_small_loader() -> None:
+    """Each figure's ``_esm`` is memlab's small loader (plotly's 4.6 MB bundle, compiled once per
+    page, comes as ``_plotly_bundle``): anywidget drops every message to a model whose ``_esm``
+    took over 2 s to load, and compiling the bundle once per figure took 0.8 s each (see
+    memlab/ui/figure_widget.js). The browser tests check that every chart keeps updating."""
+    import plotly
+    from plotly.basewidget import BaseFigureWidget
+
+    charts = LiveCharts()
+    bundle = str(BaseFigureWidget._esm)
+    for fw in charts.figures.values():
+        state = fw.get_state()
+        assert state["_plotly_bundle"] == bundle
+        esm = state["_esm"]
+        assert len(esm) < 10_000 < len(bundle)
+        assert "__MEMLAB" not in esm  # the key was filled in
+        assert f'"plotly-{plotly.__version__}-' in esm
+        assert 'model.get("_plotly_bundle")' in esm and "export default" in esm

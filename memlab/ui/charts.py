@@ -7,19 +7,24 @@ second inside ``batch_update``), then the exact result when it ends. DESIGN.md, 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from copy import deepcopy
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import traitlets
 
 from memlab import plots
 from memlab.timeline import PROCESS_PARTS, RunResult, format_bytes
 
-__all__ = ["CHARTS", "LiveCharts", "sync_figure", "sync_state"]
+__all__ = ["CHARTS", "FigureWidget", "LiveCharts", "editing", "sync_figure", "sync_state"]
 
 #: Chart names, in display order.
 CHARTS: tuple[str, ...] = (
@@ -27,8 +32,82 @@ CHARTS: tuple[str, ...] = (
 )
 LIVE_TRACE = "tensor bytes (live)"
 _MAX_LIVE_POINTS = 2000
+_LIVE_TITLE = "Tensor memory (live total; by category at the end)"
 _HEIGHT = 340
 _MARGIN = {"l": 60, "r": 30, "t": 70, "b": 45}
+
+
+class FigureWidget(go.FigureWidget):
+    """A ``go.FigureWidget`` that can be edited from any thread without losing edits.
+
+    plotly sends an edit as a transient trait: ``_py2js_update = msg``, then ``= None``
+    (``plotly/basewidget.py``). When the page answers an edit (``_js2py_traceDeltas``), the
+    kernel's main thread applies the answer in ``set_state`` inside traitlets'
+    ``hold_trait_notifications``, which replaces ``notify_change`` *on the instance*, for every
+    thread, by a cache that merges the changes of one trait (``traitlets/traitlets.py``). An
+    edit made by another thread in that window (the runner's reader, the prediction thread)
+    is merged into its own reset and goes out as ``None``: the page never sees it.
+    ipywidgets' ``hold_sync`` has the same effect. Measured on lab 05 under Voila: every run
+    lost about one edit in twenty, and when it was the last one the chart kept showing the
+    previous run. Here both windows and every edit made through :func:`editing` take one lock.
+
+    Its front end is plotly's own, loaded through ``figure_widget.js`` so that a page compiles
+    plotly's bundle once and not once per figure: anywidget drops every message to a figure
+    whose front end took over 2 s to load (the file says how that was found).
+    """
+
+    # plotly's bundle as a synced string, read by figure_widget.js (below).
+    _plotly_bundle = traitlets.Unicode().tag(sync=True)
+
+    @traitlets.default("_plotly_bundle")
+    def _default_plotly_bundle(self) -> str:
+        return _plotly_bundle()[0]
+
+    @property
+    def _esm(self) -> str:  # read by anywidget's __init__ for each figure: the small loader
+        return _front_end()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before plotly's and traitlets' __init__, which already hold notifications.
+        self._edit_lock = threading.RLock()
+        super().__init__(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def hold_trait_notifications(self) -> Iterator[None]:
+        with self._edit_lock, super().hold_trait_notifications():
+            yield
+
+    @contextlib.contextmanager
+    def hold_sync(self) -> Iterator[None]:
+        with self._edit_lock, super().hold_sync():
+            yield
+
+
+@functools.cache
+def _plotly_bundle() -> tuple[str, str]:
+    """plotly's widget bundle (this plotly's) and a key for it: plotly's version and a hash."""
+    import plotly
+    from plotly.basewidget import BaseFigureWidget
+
+    bundle = str(BaseFigureWidget._esm)  # anywidget's FileContents: the bundle's text
+    digest = hashlib.sha256(bundle.encode("utf-8")).hexdigest()[:16]
+    return bundle, f"plotly-{plotly.__version__}-{digest}"
+
+
+@functools.cache
+def _front_end() -> str:
+    """``figure_widget.js`` with the bundle's key filled in (a JSON string is a JS literal)."""
+    from importlib import resources
+
+    loader = resources.files("memlab.ui").joinpath("figure_widget.js").read_text("utf-8")
+    return loader.replace("__MEMLAB_PLOTLY_KEY__", json.dumps(_plotly_bundle()[1]))
+
+
+def editing(fw: go.FigureWidget) -> contextlib.AbstractContextManager[Any]:
+    """The context to edit ``fw`` in: its lock for a memlab :class:`FigureWidget` (so that
+    no edit is swallowed by a ``hold_sync`` on another thread), nothing for another figure."""
+    lock = getattr(fw, "_edit_lock", None)
+    return lock if lock is not None else contextlib.nullcontext()
 
 
 def sync_state(fw: go.FigureWidget) -> None:
@@ -38,27 +117,29 @@ def sync_state(fw: go.FigureWidget) -> None:
     page loading, a second view) would start from the state at construction and miss them.
     This is what ``FigureWidget._repr_mimebundle_`` does before display.
     """
-    fw._widget_layout = deepcopy(fw._layout_obj._props)
-    fw._widget_data = deepcopy(fw._data)
+    with editing(fw):
+        fw._widget_layout = deepcopy(fw._layout_obj._props)
+        fw._widget_data = deepcopy(fw._data)
 
 
 def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
     """Make ``fw`` show ``fig``: traces updated in place when they match by name and type
     (one redraw), else replaced; the layout is overwritten with ``fig``'s."""
-    same = [(t.type, t.name) for t in fw.data] == [(t.type, t.name) for t in fig.data]
     layout = fig.layout.to_plotly_json()
     for key in ("height", "margin", "template"):  # the widget's own are kept
         layout.pop(key, None)
-    if same:
-        with fw.batch_update():
-            for old, new in zip(fw.data, fig.data, strict=True):
-                old.update(new.to_plotly_json(), overwrite=True)
+    with editing(fw):
+        same = [(t.type, t.name) for t in fw.data] == [(t.type, t.name) for t in fig.data]
+        if same:
+            with fw.batch_update():
+                for old, new in zip(fw.data, fig.data, strict=True):
+                    old.update(new.to_plotly_json(), overwrite=True)
+                fw.layout.update(layout, overwrite=True)
+        else:
+            fw.data = ()
+            fw.add_traces(list(fig.data))
             fw.layout.update(layout, overwrite=True)
-    else:
-        fw.data = ()
-        fw.add_traces(list(fig.data))
-        fw.layout.update(layout, overwrite=True)
-    sync_state(fw)
+        sync_state(fw)
 
 
 def _throughput_figure() -> go.Figure:
@@ -84,7 +165,7 @@ def _throughput_figure() -> go.Figure:
 
 
 def _widget(fig: go.Figure) -> go.FigureWidget:
-    fw = go.FigureWidget(fig)
+    fw = FigureWidget(fig)
     fw.update_layout(height=_HEIGHT, margin=_MARGIN)
     return fw
 
@@ -145,15 +226,16 @@ class LiveCharts:
             fw = self.figures.get(name)
             if fw is None:
                 continue
-            with fw.batch_update():
-                for trace in fw.data:
-                    trace.x, trace.y = [], []
-                if name == "memory":
-                    fw.layout.shapes = []
-                    fw.layout.annotations = []
-                    fw.layout.title.text = "Tensor memory (live total; by category at the end)"
-                    fw.layout.title.subtitle.text = ""
-            sync_state(fw)
+            with editing(fw):
+                with fw.batch_update():
+                    for trace in fw.data:
+                        trace.x, trace.y = [], []
+                    if name == "memory":
+                        fw.layout.shapes = []
+                        fw.layout.annotations = []
+                        fw.layout.title.text = _LIVE_TITLE
+                        fw.layout.title.subtitle.text = ""
+                sync_state(fw)
 
     # -- live ---------------------------------------------------------------------------------
     def add_sample(self, sample: Mapping[str, Any]) -> bool:
@@ -193,7 +275,7 @@ class LiveCharts:
             idx = plots.downsample_indices(t, tensors, _MAX_LIVE_POINTS)
             fw = self.figures.get("memory")
             if fw is not None:
-                with fw.batch_update():
+                with editing(fw), fw.batch_update():
                     for trace in fw.data:
                         if trace.name == LIVE_TRACE:
                             trace.x = t[idx]
@@ -209,7 +291,8 @@ class LiveCharts:
                     vals = [samples[i].get(p) for i in idx]
                     parts[p] = None if any(v is None for v in vals) else np.asarray(
                         vals, dtype=np.int64)
-                plots.update_process(fw, t[idx], parts)
+                with editing(fw):
+                    plots.update_process(fw, t[idx], parts)
         fw = self.figures.get("throughput")
         if fw is not None and steps:
             self._draw_steps(fw, [s["time_s"] for s in steps], [s.get("samples") for s in steps])
@@ -222,7 +305,7 @@ class LiveCharts:
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(dt > 0, n / dt, np.nan)
         x = np.arange(1, len(dt) + 1)
-        with fw.batch_update():
+        with editing(fw), fw.batch_update():
             fw.data[0].x, fw.data[0].y = x, rate
             fw.data[1].x, fw.data[1].y = x, dt * 1e3
 
@@ -233,31 +316,34 @@ class LiveCharts:
         fw = self.figures.get("memory")
         if fw is not None and len(result.timeline):
             tl = result.timeline
-            plots.update_timeline(fw, tl.t, tl.by_category, phase=tl.phase, marks=tl.marks)
-            with fw.batch_update():
-                for trace in fw.data:
-                    if trace.name == LIVE_TRACE:
-                        trace.x, trace.y = [], []
-                title = f"Tensor memory by category: peak {format_bytes(result.peak_bytes)}"
-                fw.layout.title.text = f"{title} in {result.peak_phase}"
-            sync_state(fw)
+            with editing(fw):
+                plots.update_timeline(fw, tl.t, tl.by_category, phase=tl.phase, marks=tl.marks)
+                with fw.batch_update():
+                    for trace in fw.data:
+                        if trace.name == LIVE_TRACE:
+                            trace.x, trace.y = [], []
+                    title = f"Tensor memory by category: peak {format_bytes(result.peak_bytes)}"
+                    fw.layout.title.text = f"{title} in {result.peak_phase}"
+                sync_state(fw)
         fw = self.figures.get("process")
         if fw is not None and len(result.process):
-            plots.update_process(fw, result.process.t, result.process.parts)
             # The pure figure names the parts this platform did not measure; show its note.
             subtitle = plots.process_memory_figure(result).layout.title.subtitle.text
-            fw.layout.title.subtitle.text = subtitle or ""
-            sync_state(fw)
+            with editing(fw):
+                plots.update_process(fw, result.process.t, result.process.parts)
+                fw.layout.title.subtitle.text = subtitle or ""
+                sync_state(fw)
         fw = self.figures.get("throughput")
         if fw is not None and result.step_times_s:
             spp = result.samples_per_step
-            self._draw_steps(fw, result.step_times_s, [spp] * len(result.step_times_s))
             tp = result.throughput_samples_per_s
             med = result.step_time_median_s
-            fw.layout.title.text = (
-                "Throughput per step" if tp is None or med is None
-                else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step")
-            sync_state(fw)
+            with editing(fw):
+                self._draw_steps(fw, result.step_times_s, [spp] * len(result.step_times_s))
+                fw.layout.title.text = (
+                    "Throughput per step" if tp is None or med is None
+                    else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step")
+                sync_state(fw)
 
     def show_prediction(self, predicted: Mapping[str, int] | None, result: RunResult | None,
                         note: str) -> None:
@@ -278,9 +364,10 @@ class LiveCharts:
         """Redraw the comparison charts from the panel's history."""
         fw = self.figures.get("history")
         if fw is not None:
-            sync_figure(fw, plots.peak_bars_figure(results, labels=labels, baseline=0))
+            fig = plots.peak_bars_figure(results, labels=labels, baseline=0)
             if results:
-                fw.layout.title.text = f"Peak memory by category (deltas vs {labels[0]})"
+                fig.layout.title.text = f"Peak memory by category (deltas vs {labels[0]})"
+            sync_figure(fw, fig)
         fw = self.figures.get("tradeoff")
         if fw is not None:
             sync_figure(fw, plots.memory_throughput_figure(results, labels=labels))
