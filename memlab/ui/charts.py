@@ -1,4 +1,5 @@
-"""The panel's charts: one ``plotly.graph_objects.FigureWidget`` each, updated in place.
+"""The panel's charts: one :class:`FigureWidget` each (plotly's, safe to edit from the runner's
+thread, its front end loaded once per page), updated in place.
 
 The figures come from :mod:`memlab.plots` (pure functions); this module only keeps them alive
 and feeds them: live samples while a run goes (accumulated, drawn at most ``max_fps`` times a
