@@ -349,3 +349,30 @@ def test_figure_front_end_is_plotlys_bundle_behind_a_small_loader() -> None:
         assert "__MEMLAB" not in esm  # the key was filled in
         assert f'"plotly-{plotly.__version__}-' in esm
         assert 'model.get("_plotly_bundle")' in esm and "export default" in esm
+
+
+def test_history_charts_drop_what_the_new_figure_no_longer_has() -> None:
+    """sync_figure replaces the layout: the empty scatter's "no run ... yet" note and the
+    subtitle naming a skipped run go once the runs have throughput (``update(overwrite=True)``
+    alone keeps keys the new figure lacks)."""
+    from memlab.timeline import RunResult
+
+    def run(mib: int, **kw: Any) -> RunResult:
+        return RunResult(peak_bytes=mib * MIB, peak_by_category={"activations": mib * MIB}, **kw)
+
+    charts = LiveCharts(("tradeoff", "history"))
+    fw = charts.figures["tradeoff"]
+    assert [a.text for a in fw.layout.annotations] == ["no run with a measured throughput yet"]
+    untimed = run(3)
+    charts.show_history([untimed], ["#1"])
+    assert fw.layout.title.subtitle.text == "skipped (no throughput measured): #1"
+    timed = [run(2, step_times_s=(0.5, 0.25), samples_per_step=8),
+             run(5, step_times_s=(0.1,), samples_per_step=16)]
+    charts.show_history(timed, ["#1", "#2"])
+    assert list(fw.layout.annotations) == []
+    assert not fw.layout.title.subtitle.text
+    np.testing.assert_allclose(fw.data[0].x, [8 / 0.375, 160.0])  # samples / median step
+    # ...and the page that attaches later gets the same layout
+    assert not fw._widget_layout.get("annotations")
+    bars = charts.figures["history"]
+    assert [a.text for a in bars.layout.annotations if a.name == "delta"][0].endswith("(baseline)")

@@ -123,18 +123,27 @@ def sync_state(fw: go.FigureWidget) -> None:
         fw._widget_data = deepcopy(fw._data)
 
 
+def _with_removals(old: Mapping[str, Any], new: Mapping[str, Any],
+                   keep: Sequence[str] = ()) -> dict[str, Any]:
+    """``new`` plus ``None`` for each key only ``old`` has: ``update(overwrite=True)`` leaves a
+    key that ``new`` lacks as it was (a note annotation of an empty chart would stay)."""
+    return {**{k: None for k in old if k not in new and k not in keep}, **new}
+
+
 def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
     """Make ``fw`` show ``fig``: traces updated in place when they match by name and type
-    (one redraw), else replaced; the layout is overwritten with ``fig``'s."""
-    layout = fig.layout.to_plotly_json()
-    for key in ("height", "margin", "template"):  # the widget's own are kept
-        layout.pop(key, None)
+    (one redraw), else replaced; the layout becomes ``fig``'s (the widget's own height,
+    margin and template are kept)."""
+    keep = ("height", "margin", "template")
+    new_layout = {k: v for k, v in fig.layout.to_plotly_json().items() if k not in keep}
     with editing(fw):
+        layout = _with_removals(fw.layout.to_plotly_json(), new_layout, keep)
         same = [(t.type, t.name) for t in fw.data] == [(t.type, t.name) for t in fig.data]
         if same:
             with fw.batch_update():
                 for old, new in zip(fw.data, fig.data, strict=True):
-                    old.update(new.to_plotly_json(), overwrite=True)
+                    old.update(_with_removals(old.to_plotly_json(), new.to_plotly_json(),
+                                              ("uid", "type")), overwrite=True)
                 fw.layout.update(layout, overwrite=True)
         else:
             fw.data = ()
