@@ -376,3 +376,41 @@ def test_history_charts_drop_what_the_new_figure_no_longer_has() -> None:
     assert not fw._widget_layout.get("annotations")
     bars = charts.figures["history"]
     assert [a.text for a in bars.layout.annotations if a.name == "delta"][0].endswith("(baseline)")
+
+
+_EXIT_WITH_A_PREDICTION_RUNNING = """
+import time
+from memlab.config import Experiment
+from memlab.ui.predict import Predictor
+
+class Slow(Predictor):
+    @staticmethod
+    def _estimate(exp):
+        time.sleep(1.0)
+        return "no prediction: slow on purpose"
+
+p = Slow(lambda predicted, result, note: print("drawn:", note, flush=True))
+p.request(Experiment(workload="mlp"))
+time.sleep(0.2)  # the estimate is running; now the interpreter exits
+"""
+
+
+def test_exit_waits_for_the_prediction_in_progress() -> None:
+    """The prediction thread is stopped and joined at exit (a daemon thread still inside torch
+    while the interpreter finalizes can crash it): the estimate in progress is drawn, the
+    process exits cleanly."""
+    proc = subprocess.run([sys.executable, "-c", _EXIT_WITH_A_PREDICTION_RUNNING],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "drawn: no prediction: slow on purpose" in proc.stdout, proc.stdout + proc.stderr
+    assert "Fatal" not in proc.stderr
+
+
+def test_closed_predictor_ignores_requests_and_stops() -> None:
+    drawn: list[str] = []
+    from memlab.ui.predict import Predictor
+
+    p = Predictor(lambda predicted, result, note: drawn.append(note))
+    assert p.close(timeout=5)
+    p.request(Experiment(workload=tiny, batch_size=8, steps=1, warmup=0, device="cpu"))
+    assert p.wait(5) and drawn == [] and p._thread is None

@@ -328,8 +328,10 @@ class Panel:
             self._charts.show_history([], [])
 
     def close(self) -> None:
-        """Stop any run and close the widgets."""
+        """Stop any run and the predictions, and close the widgets."""
         self.stop()
+        if self.predictor is not None:
+            self.predictor.close(timeout=0)  # its thread ends after the estimate in progress
         self.widget.close()
         for w in self.controls.values():
             w.close()

@@ -9,8 +9,10 @@ latest settings wait.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +26,26 @@ _log = logging.getLogger(__name__)
 # The fields that decide a step's tensor memory (steps, seed, data loading and budget do not).
 _KEY_FIELDS = ("workload", "mode", "batch_size", "precision", "checkpointing", "sparsity",
                "sparse_storage", "device")
+
+
+# Predictors with a thread, stopped and joined at exit: a daemon thread still inside torch while
+# the interpreter finalizes can crash it, and the crash turns a passing run's exit code red.
+_LIVE: weakref.WeakSet[Predictor] = weakref.WeakSet()
+_EXIT_JOIN_S = 30.0  # an estimate takes a second or two; never hang an exit for long
+_at_exit = False
+
+
+def _stop_all() -> None:
+    for predictor in list(_LIVE):
+        predictor.close(timeout=_EXIT_JOIN_S)
+
+
+def _stop_at_exit(predictor: Predictor) -> None:
+    global _at_exit
+    if not _at_exit:  # registered on first use, not at import
+        atexit.register(_stop_all)
+        _at_exit = True
+    _LIVE.add(predictor)
 
 
 def prediction_key(exp: Experiment | Mapping[str, Any]) -> tuple[Any, ...]:
@@ -44,6 +66,7 @@ class Predictor:
         self._cache: dict[tuple[Any, ...], Any] = {}  # key -> Estimate, or an error string
         self._measured: dict[tuple[Any, ...], RunResult] = {}
         self._shown: tuple[Any, ...] | None = None
+        self._closed = False
         #: The latest prediction drawn (a memlab.estimator.Estimate), or None.
         self.latest: Any = None
         #: Why there is no prediction for the current settings, if there is none.
@@ -53,12 +76,26 @@ class Predictor:
     def request(self, exp: Experiment) -> None:
         """Predict ``exp`` (soon, in the background); the newest request wins."""
         with self._cv:
+            if self._closed:
+                return
             self._want = exp
             if self._thread is None or not self._thread.is_alive():
+                _stop_at_exit(self)
                 self._thread = threading.Thread(target=self._loop, name="memlab-predict",
                                                 daemon=True)
                 self._thread.start()
             self._cv.notify_all()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drop waiting requests, let the estimate in progress finish (its drawing included),
+        and stop the thread. Later requests are ignored. True if the thread has stopped."""
+        with self._cv:
+            self._closed = True
+            self._want = None
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
 
     def measured(self, result: RunResult) -> None:
         """A run ended: overlay it on the prediction of the same settings."""
