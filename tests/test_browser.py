@@ -519,11 +519,6 @@ def voila_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         yield base, token
 
 
-_PANEL_CHARTS_JS = """() => Array.from(document.querySelectorAll('.widget-gridbox .js-plotly-plot'))
-  .map(gd => (gd.data || []).map(d => [d.name || '',
-       d.y && d.y.length !== undefined ? Array.from(d.y, v => (v === null ? null : +v)) : []]))"""
-
-
 def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
     """The served page shows the panel with its charts in their latest state (the run the lab
     made while the page was built), hides the code, and its Run button starts a run that
@@ -531,7 +526,7 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
     base, token = voila_server
 
     def charts(page: Any) -> list[Any]:
-        return list(page.evaluate(_PANEL_CHARTS_JS))
+        return list(page.evaluate(_PANEL_CHARTS_TITLED_JS))
 
     def flow(page: Any) -> None:
         # Voila runs the whole notebook while it sends the page; the load event comes after.
@@ -544,7 +539,7 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
         status = _status_text(page)
         assert status.startswith("done"), status
         before = charts(page)
-        assert any(len(y) > 0 for chart in before for _name, y in chart), (
+        assert any(len(t["y"]) > 0 for chart in before for t in chart["traces"]), (
             "the charts are empty at page load: the latest state did not reach the page")
         _wait_charts_show(page, status, timeout_s=5)
         panel_before = _panel_charts(page)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from copy import deepcopy
 from typing import Any
 
@@ -25,7 +25,7 @@ import traitlets
 from memlab import plots
 from memlab.timeline import PROCESS_PARTS, RunResult, format_bytes
 
-__all__ = ["CHARTS", "FigureWidget", "LiveCharts", "editing", "sync_figure", "sync_state"]
+__all__ = ["CHARTS", "FigureWidget", "LiveCharts", "sync_figure", "sync_state"]
 
 #: Chart names, in display order.
 CHARTS: tuple[str, ...] = (
@@ -48,9 +48,8 @@ class FigureWidget(go.FigureWidget):
     thread, by a cache that merges the changes of one trait (``traitlets/traitlets.py``). An
     edit made by another thread in that window (the runner's reader, the prediction thread)
     is merged into its own reset and goes out as ``None``: the page never sees it.
-    ipywidgets' ``hold_sync`` has the same effect. Measured on lab 05 under Voila: every run
-    lost about one edit in twenty, and when it was the last one the chart kept showing the
-    previous run. Here both windows and every edit made through :func:`editing` take one lock.
+    ipywidgets' ``hold_sync`` has the same effect. Here both windows and each of plotly's
+    edit messages (``_send_*_msg``, every edit goes through one) take one lock per figure.
 
     Its front end is plotly's own, loaded through ``figure_widget.js`` so that a page compiles
     plotly's bundle once and not once per figure: anywidget drops every message to a figure
@@ -84,6 +83,23 @@ class FigureWidget(go.FigureWidget):
             yield
 
 
+def _locked(send: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(send)
+    def locked(self: FigureWidget, *args: Any, **kwargs: Any) -> None:
+        with self._edit_lock:
+            send(self, *args, **kwargs)
+
+    return locked
+
+
+# plotly's edit messages (plotly/basewidget.py), each sent as the message and then None.
+for _name in ("_send_addTraces_msg", "_send_moveTraces_msg", "_send_deleteTraces_msg",
+              "_send_restyle_msg", "_send_relayout_msg", "_send_update_msg",
+              "_send_animate_msg"):
+    setattr(FigureWidget, _name, _locked(getattr(go.FigureWidget, _name)))
+del _name
+
+
 @functools.cache
 def _plotly_bundle() -> tuple[str, str]:
     """plotly's widget bundle (this plotly's) and a key for it: plotly's version and a hash."""
@@ -104,13 +120,6 @@ def _front_end() -> str:
     return loader.replace("__MEMLAB_PLOTLY_KEY__", json.dumps(_plotly_bundle()[1]))
 
 
-def editing(fw: go.FigureWidget) -> contextlib.AbstractContextManager[Any]:
-    """The context to edit ``fw`` in: its lock for a memlab :class:`FigureWidget` (so that
-    no edit is swallowed by a ``hold_sync`` on another thread), nothing for another figure."""
-    lock = getattr(fw, "_edit_lock", None)
-    return lock if lock is not None else contextlib.nullcontext()
-
-
 def sync_state(fw: go.FigureWidget) -> None:
     """Make the widget's synced state the figure as it is now.
 
@@ -118,9 +127,8 @@ def sync_state(fw: go.FigureWidget) -> None:
     page loading, a second view) would start from the state at construction and miss them.
     This is what ``FigureWidget._repr_mimebundle_`` does before display.
     """
-    with editing(fw):
-        fw._widget_layout = deepcopy(fw._layout_obj._props)
-        fw._widget_data = deepcopy(fw._data)
+    fw._widget_layout = deepcopy(fw._layout_obj._props)
+    fw._widget_data = deepcopy(fw._data)
 
 
 def _with_removals(old: Mapping[str, Any], new: Mapping[str, Any],
@@ -136,20 +144,19 @@ def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
     margin and template are kept)."""
     keep = ("height", "margin", "template")
     new_layout = {k: v for k, v in fig.layout.to_plotly_json().items() if k not in keep}
-    with editing(fw):
-        layout = _with_removals(fw.layout.to_plotly_json(), new_layout, keep)
-        same = [(t.type, t.name) for t in fw.data] == [(t.type, t.name) for t in fig.data]
-        if same:
-            with fw.batch_update():
-                for old, new in zip(fw.data, fig.data, strict=True):
-                    old.update(_with_removals(old.to_plotly_json(), new.to_plotly_json(),
-                                              ("uid", "type")), overwrite=True)
-                fw.layout.update(layout, overwrite=True)
-        else:
-            fw.data = ()
-            fw.add_traces(list(fig.data))
+    layout = _with_removals(fw.layout.to_plotly_json(), new_layout, keep)
+    same = [(t.type, t.name) for t in fw.data] == [(t.type, t.name) for t in fig.data]
+    if same:
+        with fw.batch_update():
+            for old, new in zip(fw.data, fig.data, strict=True):
+                old.update(_with_removals(old.to_plotly_json(), new.to_plotly_json(),
+                                          ("uid", "type")), overwrite=True)
             fw.layout.update(layout, overwrite=True)
-        sync_state(fw)
+    else:
+        fw.data = ()
+        fw.add_traces(list(fig.data))
+        fw.layout.update(layout, overwrite=True)
+    sync_state(fw)
 
 
 def _throughput_figure() -> go.Figure:
@@ -236,16 +243,15 @@ class LiveCharts:
             fw = self.figures.get(name)
             if fw is None:
                 continue
-            with editing(fw):
-                with fw.batch_update():
-                    for trace in fw.data:
-                        trace.x, trace.y = [], []
-                    if name == "memory":
-                        fw.layout.shapes = []
-                        fw.layout.annotations = []
-                        fw.layout.title.text = _LIVE_TITLE
-                        fw.layout.title.subtitle.text = ""
-                sync_state(fw)
+            with fw.batch_update():
+                for trace in fw.data:
+                    trace.x, trace.y = [], []
+                if name == "memory":
+                    fw.layout.shapes = []
+                    fw.layout.annotations = []
+                    fw.layout.title.text = _LIVE_TITLE
+                    fw.layout.title.subtitle.text = ""
+            sync_state(fw)
 
     # -- live ---------------------------------------------------------------------------------
     def add_sample(self, sample: Mapping[str, Any]) -> bool:
@@ -285,7 +291,7 @@ class LiveCharts:
             idx = plots.downsample_indices(t, tensors, _MAX_LIVE_POINTS)
             fw = self.figures.get("memory")
             if fw is not None:
-                with editing(fw), fw.batch_update():
+                with fw.batch_update():
                     for trace in fw.data:
                         if trace.name == LIVE_TRACE:
                             trace.x = t[idx]
@@ -301,8 +307,7 @@ class LiveCharts:
                     vals = [samples[i].get(p) for i in idx]
                     parts[p] = None if any(v is None for v in vals) else np.asarray(
                         vals, dtype=np.int64)
-                with editing(fw):
-                    plots.update_process(fw, t[idx], parts)
+                plots.update_process(fw, t[idx], parts)
         fw = self.figures.get("throughput")
         if fw is not None and steps:
             self._draw_steps(fw, [s["time_s"] for s in steps], [s.get("samples") for s in steps])
@@ -315,7 +320,7 @@ class LiveCharts:
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(dt > 0, n / dt, np.nan)
         x = np.arange(1, len(dt) + 1)
-        with editing(fw), fw.batch_update():
+        with fw.batch_update():
             fw.data[0].x, fw.data[0].y = x, rate
             fw.data[1].x, fw.data[1].y = x, dt * 1e3
 
@@ -326,34 +331,31 @@ class LiveCharts:
         fw = self.figures.get("memory")
         if fw is not None and len(result.timeline):
             tl = result.timeline
-            with editing(fw):
-                plots.update_timeline(fw, tl.t, tl.by_category, phase=tl.phase, marks=tl.marks)
-                with fw.batch_update():
-                    for trace in fw.data:
-                        if trace.name == LIVE_TRACE:
-                            trace.x, trace.y = [], []
-                    title = f"Tensor memory by category: peak {format_bytes(result.peak_bytes)}"
-                    fw.layout.title.text = f"{title} in {result.peak_phase}"
-                sync_state(fw)
+            plots.update_timeline(fw, tl.t, tl.by_category, phase=tl.phase, marks=tl.marks)
+            with fw.batch_update():
+                for trace in fw.data:
+                    if trace.name == LIVE_TRACE:
+                        trace.x, trace.y = [], []
+                title = f"Tensor memory by category: peak {format_bytes(result.peak_bytes)}"
+                fw.layout.title.text = f"{title} in {result.peak_phase}"
+            sync_state(fw)
         fw = self.figures.get("process")
         if fw is not None and len(result.process):
             # The pure figure names the parts this platform did not measure; show its note.
             subtitle = plots.process_memory_figure(result).layout.title.subtitle.text
-            with editing(fw):
-                plots.update_process(fw, result.process.t, result.process.parts)
-                fw.layout.title.subtitle.text = subtitle or ""
-                sync_state(fw)
+            plots.update_process(fw, result.process.t, result.process.parts)
+            fw.layout.title.subtitle.text = subtitle or ""
+            sync_state(fw)
         fw = self.figures.get("throughput")
         if fw is not None and result.step_times_s:
             spp = result.samples_per_step
             tp = result.throughput_samples_per_s
             med = result.step_time_median_s
-            with editing(fw):
-                self._draw_steps(fw, result.step_times_s, [spp] * len(result.step_times_s))
-                fw.layout.title.text = (
-                    "Throughput per step" if tp is None or med is None
-                    else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step")
-                sync_state(fw)
+            self._draw_steps(fw, result.step_times_s, [spp] * len(result.step_times_s))
+            fw.layout.title.text = (
+                "Throughput per step" if tp is None or med is None
+                else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step")
+            sync_state(fw)
 
     def show_prediction(self, predicted: Mapping[str, int] | None, result: RunResult | None,
                         note: str) -> None:
