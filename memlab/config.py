@@ -27,7 +27,12 @@ __all__ = [
     "DATA_SOURCES",
     "DEVICES",
     "MAX_SPARSITY",
+    "MIB",
+    "MEMORY_FIELDS",
 ]
+
+#: One mebibyte (IEC 80000-13), the unit of every chart and knob in memlab.
+MIB = 2**20
 
 WORKLOADS: tuple[str, ...] = ("mlp", "cnn", "transformer")
 MODES: tuple[str, ...] = ("train", "inference")
@@ -36,6 +41,12 @@ CHECKPOINTING: tuple[str, ...] = ("off", "every-block", "every-other-block")
 SPARSE_STORAGES: tuple[str, ...] = ("mask", "sparse")
 DATA_SOURCES: tuple[str, ...] = ("ram", "memmap")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: The Experiment fields that decide a step's tensor memory (what an estimate depends on;
+#: steps, seed, data loading and the budget do not).
+MEMORY_FIELDS: tuple[str, ...] = (
+    "workload", "mode", "batch_size", "precision", "checkpointing", "sparsity",
+    "sparse_storage", "device",
+)
 #: Pruning every weight leaves nothing to learn or to store; 0.99 is the top of the range.
 MAX_SPARSITY = 0.99
 

@@ -34,7 +34,7 @@ from memlab.config import Experiment
 from memlab.timeline import RunResult
 from memlab.tracking import procmem
 
-__all__ = ["run", "start", "RunHandle", "warm_up", "shutdown_warm_worker"]
+__all__ = ["run", "start", "call", "RunHandle", "warm_up", "shutdown_warm_worker"]
 
 SampleFn = Callable[[dict[str, Any]], None]
 StepFn = Callable[[dict[str, Any]], None]
@@ -68,9 +68,9 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
     try:
         import torch  # noqa: F401  (the warm part: importing torch takes most of a start)
 
-        from memlab.tracking import _native
+        from memlab.tracking.sources import default_source
 
-        _native.recorder()
+        default_source()
     except BaseException as e:  # noqa: BLE001 - report, never hang the parent
         send(("fatal", f"worker could not start: {type(e).__name__}: {e}"))
         return
@@ -130,11 +130,11 @@ def _execute(exp: Experiment, send: Callable[[tuple[Any, ...]], None], cancel: A
     import torch
 
     import memlab
-    from memlab.tracking._native import recorder
+    from memlab.tracking.sources import default_source
 
     t_job = time.monotonic_ns()
-    lib = recorder()
-    live0 = int(lib.memlab_live())
+    source = default_source()
+    live0 = source.live()
     state: dict[str, Any] = {"phase": "setup", "step": 0, "offset": 0.0}
 
     def setup_sample(t: float, row: dict[str, int | None]) -> None:
@@ -143,7 +143,7 @@ def _execute(exp: Experiment, send: Callable[[tuple[Any, ...]], None], cancel: A
                 "sample",
                 {
                     "t": t,
-                    "tensor_bytes": int(lib.memlab_live()) - live0,
+                    "tensor_bytes": source.live() - live0,
                     "phase": state["phase"],
                     "step": 0,
                     **row,
@@ -572,3 +572,18 @@ def run(
         keep_warm=False,
     )
     return handle.wait()
+
+
+def call(fn: Callable[..., Any], /, *args: Any, timeout_s: float | None = None,
+         **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a worker process (torch stays out of the caller), returned;
+    an exception in the worker is raised here. ``fn`` must be a module-level callable.
+
+    The one way labs and checks run torch-side helpers (an estimate, an accuracy job).
+    """
+    # PLACEHOLDER (contract only): a fresh spawned process per call. To be replaced by the
+    # warm service worker, queued with runs (never concurrent with a measured step).
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result(timeout=timeout_s)

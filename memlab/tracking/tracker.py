@@ -15,76 +15,22 @@ the block, once every block's life is known (``attribution.py``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from memlab.timeline import PHASES, ProcessSeries, RunResult
 from memlab.tracking import procmem
 from memlab.tracking.attribution import CategoryMark, Mark, attribute
+from memlab.tracking.sources import EventSource, NativeSource, default_source
 
 __all__ = ["track", "Tracker"]
 
 SampleCallback = Callable[[float, dict[str, Any]], None]
-
-
-class EventSource(Protocol):
-    """Where allocation events come from. The native recorder on CPU; memlab.estimate plugs
-    in a dispatch-level source over fake tensors. ``addr`` keys a tensor's storage the way the
-    source's events do."""
-
-    def event_count(self) -> int: ...
-    def set_tag(self, tag: int) -> None: ...
-    def live(self) -> int: ...
-    def adopt(self, t: Any, nbytes: int) -> None: ...
-    def set_limit(self, limit: int) -> None: ...
-    def set_recording(self, on: bool) -> None: ...
-    def clear(self) -> None: ...
-    def events(self, start: int, end: int) -> np.ndarray: ...
-    def addr(self, t: Any) -> int: ...
-
-
-class NativeSource:
-    """The C++ recorder that wraps PyTorch's CPU allocator (``_alloc.cpp``)."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self.lib = lib
-
-    def event_count(self) -> int:
-        return int(self.lib.memlab_event_count())
-
-    def set_tag(self, tag: int) -> None:
-        self.lib.memlab_set_tag(tag)
-
-    def live(self) -> int:
-        return int(self.lib.memlab_live())
-
-    def adopt(self, t: Any, nbytes: int) -> None:
-        self.lib.memlab_adopt(t.untyped_storage()._cdata, nbytes)
-
-    def set_limit(self, limit: int) -> None:
-        self.lib.memlab_set_limit(limit)
-
-    def set_recording(self, on: bool) -> None:
-        self.lib.memlab_set_recording(1 if on else 0)
-
-    def clear(self) -> None:
-        self.lib.memlab_clear_events()
-
-    def events(self, start: int, end: int) -> np.ndarray:
-        out = np.empty((max(0, end - start), 4), dtype=np.int64)
-        if len(out):
-            got = self.lib.memlab_copy_events(out.ctypes.data_as(ctypes.c_void_p), start, len(out))
-            out = out[:got]
-        return out
-
-    def addr(self, t: Any) -> int:
-        return int(t.untyped_storage().data_ptr())
 
 
 # ----------------------------------------------------------------------------------------
@@ -467,7 +413,6 @@ class Tracker:
         return "cpu"
 
     def __enter__(self) -> Tracker:
-        from memlab.tracking import _native
 
         self._device = self._detect_device()
         if self._source is not None:
@@ -478,7 +423,7 @@ class Tracker:
             if _S.blocks and not isinstance(_S.source, NativeSource):
                 raise RuntimeError("memlab.track blocks with different event sources cannot nest")
             if not isinstance(_S.source, NativeSource):
-                _S.source = NativeSource(_native.recorder())
+                _S.source = default_source()
         else:
             _S.source = None
         if not _S.blocks:
