@@ -1,4 +1,4 @@
-# memlab: make lab | make test | make lint | make app | make clean
+# memlab: make lab | make test | make lint | make format | make app | make clean
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ PORT ?= 8888
 # Jupyter refuses to start as root (containers, CI) unless told to.
 ROOT_FLAG = $$(test "$$(id -u)" = 0 && echo --allow-root)
 
-.PHONY: venv lab test lint app clean
+.PHONY: venv lab test lint format app clean
 
 venv: $(STAMP)
 
@@ -36,7 +36,12 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy memlab
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # Workshop mode: the labs as apps (Voila; code hidden, widgets live) on loopback with a token.
 # voila.json picks memlab's template (share/jupyter/voila/templates/memlab: Voila's lab

@@ -99,3 +99,51 @@ def test_torch_is_pinned_to_the_cpu_wheel_version() -> None:
 )
 def test_requirement_name(requirement: str, name: str) -> None:
     assert requirement_name(requirement) == name
+
+
+# -- declared == used -------------------------------------------------------------------------
+# Runtime dependencies that memlab's code never imports, each with why it is declared.
+_NOT_IMPORTED = {
+    "jupyterlab": "make lab serves the labs with it",
+    "ipykernel": "the notebooks' kernel",
+    "voila": "make app serves the labs with it",
+    "ninja": "torch.utils.cpp_extension builds memlab/tracking/_alloc.cpp with it",
+    "anywidget": "plotly's FigureWidget is an anywidget; plotly does not require it",
+}
+
+
+def _imported_top_levels(folder: Path) -> set[str]:
+    """Top-level module names imported anywhere under ``folder`` (at import or inside a
+    function: an optional import is still a dependency)."""
+    import ast
+
+    names: set[str] = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_declared_dependency_is_used_and_every_import_is_declared() -> None:
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    declared = {requirement_name(r) for r in pyproject_dependencies()}
+    used: set[str] = set()
+    undeclared: list[str] = []
+    for module in sorted(_imported_top_levels(ROOT / "memlab")):
+        if module == "memlab" or module in sys.stdlib_module_names:
+            continue
+        owners = {normalize(d) for d in dists.get(module, [])}
+        assert owners, f"memlab imports {module!r}, which no installed distribution provides"
+        used |= owners & declared
+        if not owners & declared:
+            undeclared.append(f"{module} (from {sorted(owners)})")
+    assert not undeclared, f"imported by memlab but not in pyproject.toml: {undeclared}"
+    unused = declared - used - set(_NOT_IMPORTED)
+    assert not unused, f"declared in pyproject.toml but never imported by memlab: {sorted(unused)}"
+    stale = set(_NOT_IMPORTED) - declared
+    assert not stale, f"_NOT_IMPORTED names packages that are not declared: {sorted(stale)}"
