@@ -2,7 +2,9 @@
 
 A bad value fails here, with a message that names the field, the value and what is allowed
 (``batch_size must be a positive int, got -3``), never as a torch traceback from deep inside a
-run. This module does not import torch at import time: a notebook kernel can build, validate and
+run. Each field is declared once, with its default and its rule (``FIELDS``, a table of
+``FieldSpec``); the validation here, the CLI's options and the lab controls are derived from it.
+This module does not import torch at import time: a notebook kernel can build, validate and
 store experiments without paying for torch (only ``resolved_device`` asks torch about CUDA).
 """
 
@@ -13,7 +15,8 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal, get_args
 
 __all__ = [
     "ConfigError",
@@ -29,6 +32,9 @@ __all__ = [
     "MAX_SPARSITY",
     "MIB",
     "MEMORY_FIELDS",
+    "FIELDS",
+    "FieldSpec",
+    "GROUPS",
 ]
 
 #: One mebibyte (IEC 80000-13), the unit of every chart and knob in memlab.
@@ -41,12 +47,6 @@ CHECKPOINTING: tuple[str, ...] = ("off", "every-block", "every-other-block")
 SPARSE_STORAGES: tuple[str, ...] = ("mask", "sparse")
 DATA_SOURCES: tuple[str, ...] = ("ram", "memmap")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: The Experiment fields that decide a step's tensor memory (what an estimate depends on;
-#: steps, seed, data loading and the budget do not).
-MEMORY_FIELDS: tuple[str, ...] = (
-    "workload", "mode", "batch_size", "precision", "checkpointing", "sparsity",
-    "sparse_storage", "device",
-)
 #: Pruning every weight leaves nothing to learn or to store; 0.99 is the top of the range.
 MAX_SPARSITY = 0.99
 
@@ -106,22 +106,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        opts = ", ".join(repr(a) for a in allowed)
-        raise ConfigError(f"{name} must be one of {opts}, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not _is_int(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-
-
-def _nonneg_int(name: str, value: Any) -> None:
-    if not _is_int(value) or value < 0:
-        raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
-
-
 def _qualname(fn: Callable[..., Any]) -> str:
     mod = getattr(fn, "__module__", None) or "?"
     qn = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
@@ -149,6 +133,122 @@ def _resolve_qualname(name: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
+# -- the field table ----------------------------------------------------------------------
+#: The kinds of value a field holds; each has one rule (``FieldSpec.check``).
+Kind = Literal["workload", "choice", "int", "float", "bool", "bytes"]
+#: Field groups, in display order: what is run, the memory techniques, how the data is read,
+#: and how the run is carried out.
+Group = Literal["experiment", "techniques", "data", "run"]
+GROUPS: tuple[Group, ...] = get_args(Group)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One ``Experiment`` field and what it allows: the single declaration that validation, the
+    CLI's options and the lab controls all read.
+
+    ``choices`` for ``choice``/``workload`` fields; ``minimum``/``maximum`` (inclusive, ``None``
+    for open) for ``int``/``float`` fields; ``typical_max`` is the top of the range a control
+    offers by default (larger values are still valid); ``optional`` means ``None`` is allowed
+    (for a ``bytes`` field: no limit). ``alias`` is the shorter name the CLI and the controls
+    use (``budget`` for ``budget_bytes``). ``memory`` says whether the field decides a step's
+    tensor memory (``MEMORY_FIELDS``).
+    """
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    group: Group
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    typical_max: float | None = None
+    unit: str = ""
+    optional: bool = False
+    alias: str = ""
+    memory: bool = False
+
+    @property
+    def option(self) -> str:
+        """The name a user types: ``alias`` if there is one, else the field name."""
+        return self.alias or self.name
+
+    @property
+    def label(self) -> str:
+        """A short human label (``batch size``)."""
+        return self.option.replace("_", " ")
+
+    def rule(self) -> str:
+        """What is allowed, as the error messages say it (``a positive int``)."""
+        if self.kind in ("choice", "workload"):
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind == "bool":
+            return "True or False"
+        if self.kind == "bytes":
+            return "a byte size such as 512MB or 2GiB"
+        lo, hi = self.minimum, self.maximum
+        what = "a number" if self.kind == "float" else "an int"
+        if lo is not None and hi is not None:
+            return f"{what} with {lo:g} <= {self.name} <= {hi:g}"
+        if hi is not None:
+            return f"{what} <= {hi:g}"
+        if lo is None:
+            return what
+        return "a positive int" if self.kind == "int" and lo == 1 else f"{what} >= {lo:g}"
+
+    def check(self, value: Any) -> Any:
+        """``value`` as the field stores it (an int sparsity becomes a float, ``"512MB"`` bytes),
+        or a ``ConfigError`` naming the field, the value and the rule. Rules across fields are
+        ``Experiment``'s, not this."""
+        if value is None and self.optional:
+            return None
+        ok: bool
+        if self.kind == "workload":
+            if callable(value) and not isinstance(value, str):
+                return value
+            if not isinstance(value, str) or value not in self.choices:
+                raise ConfigError(
+                    f"{self.name} must be {self.rule()} or a callable factory(experiment, "
+                    f"device) returning a Workload, got {value!r}"
+                )
+            return value
+        if self.kind == "bytes":
+            return parse_bytes(value, name=self.name)
+        if self.kind == "choice":
+            ok = isinstance(value, str) and value in self.choices
+        elif self.kind == "bool":
+            ok = isinstance(value, bool)
+        elif self.kind == "int":
+            ok = _is_int(value) and self._in_range(value)
+        else:  # float; bool is an int subclass, and True is no sparsity
+            ok = (
+                not isinstance(value, bool)
+                and isinstance(value, (int, float))
+                and math.isfinite(value)
+                and self._in_range(value)
+            )
+            if ok:
+                value = float(value)
+        if not ok:
+            raise ConfigError(f"{self.name} must be {self.rule()}, got {value!r}")
+        return value
+
+    def _in_range(self, v: float) -> bool:
+        return (self.minimum is None or v >= self.minimum) and (
+            self.maximum is None or v <= self.maximum
+        )
+
+
+_SPEC = "memlab"  # the dataclass field metadata key holding a field's rule
+
+
+def _declare(default: Any, *, kind: Kind, group: Group, help: str, **rule: Any) -> Any:
+    """A dataclass field with its default and its rule (read back into ``FIELDS``): the one
+    place a field's name, default and allowed values are written down."""
+    return field(default=default, metadata={_SPEC: dict(kind=kind, group=group, help=help, **rule)})
+
+
 @dataclass(frozen=True)
 class Experiment:
     """Everything one run needs, validated on construction.
@@ -159,67 +259,143 @@ class Experiment:
     data set instead. ``budget_bytes`` also takes a string such as ``"512MB"`` (stored as int).
     """
 
-    workload: str | Callable[..., Any] = "mlp"
-    mode: str = "train"
-    batch_size: int = 32
-    precision: str = "fp32"
-    checkpointing: str = "off"
-    sparsity: float = 0.0
-    sparse_storage: str = "mask"
-    data: str = "ram"
-    num_workers: int = 0
-    pin_memory: bool = False
-    prefetch_factor: int = 2
-    data_size: int = 2048
-    steps: int = 5
-    warmup: int = 1
-    device: str = "auto"
-    budget_bytes: int | None = None
-    seed: int = 0
+    workload: str | Callable[..., Any] = _declare(
+        "mlp",
+        kind="workload",
+        group="experiment",
+        help="a built-in model, or module:function returning a Workload",
+        choices=WORKLOADS,
+        memory=True,
+    )
+    mode: str = _declare(
+        "train",
+        kind="choice",
+        group="experiment",
+        help="train (forward, backward, optimizer) or inference (forward only)",
+        choices=MODES,
+        memory=True,
+    )
+    batch_size: int = _declare(
+        32,
+        kind="int",
+        group="experiment",
+        help="samples per step",
+        minimum=1,
+        typical_max=1024,
+        unit="samples",
+        memory=True,
+    )
+    precision: str = _declare(
+        "fp32",
+        kind="choice",
+        group="techniques",
+        help="what weights are stored in and arithmetic runs in (int8: inference only)",
+        choices=PRECISIONS,
+        memory=True,
+    )
+    checkpointing: str = _declare(
+        "off",
+        kind="choice",
+        group="techniques",
+        help="which blocks recompute their activations in backward",
+        choices=CHECKPOINTING,
+        memory=True,
+    )
+    sparsity: float = _declare(
+        0.0,
+        kind="float",
+        group="techniques",
+        help="fraction of weights pruned by magnitude",
+        minimum=0.0,
+        maximum=MAX_SPARSITY,
+        memory=True,
+    )
+    sparse_storage: str = _declare(
+        "mask",
+        kind="choice",
+        group="techniques",
+        help="pruned weights as dense masks or stored sparse (CSR)",
+        choices=SPARSE_STORAGES,
+        memory=True,
+    )
+    data: str = _declare(
+        "ram",
+        kind="choice",
+        group="data",
+        help="the synthetic data set held in RAM or memory-mapped from disk",
+        choices=DATA_SOURCES,
+    )
+    num_workers: int = _declare(
+        0,
+        kind="int",
+        group="data",
+        help="DataLoader worker processes (0: load in the run's process)",
+        minimum=0,
+        typical_max=8,
+        unit="processes",
+    )
+    pin_memory: bool = _declare(
+        False, kind="bool", group="data", help="page-locked batches (faster to a GPU)"
+    )
+    prefetch_factor: int = _declare(
+        2,
+        kind="int",
+        group="data",
+        help="batches each worker loads ahead",
+        minimum=1,
+        typical_max=8,
+        unit="batches",
+    )
+    data_size: int = _declare(
+        2048,
+        kind="int",
+        group="data",
+        help="synthetic samples the run reads",
+        minimum=1,
+        unit="samples",
+    )
+    steps: int = _declare(
+        5, kind="int", group="run", help="measured steps", minimum=1, unit="steps"
+    )
+    warmup: int = _declare(
+        1,
+        kind="int",
+        group="run",
+        help="steps run before measuring (lazy allocations happen there)",
+        minimum=0,
+        unit="steps",
+    )
+    device: str = _declare(
+        "auto",
+        kind="choice",
+        group="run",
+        help="where to run (auto: CUDA if torch sees a GPU)",
+        choices=DEVICES,
+        memory=True,
+    )
+    budget_bytes: int | None = _declare(
+        None,
+        kind="bytes",
+        group="run",
+        help="simulated device limit, e.g. 512MB or 2GiB (none: no limit)",
+        optional=True,
+        alias="budget",
+        unit="bytes",
+    )
+    seed: int = _declare(0, kind="int", group="run", help="random seed for weights and data")
     # Not part of the experiment's identity: a user factory compares by name, not by object.
     _factory_name: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        wl = self.workload
-        if callable(wl) and not isinstance(wl, str):
-            object.__setattr__(self, "_factory_name", _qualname(wl))
-        elif not isinstance(wl, str) or wl not in WORKLOADS:
-            opts = ", ".join(repr(a) for a in WORKLOADS)
-            raise ConfigError(
-                f"workload must be one of {opts} or a callable factory(experiment, device) "
-                f"returning a Workload, got {wl!r}"
-            )
-        _choice("mode", self.mode, MODES)
-        _positive_int("batch_size", self.batch_size)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("checkpointing", self.checkpointing, CHECKPOINTING)
-        s = self.sparsity
-        if (
-            isinstance(s, bool)
-            or not isinstance(s, (int, float))
-            or not math.isfinite(s)
-            or not 0.0 <= s <= MAX_SPARSITY
-        ):
-            raise ConfigError(
-                f"sparsity must be a number with 0 <= sparsity <= {MAX_SPARSITY}, got {s!r}"
-            )
-        object.__setattr__(self, "sparsity", float(s))
-        _choice("sparse_storage", self.sparse_storage, SPARSE_STORAGES)
-        _choice("data", self.data, DATA_SOURCES)
-        _nonneg_int("num_workers", self.num_workers)
-        if not isinstance(self.pin_memory, bool):
-            raise ConfigError(f"pin_memory must be True or False, got {self.pin_memory!r}")
-        _positive_int("prefetch_factor", self.prefetch_factor)
-        _positive_int("data_size", self.data_size)
-        _positive_int("steps", self.steps)
-        _nonneg_int("warmup", self.warmup)
-        _choice("device", self.device, DEVICES)
-        if self.budget_bytes is not None:
-            object.__setattr__(
-                self, "budget_bytes", parse_bytes(self.budget_bytes, name="budget_bytes")
-            )
-        if not _is_int(self.seed):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        # Each field's own rule comes from its declaration (FIELDS); check() also normalises
+        # (an int sparsity to float, "512MB" to bytes).
+        for spec in FIELDS.values():
+            value = getattr(self, spec.name)
+            checked = spec.check(value)
+            if checked is not value:
+                object.__setattr__(self, spec.name, checked)
+        if callable(self.workload) and not isinstance(self.workload, str):
+            object.__setattr__(self, "_factory_name", _qualname(self.workload))
         # -- rules across fields --
         if self.precision == "int8" and self.mode != "inference":
             raise ConfigError(
@@ -283,3 +459,17 @@ class Experiment:
         if isinstance(wl, str) and wl not in WORKLOADS and ":" in wl:
             kw["workload"] = _resolve_qualname(wl)
         return cls(**kw)
+
+
+#: Every Experiment field's declaration, by name, in the dataclass's order: the one vocabulary
+#: that validation, the CLI's options and the lab controls derive from.
+FIELDS: Mapping[str, FieldSpec] = MappingProxyType(
+    {
+        f.name: FieldSpec(name=f.name, default=f.default, **f.metadata[_SPEC])
+        for f in dataclasses.fields(Experiment)
+        if f.init
+    }
+)
+#: The Experiment fields that decide a step's tensor memory (what an estimate depends on;
+#: steps, seed, data loading and the budget do not).
+MEMORY_FIELDS: tuple[str, ...] = tuple(n for n, s in FIELDS.items() if s.memory)
