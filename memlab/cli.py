@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from memlab.timeline import CATEGORIES, RunResult, format_bytes
+
+if TYPE_CHECKING:
+    from memlab.config import Experiment, FieldSpec
 
 __all__ = ["main"]
 
@@ -25,35 +28,68 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"memlab: error: {message}\n")
 
 
-def _experiment_args(p: argparse.ArgumentParser) -> None:
-    from memlab.config import Experiment
+def _lenient(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``convert``, or the text unchanged when it does not convert: the Experiment then rejects
+    it with the same message as from Python (``batch_size must be a positive int, got 'x'``)."""
 
-    d = Experiment()
-    p.add_argument(
-        "--workload",
-        default=d.workload_name,
-        help="mlp, cnn, transformer, or module:function returning a Workload",
-    )
-    p.add_argument("--mode", default=d.mode, help="train or inference")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument(
-        "--precision", default=d.precision, help="fp32, amp-bf16, amp-fp16, bf16, int8 (inference)"
-    )
-    p.add_argument(
-        "--checkpointing", default=d.checkpointing, help="off, every-block, every-other-block"
-    )
-    p.add_argument("--sparsity", type=float, default=d.sparsity, help="0 to 0.99")
-    p.add_argument("--sparse-storage", default=d.sparse_storage, help="mask or sparse")
-    p.add_argument("--data", default=d.data, help="ram or memmap")
-    p.add_argument("--data-size", type=int, default=d.data_size, help="synthetic samples")
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--pin-memory", action="store_true", default=d.pin_memory)
-    p.add_argument("--prefetch-factor", type=int, default=d.prefetch_factor)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--budget", default=None, help="simulated device limit, e.g. 512MB, 2GiB")
-    p.add_argument("--seed", type=int, default=d.seed)
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError:
+            return text
+
+    return parse
+
+
+def _flags(spec: FieldSpec) -> list[str]:
+    """``--batch-size``; a field with a shorter alias also answers to its own name."""
+    names = [spec.option] + ([spec.name] if spec.alias else [])
+    return ["--" + n.replace("_", "-") for n in names]
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    """One option per ``config.FIELDS`` entry: its name, type, default, choices and help come
+    from the declaration; the values are checked by ``Experiment`` itself, not by argparse, so
+    a bad value reads as it does from Python."""
+    from memlab.config import FIELDS, GROUPS
+
+    groups = {g: p.add_argument_group(f"{g} options") for g in GROUPS}
+    for spec in FIELDS.values():
+        g = groups[spec.group]
+        flags = _flags(spec)
+        help = spec.help if spec.kind in ("workload", "choice") else f"{spec.help}; {spec.rule()}"
+        if spec.kind == "bool":
+            # Two plain flags rather than BooleanOptionalAction, whose help text differs
+            # between Python versions.
+            g.add_argument(
+                *flags,
+                dest=spec.name,
+                action="store_true",
+                default=spec.default,
+                help=f"{help} (default: {spec.default})",
+            )
+            g.add_argument(
+                *["--no-" + f[2:] for f in flags],
+                dest=spec.name,
+                action="store_false",
+                default=spec.default,
+                help=f"not {flags[0]}",
+            )
+            continue
+        metavar = {"int": "N", "float": "X", "bytes": "SIZE"}.get(spec.kind)
+        if spec.choices:
+            metavar = "{" + ",".join(spec.choices) + "}"
+            if spec.kind == "workload":
+                metavar += "|MODULE:FUNCTION"
+        convert = {"int": _lenient(int), "float": _lenient(float)}.get(spec.kind, str)
+        g.add_argument(
+            *flags,
+            dest=spec.name,
+            type=convert,
+            default=spec.default,
+            metavar=metavar,
+            help=f"{help} (default: {spec.default})",
+        )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -75,35 +111,12 @@ def _parser() -> _Parser:
     return p
 
 
-def experiment_from_args(ns: argparse.Namespace) -> Any:
-    """The validated ``Experiment`` the arguments describe (raises ConfigError)."""
-    from memlab.config import Experiment, parse_bytes
+def experiment_from_args(ns: argparse.Namespace) -> Experiment:
+    """The validated ``Experiment`` the arguments describe (raises ConfigError); a
+    ``module:function`` workload is imported as ``Experiment.from_dict`` does."""
+    from memlab.config import FIELDS, Experiment
 
-    workload: Any = ns.workload
-    if ":" in str(workload):
-        import importlib
-
-        mod, _, fn = str(workload).partition(":")
-        workload = getattr(importlib.import_module(mod), fn)
-    return Experiment(
-        workload=workload,
-        mode=ns.mode,
-        batch_size=ns.batch_size,
-        precision=ns.precision,
-        checkpointing=ns.checkpointing,
-        sparsity=ns.sparsity,
-        sparse_storage=ns.sparse_storage,
-        data=ns.data,
-        data_size=ns.data_size,
-        num_workers=ns.num_workers,
-        pin_memory=ns.pin_memory,
-        prefetch_factor=ns.prefetch_factor,
-        steps=ns.steps,
-        warmup=ns.warmup,
-        device=ns.device,
-        seed=ns.seed,
-        budget_bytes=None if ns.budget is None else parse_bytes(ns.budget, name="budget"),
-    )
+    return Experiment.from_dict({name: getattr(ns, name) for name in FIELDS})
 
 
 def result_json(r: RunResult) -> dict[str, Any]:
@@ -114,22 +127,14 @@ def result_json(r: RunResult) -> dict[str, Any]:
 
 
 def result_table(r: RunResult) -> str:
+    from memlab.config import FIELDS, MEMORY_FIELDS
+
     exp = r.experiment or {}
+    # The fields that decide the memory, always; any other the run changed from its default.
     head = ", ".join(
         f"{k}={v}"
         for k, v in exp.items()
-        if k
-        in (
-            "workload",
-            "mode",
-            "batch_size",
-            "precision",
-            "checkpointing",
-            "sparsity",
-            "sparse_storage",
-            "data",
-            "device",
-        )
+        if k in MEMORY_FIELDS or (k in FIELDS and v != FIELDS[k].default)
     )
     lines = [f"memlab run: {head}", ""]
     width = max(len(k) for k, _ in r._summary_rows())
@@ -141,7 +146,7 @@ def result_table(r: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _estimate(ns: argparse.Namespace, exp: Any) -> int:
+def _estimate(ns: argparse.Namespace, exp: Experiment) -> int:
     from memlab.config import ConfigError
     from memlab.estimator import EstimateError, estimate, max_batch_size
 
@@ -199,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         exp = experiment_from_args(ns)
-    except (ConfigError, ImportError, AttributeError) as e:
+    except ConfigError as e:
         print(f"memlab: error: {e}", file=sys.stderr)
         return 2
     if ns.command == "estimate":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 pytest.importorskip("torch")
+
+from memlab import cli
+from memlab.config import FIELDS, ConfigError, Experiment
 
 REQUIRED = {
     "status",
@@ -59,7 +64,7 @@ def test_over_budget_exits_3() -> None:
     ("args", "needle"),
     [
         (["--batch-size", "-3"], "batch_size must be a positive int, got -3"),
-        (["--batch-size", "many"], "--batch-size"),
+        (["--batch-size", "many"], "batch_size must be a positive int, got 'many'"),
         (["--precision", "fp8"], "precision"),
         (["--budget", "lots"], "budget"),
         (["--sparsity", "1.5"], "sparsity"),
@@ -98,3 +103,111 @@ def test_estimate_max_batch_confirmed_by_a_run() -> None:
 def test_estimate_max_batch_needs_a_budget() -> None:
     p = memlab("estimate", "--max-batch", timeout=60)
     assert p.returncode == 2 and "--budget" in p.stderr
+
+
+# -- the options derive from config.FIELDS ------------------------------------------------------
+def _options(command: str) -> dict[str, argparse.Action]:
+    """The experiment options of ``memlab <command>``, by destination."""
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out: dict[str, argparse.Action] = {}
+    for a in sub.choices[command]._actions:
+        if a.option_strings:
+            out.setdefault(a.dest, a)  # a bool's --no-<name> shares the dest: keep the first
+    return out
+
+
+@pytest.mark.parametrize("command", ["run", "estimate"])
+def test_every_field_is_an_option_with_its_declared_default_and_choices(command: str) -> None:
+    options = _options(command)
+    extra = {"help", "json", "timeout", "max_batch", "no_confirm"}
+    assert set(options) - extra == set(FIELDS)
+    for name, spec in FIELDS.items():
+        a = options[name]
+        assert "--" + spec.option.replace("_", "-") in a.option_strings
+        assert a.default == spec.default, name
+        assert spec.help in (a.help or ""), name
+        if spec.choices:
+            assert a.metavar is not None and a.metavar.startswith(
+                "{" + ",".join(spec.choices) + "}"
+            ), name
+    # the defaults parse to the default Experiment
+    ns = cli._parser().parse_args([command])
+    assert cli.experiment_from_args(ns) == Experiment()
+
+
+def _argv(exp: Experiment) -> list[str]:
+    argv: list[str] = []
+    for name, spec in FIELDS.items():
+        v = exp.to_dict()[name]
+        flag = "--" + spec.option.replace("_", "-")
+        if spec.kind == "bool":
+            argv.append(flag if v else "--no-" + flag[2:])
+        elif v is not None:
+            argv += [flag, str(v)]
+    return argv
+
+
+def test_every_field_round_trips_through_the_command_line() -> None:
+    e = Experiment(
+        workload="transformer",
+        mode="inference",
+        batch_size=16,
+        precision="int8",
+        checkpointing="every-other-block",
+        sparsity=0.5,
+        sparse_storage="sparse",
+        data="memmap",
+        num_workers=2,
+        pin_memory=True,
+        prefetch_factor=4,
+        data_size=4096,
+        steps=7,
+        warmup=2,
+        device="cpu",
+        budget_bytes="1GiB",
+        seed=3,
+    )
+    assert all(getattr(e, n) != s.default for n, s in FIELDS.items()), "change every field"
+    ns = cli._parser().parse_args(["run", *_argv(e)])
+    assert cli.experiment_from_args(ns) == e
+    # a field with an alias also answers to its own name
+    ns = cli._parser().parse_args(["estimate", "--budget-bytes", "2GB"])
+    assert cli.experiment_from_args(ns).budget_bytes == 2 * 10**9
+
+
+# A value of the wrong kind for each field, as typed on the command line.
+_BAD_TEXT = {"choice": "nope", "workload": "nope", "int": "many", "float": "lots", "bytes": "lots"}
+
+
+@pytest.mark.parametrize("name", [n for n, s in FIELDS.items() if s.kind != "bool"])
+def test_bad_value_gives_the_config_message_and_exit_2(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = FIELDS[name]
+    text = _BAD_TEXT[spec.kind]
+    with pytest.raises(ConfigError) as ei:
+        Experiment(**{name: text})
+    flag = "--" + spec.option.replace("_", "-")
+    assert cli.main(["run", flag, text]) == 2
+    assert capsys.readouterr().err == f"memlab: error: {ei.value}\n"
+
+
+# (field, as typed, the same value in Python): numbers arrive as numbers, sizes as text
+@pytest.mark.parametrize(
+    ("name", "text", "value"),
+    [
+        ("batch_size", "-3", -3),
+        ("sparsity", "1.5", 1.5),
+        ("warmup", "-1", -1),
+        ("budget_bytes", "0", "0"),
+    ],
+)
+def test_out_of_range_value_gives_the_config_message(
+    name: str, text: str, value: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError) as ei:
+        Experiment(**{name: value})
+    flag = "--" + FIELDS[name].option.replace("_", "-")
+    assert cli.main(["estimate", flag, text]) == 2
+    assert capsys.readouterr().err == f"memlab: error: {ei.value}\n"
