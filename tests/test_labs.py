@@ -1,15 +1,38 @@
 """memlab.labs: the analysis, explanations and exercise checks behind the notebooks, on
-hand-made results (no runs), plus the two pieces that need torch (accuracy, data_only)."""
+hand-made results (no runs), plus the pieces that run jobs in workers (accuracy, estimates,
+the prediction check) and the lab workload (memlab.workloads.jobs.data_only)."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from memlab import Experiment, labs
-from memlab.labs import MIB, Check, Sweep
+from memlab import Experiment
+from memlab.config import MIB
+from memlab.labs import (
+    analysis,
+    batch_size,
+    checkpointing,
+    checks,
+    data_loading,
+    exercises,
+    precision,
+    sparsity,
+    sweeps,
+    tour,
+)
+from memlab.labs.checks import Check
+from memlab.labs.sweeps import Sweep
 from memlab.timeline import RunResult
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _result(exp: Experiment | None = None, *, status: str = "ok", steps: tuple[float, ...] = (
@@ -34,19 +57,19 @@ def _batch_sweep() -> Sweep:
 
 # -- analysis --------------------------------------------------------------------------------------
 def test_category_trends() -> None:
-    t = labs.category_trends(_batch_sweep().results)
+    t = analysis.category_trends(_batch_sweep().results)
     assert t["activations"] == t["inputs"] == t["temporaries"] == "grows"
     assert t["parameters"] == t["gradients"] == t["optimizer_state"] == "constant"
     assert t["other"] == "absent"
     with pytest.raises(ValueError):
-        labs.category_trends(_batch_sweep().results[:1])
+        analysis.category_trends(_batch_sweep().results[:1])
 
 
 def test_linear_fit_recovers_line() -> None:
-    slope, intercept = labs.linear_fit([1, 2, 4], [7, 10, 16])
+    slope, intercept = analysis.linear_fit([1, 2, 4], [7, 10, 16])
     assert slope == pytest.approx(3.0) and intercept == pytest.approx(4.0)
     with pytest.raises(ValueError):
-        labs.linear_fit([2, 2], [1, 3])
+        analysis.linear_fit([2, 2], [1, 3])
 
 
 def test_epoch_profile_growth_from_start_of_measurement() -> None:
@@ -60,15 +83,15 @@ def test_epoch_profile_growth_from_start_of_measurement() -> None:
         {"step": 3, "rss_file": 400, "rss_anon": 11, "rss_shmem": 0},
         {"step": 5, "rss_file": 410, "rss_anon": 11, "rss_shmem": 0},
     ]
-    prof = labs.epoch_profile(samples, steps=5, warmup=1, steps_per_epoch=3,
+    prof = analysis.epoch_profile(samples, steps=5, warmup=1, steps_per_epoch=3,
                               step_times_s=[0.1, 0.2, 0.3, 0.4, 0.5])
     assert [p["epoch"] for p in prof] == [1, 2]
     assert [p["measured steps"] for p in prof] == [2, 3]
     assert prof[0]["rss_file growth"] == 300 and prof[1]["rss_file growth"] == 10
     assert prof[0]["rss_anon growth"] == 2 and prof[1]["rss_anon growth"] == 0
     assert prof[1]["step ms"] == pytest.approx(400.0)
-    assert labs.check_first_epoch_part("file-backed", prof).ok is True
-    assert labs.check_first_epoch_part("anonymous", prof).ok is False
+    assert data_loading.check_first_epoch_part("file-backed", prof).ok is True
+    assert data_loading.check_first_epoch_part("anonymous", prof).ok is False
 
 
 def test_phase_seconds_sums_event_gaps() -> None:
@@ -78,12 +101,12 @@ def test_phase_seconds_sums_event_gaps() -> None:
     tl = Timeline(t=[0.0, 1.0, 3.0, 3.5], phase=[f, b, b, b],
                   by_category={"activations": [1, 2, 3, 4]})
     r = RunResult(peak_bytes=4, peak_by_category={"activations": 4}, timeline=tl)
-    assert labs.phase_seconds(r) == {"forward": 1.0, "backward": 2.5}
+    assert analysis.phase_seconds(r) == {"forward": 1.0, "backward": 2.5}
 
 
 # -- explanations: every number in the text comes from the results -------------------------------
 def test_explain_batch_size_is_built_from_the_numbers() -> None:
-    text = labs.explain_batch_size(_batch_sweep())
+    text = batch_size.explain(_batch_sweep())
     assert "from 8 to 32 (4.00x)" in text
     assert "**Grew with the batch:** activations, inputs, temporaries" in text
     assert "**Stayed constant:** parameters, gradients, optimizer_state" in text
@@ -101,15 +124,15 @@ def test_explain_checkpointing_and_tour() -> None:
                _result(exps[1], steps=(0.013,) * 3, parameters=10, activations=2 * MIB,
                        temporaries=2 * MIB))
     sweep = Sweep(labels, exps, results)
-    text = labs.explain_checkpointing(sweep, "off")
+    text = checkpointing.explain(sweep, "off")
     assert "2.0 MiB instead of 8.0 MiB (-75%)" in text
     assert "3.0 ms more per step (+30%)" in text
     assert "Temporaries rose (1.0 MiB → 2.0 MiB)" in text
-    assert labs.check_activation_saving(0.75, sweep, "off", "every-block").ok is True
-    assert labs.check_activation_saving(0.5, sweep, "off", "every-block").ok is False
-    tour = labs.explain_tour(sweep)
-    assert "**every-block** lowered the peak" in tour and "mostly through **activations**" in tour
-    assert labs.check_biggest_saving("every-block", sweep).ok is True
+    assert checkpointing.check_saving(0.75, sweep, "off", "every-block").ok is True
+    assert checkpointing.check_saving(0.5, sweep, "off", "every-block").ok is False
+    text = tour.explain(sweep)
+    assert "**every-block** lowered the peak" in text and "mostly through **activations**" in text
+    assert tour.check_biggest_saving("every-block", sweep).ok is True
 
 
 def test_explain_precision_sparsity_and_data_loading() -> None:
@@ -127,16 +150,16 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
         _result(exps[4], metrics={"model_bytes_qint8": MIB, "model_bytes": MIB}, parameters=10),
     )
     sweep = Sweep(labels, exps, results)
-    text = labs.explain_precision(sweep, "fp32", accuracy=dict.fromkeys(labels, 0.9),
+    text = precision.explain(sweep, "fp32", accuracy=dict.fromkeys(labels, 0.9),
                                   inference_baseline="fp32 inference")
     assert "parameter bytes did not drop (4.0 MiB → 4.0 MiB)" in text
     assert "parameters 4.0 MiB → 2.0 MiB (0.50x)" in text
     assert "1.0 MiB instead of 4.0 MiB (0.25x)" in text
     assert "outside PyTorch's tensor storage" in text  # the int8 peak is below the model
-    assert labs.check_bf16_parameters(2.05, sweep, "bf16").ok is True
-    assert labs.check_bf16_parameters(4.0, sweep, "bf16").ok is False
-    assert labs.check_smallest_training_peak("bf16", sweep).ok is True
-    assert labs.check_smallest_training_peak("fp32", sweep).ok is False
+    assert precision.check_parameters(2.05, sweep, "bf16").ok is True
+    assert precision.check_parameters(4.0, sweep, "bf16").ok is False
+    assert precision.check_smallest_peak("bf16", sweep).ok is True
+    assert precision.check_smallest_peak("fp32", sweep).ok is False
 
     sp = (b, b.replace(sparsity=0.9), b.replace(sparsity=0.5, sparse_storage="sparse"))
     sm = {"sparse_csr_bytes": 6 * MIB, "sparse_dense_equivalent_bytes": 4 * MIB,
@@ -144,13 +167,13 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
     ssweep = Sweep(("dense", "mask 0.9", "sparse 0.5"), sp, (
         _result(sp[0], parameters=4 * MIB), _result(sp[1], parameters=8 * MIB),
         _result(sp[2], metrics=sm, parameters=6 * MIB)))
-    text = labs.explain_sparsity(ssweep, "dense", accuracy={0.0: 0.9, 0.5: 0.88, 0.9: 0.7})
+    text = sparsity.explain(ssweep, "dense", accuracy={0.0: 0.9, 0.5: 0.88, 0.9: 0.7})
     assert "masking saves nothing" in text and "larger than dense" in text
     assert "above **0.677 sparsity**" in text and "within 5 points of dense here: **0.5**" in text
-    assert labs.check_crossover(0.68, ssweep).ok is True
-    assert labs.check_crossover(0.33, ssweep).ok is False
-    assert labs.check_sparsity_accuracy(0.5, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is True
-    assert labs.check_sparsity_accuracy(0.9, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is False
+    assert sparsity.check_crossover(0.68, ssweep).ok is True
+    assert sparsity.check_crossover(0.33, ssweep).ok is False
+    assert sparsity.check_accuracy(0.5, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is True
+    assert sparsity.check_accuracy(0.9, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is False
 
     d = Experiment(workload="mlp", data_size=1024)
     ram = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=300 * MIB,
@@ -158,33 +181,33 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
     mm = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=236 * MIB,
                    rss_file_peak_bytes=145 * MIB, metrics={"dataset_bytes": 64 * MIB})
     dsweep = Sweep(("ram", "memmap"), (d, d.replace(data="memmap")), (ram, mm))
-    text = labs.explain_data_loading(dsweep, "ram", "memmap")
+    text = data_loading.explain(dsweep, "ram", "memmap")
     assert "**64.0 MiB less** (100% of the data set's size)" in text
     assert "first epoch ran" not in text  # no epochs given: nothing said about them
     row = {"rss_anon growth": 0, "rss_shmem growth": 0, "step ms": 1.0}
     epochs = {"memmap": [{**row, "epoch": 1, "rss_file growth": 64 * MIB},
                          {**row, "epoch": 2, "rss_file growth": 0}]}
-    text = labs.explain_data_loading(dsweep, "ram", "memmap", epochs=epochs)
+    text = data_loading.explain(dsweep, "ram", "memmap", epochs=epochs)
     assert "file-backed RSS grew 64.0 MiB in the first epoch and 0 B at most" in text
     assert "grew while the first epoch ran and not after" in text
     epochs["memmap"][1]["rss_file growth"] = 60 * MIB  # growth later too: no such sentence
-    assert "first epoch ran" not in labs.explain_data_loading(dsweep, "ram", "memmap", epochs)
-    assert labs.check_memmap_saving(60, dsweep, "ram", "memmap").ok is True
-    assert labs.check_memmap_saving(10, dsweep, "ram", "memmap").ok is False
+    assert "first epoch ran" not in data_loading.explain(dsweep, "ram", "memmap", epochs)
+    assert data_loading.check_saving(60, dsweep, "ram", "memmap").ok is True
+    assert data_loading.check_saving(10, dsweep, "ram", "memmap").ok is False
 
 
 # -- checks ---------------------------------------------------------------------------------------
 def test_check_number_and_choice() -> None:
-    assert labs.check_number(None, 3.0).ok is None
-    assert labs.check_number("3", 3.0).ok is False
-    assert labs.check_number(True, 1.0).ok is False
-    assert labs.check_number(3.1, 3.0, rel_tol=0.05).ok is True
-    wrong = labs.check_number(4.0, 3.0, rel_tol=0.05)
+    assert checks.check_number(None, 3.0).ok is None
+    assert checks.check_number("3", 3.0).ok is False
+    assert checks.check_number(True, 1.0).ok is False
+    assert checks.check_number(3.1, 3.0, rel_tol=0.05).ok is True
+    wrong = checks.check_number(4.0, 3.0, rel_tol=0.05)
     assert wrong.ok is False and "too high" in wrong.message and "3" not in wrong.message[:2]
-    assert labs.check_choice({"Activations", "inputs"}, {"activations", "inputs"}).ok is True
-    assert labs.check_choice("activations", {"activations"}).ok is False  # a set is asked for
-    assert labs.check_choice("file backed", "file-backed").ok is True
-    assert labs.check_choice("x", "y", options=["y", "z"]).ok is False
+    assert checks.check_choice({"Activations", "inputs"}, {"activations", "inputs"}).ok is True
+    assert checks.check_choice("activations", {"activations"}).ok is False  # a set is asked for
+    assert checks.check_choice("file backed", "file-backed").ok is True
+    assert checks.check_choice("x", "y", options=["y", "z"]).ok is False
 
 
 def test_check_renders() -> None:
@@ -203,13 +226,13 @@ def test_check_largest_batch_uses_runs() -> None:
 
     base = Experiment(workload="transformer", data_size=64)
     budget = 100_500  # batch 100 fits exactly, 108 does not
-    assert labs.check_largest_batch(None, base, budget, run=fake_run).ok is None
-    assert labs.check_largest_batch(99, base, budget, run=fake_run).ok is False  # not a multiple
+    assert exercises.check_largest_batch(None, base, budget, run=fake_run).ok is None
+    assert exercises.check_largest_batch(99, base, budget, run=fake_run).ok is False  # not a multiple
     assert asked == []
-    assert labs.check_largest_batch(96, base, budget, run=fake_run).ok is True
+    assert exercises.check_largest_batch(96, base, budget, run=fake_run).ok is True
     assert asked == [96, 104]
-    assert labs.check_largest_batch(88, base, budget, run=fake_run).ok is False  # 96 fits too
-    assert labs.check_largest_batch(104, base, budget, run=fake_run).ok is False  # over budget
+    assert exercises.check_largest_batch(88, base, budget, run=fake_run).ok is False  # 96 fits too
+    assert exercises.check_largest_batch(104, base, budget, run=fake_run).ok is False  # over budget
 
 
 def test_check_panel_result() -> None:
@@ -217,16 +240,16 @@ def test_check_panel_result() -> None:
         result: RunResult | None = None
 
     p = FakePanel()
-    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64).ok is None
+    assert exercises.check_panel_result(p, max_peak_bytes=100, min_batch=64).ok is None
     exp = Experiment(workload="transformer", batch_size=64, checkpointing="every-block")
     p.result = _result(exp, activations=90)
-    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64,
-                                   workload="transformer").ok is True
-    assert labs.check_panel_result(p, max_peak_bytes=80, min_batch=64).ok is False
-    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=128).ok is False
-    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64, workload="mlp").ok is False
+    ok = exercises.check_panel_result(p, max_peak_bytes=100, min_batch=64, workload="transformer")
+    assert ok.ok is True and "{'checkpointing': 'every-block'}" in ok.message  # what was changed
+    assert exercises.check_panel_result(p, max_peak_bytes=80, min_batch=64).ok is False
+    assert exercises.check_panel_result(p, max_peak_bytes=100, min_batch=128).ok is False
+    assert exercises.check_panel_result(p, max_peak_bytes=100, min_batch=64, workload="mlp").ok is False
     p.result = _result(exp, status="oom", activations=90)
-    assert labs.check_panel_result(p, max_peak_bytes=100, min_batch=64).ok is False
+    assert exercises.check_panel_result(p, max_peak_bytes=100, min_batch=64).ok is False
 
 
 def test_sweep_table_and_lookup() -> None:
@@ -242,16 +265,77 @@ def test_sweep_table_and_lookup() -> None:
     assert fig.layout.title.text == "t"
 
 
+# -- the package's shape ---------------------------------------------------------------------------
+LAB_MODULES = ("tour", "batch_size", "checkpointing", "precision", "sparsity", "data_loading")
+
+
+def test_lab_modules_import_no_torch_plotly_or_widgets() -> None:
+    """In a fresh interpreter (this one may hold torch already): importing every lab module
+    loads none of the heavy packages, nor the runner or the workloads."""
+    mods = ", ".join(f"memlab.labs.{m}" for m in LAB_MODULES)
+    code = (
+        f"import sys, {mods}\n"
+        "heavy = ('torch', 'plotly', 'ipywidgets', 'pandas', 'memlab.runner', 'memlab.workloads')\n"
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", LAB_MODULES)
+def test_each_notebook_uses_only_its_lab_modules_public_names(name: str) -> None:
+    """Every ``lab.<name>`` a notebook calls is in its module's ``__all__`` (so a renamed
+    function breaks this test, not a workshop), and every ``__all__`` name exists."""
+    mod = importlib.import_module(f"memlab.labs.{name}")
+    assert all(hasattr(mod, n) for n in mod.__all__), name
+    (nb,) = (ROOT / "labs").glob(f"[0-9][0-9]_{name}.ipynb")
+    cells = json.loads(nb.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert f"from memlab.labs import {name} as lab" in code
+    used = set(re.findall(r"\blab\.(\w+)", code))
+    assert used and used <= set(mod.__all__), sorted(used - set(mod.__all__))
+
+
 # -- the parts that need torch ---------------------------------------------------------------------
 def test_data_only_workload_steps() -> None:
     pytest.importorskip("torch")
-    exp = Experiment(workload=labs.data_only, mode="inference", batch_size=16, data_size=64)
-    w = labs.data_only(exp, "cpu")
+    from memlab.workloads.jobs import data_only
+
+    exp = Experiment(workload=data_only, mode="inference", batch_size=16, data_size=64)
+    w = data_only(exp, "cpu")
     assert sum(p.numel() for p in w.model.parameters()) == 64 * 10 + 10
     assert w.dataset_bytes == 64 * 64 * 4
     for x, y in w.make_batches(5):  # more batches than one epoch holds
         w.step(x, y)
-    assert exp.to_dict()["workload"] == "memlab.labs:data_only"
+    # A stored experiment names it by module path, and loads it back (what a worker does).
+    assert exp.to_dict()["workload"] == "memlab.workloads.jobs:data_only"
+    assert Experiment.from_dict(exp.to_dict()).workload is data_only
+
+
+def test_jobs_module_does_not_import_torch() -> None:
+    """The module a kernel imports to name the lab workload leaves torch to the worker."""
+    code = "import sys, memlab.workloads.jobs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_estimates_table_estimates_every_run_in_a_worker() -> None:
+    pytest.importorskip("torch")
+    from memlab.estimator import estimate
+
+    base = Experiment(workload="mlp", steps=1, warmup=1, data_size=64)
+    exps = (base.replace(batch_size=8), base.replace(batch_size=16))
+    measured = (10 * MIB, 20 * MIB)
+    sweep = Sweep(("b8", "b16"), exps, tuple(_result(e, activations=m)
+                                             for e, m in zip(exps, measured, strict=True)))
+    df = batch_size.estimates_table(sweep)
+    assert list(df.index) == ["b8", "b16"]
+    for label, exp, m in zip(sweep.labels, exps, measured, strict=True):
+        predicted = estimate(exp).peak_bytes  # deterministic: the same as the worker's
+        assert df.loc[label, "predicted MiB"] == pytest.approx(predicted / MIB)
+        assert df.loc[label, "measured MiB"] == m / MIB
+        assert df.loc[label, "error %"] == pytest.approx(100 * (predicted / m - 1))
 
 
 @pytest.mark.slow
@@ -264,7 +348,7 @@ def test_accuracies_match_workloads_accuracy() -> None:
     base = Experiment(workload="mlp", batch_size=32)
     variants = {"dense": base, "mask 0.9": base.replace(sparsity=0.9),
                 "int8": base.replace(mode="inference", precision="int8")}
-    got = labs.accuracies(variants, train_steps=5)
+    got = sweeps.accuracies(variants, train_steps=5)
     for label, exp in variants.items():
         assert got[label] == pytest.approx(accuracy(exp, train_steps=5, device="cpu")), label
 
@@ -286,23 +370,23 @@ def test_run_sweep_repeat_keeps_fastest(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(memlab.runner, "start", FakeHandle)
     base = Experiment(workload="mlp")
     lines: list[str] = []
-    sweep = labs.run_sweep({"A": base, "B": base.replace(batch_size=64)}, repeat=2,
+    sweep = sweeps.run_sweep({"A": base, "B": base.replace(batch_size=64)}, repeat=2,
                            progress=lines.append)
     assert sweep.labels == ("A", "B") and sweep.repeats == 2
     assert sweep["A"].step_time_median_s == 0.01 and sweep["B"].step_time_median_s == 0.02
     assert sweep.samples_of("A")[0]["t"] == 0.01
     assert len(lines) == 8 and lines[0] == "run 1/4: A …"
-    assert labs.timing_note(sweep) == "Times are the fastest of 2 runs of each setting."
+    assert sweeps.timing_note(sweep) == "Times are the fastest of 2 runs of each setting."
     with pytest.raises(ValueError):
-        labs.run_sweep({"A": base}, repeat=0)
+        sweeps.run_sweep({"A": base}, repeat=0)
 
 
 def test_timing_note_flags_unsteady_steps() -> None:
     exp = Experiment(workload="mlp")
     steady = Sweep(("a",), (exp,), (_result(exp, steps=(0.010, 0.011, 0.010)),))
-    assert labs.timing_note(steady) == ""
+    assert sweeps.timing_note(steady) == ""
     noisy = Sweep(("a",), (exp,), (_result(exp, steps=(0.010, 0.010, 0.030)),))
-    assert "up to 200% longer than the median" in labs.timing_note(noisy)
+    assert "up to 200% longer than the median" in sweeps.timing_note(noisy)
 
 
 def test_check_prediction_against_the_estimate_and_a_run() -> None:
@@ -311,9 +395,9 @@ def test_check_prediction_against_the_estimate_and_a_run() -> None:
     from memlab.estimator import estimate
 
     exp = Experiment(workload="mlp", batch_size=8, steps=1, warmup=1, data_size=64)
-    assert labs.check_prediction(None, exp).ok is None
-    assert labs.check_prediction("lots", exp).ok is False
-    peak = estimate(exp).peak_bytes / labs.MIB  # within 3% of the run (tests/test_estimate.py)
-    right = labs.check_prediction(peak, exp)
+    assert exercises.check_prediction(None, exp).ok is None
+    assert exercises.check_prediction("lots", exp).ok is False
+    peak = estimate(exp).peak_bytes / MIB  # within 3% of the run (tests/test_estimate.py)
+    right = exercises.check_prediction(peak, exp)
     assert right.ok is True and "memlab.estimate predicted" in right.message
-    assert labs.check_prediction(peak * 2, exp).ok is False
+    assert exercises.check_prediction(peak * 2, exp).ok is False

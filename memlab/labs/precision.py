@@ -1,0 +1,154 @@
+"""Lab 03, precision: where the bytes go with autocast, bf16 weights and int8 inference
+against fp32, what each does to speed, and to accuracy on the real digits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from memlab.config import MIB
+from memlab.labs.checks import Check, check_choice, check_number
+from memlab.labs.sweeps import Sweep, accuracies, run_sweep, timing_note
+from memlab.labs.text import md_table, note, pct, times
+from memlab.timeline import format_bytes
+
+__all__ = [
+    "MIB",
+    "Check",
+    "Sweep",
+    "run_sweep",
+    "accuracies",
+    "explain",
+    "check_parameters",
+    "check_smallest_peak",
+]
+
+# Workload metrics that hold the model's bytes of one dtype each (memlab.workloads).
+_MODEL_BYTES = "model_bytes_"
+
+
+def _speed(tp: float | None, tp0: float | None) -> str:
+    return f"; {tp:.0f} vs {tp0:.0f} samples/s ({pct(tp, tp0)})" if tp and tp0 else ""
+
+
+def explain(
+    sweep: Sweep,
+    baseline: str,
+    accuracy: Mapping[str, float | None] | None = None,
+    inference_baseline: str | None = None,
+) -> str:
+    """Where the bytes went for each precision (model bytes by dtype from the model itself,
+    tensor categories from the tracker), the speed, and the accuracy if given. int8 runs are
+    compared with ``inference_baseline`` (quantization is for inference only)."""
+    rows = []
+    for label, e, r in sweep.runs():
+        model = {
+            k.removeprefix(_MODEL_BYTES): v
+            for k, v in r.metrics.items()
+            if k.startswith(_MODEL_BYTES)
+        }
+        dtypes = ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(model.items()))
+        tp = r.throughput_samples_per_s
+        acc = None if accuracy is None else accuracy.get(label)
+        rows.append(
+            (
+                label,
+                e.mode,
+                dtypes or "n/a",
+                format_bytes(r.peak_by_category.get("parameters", 0)),
+                format_bytes(r.peak_by_category.get("gradients", 0)),
+                format_bytes(r.peak_by_category.get("optimizer_state", 0)),
+                format_bytes(r.peak_bytes),
+                "n/a" if tp is None else f"{tp:.0f}",
+                "n/a" if acc is None else f"{acc:.3f}",
+            )
+        )
+    header = (
+        "run",
+        "mode",
+        "model bytes by dtype",
+        "parameters",
+        "gradients",
+        "optimizer state",
+        "peak",
+        "samples/s",
+        "accuracy",
+    )
+    out = [md_table(header, rows), ""]
+    base = sweep[baseline]
+    p0 = base.peak_by_category.get("parameters", 0)
+    for label, e, r in sweep.runs():
+        if r is base or e.mode != "train":
+            continue
+        p = r.peak_by_category.get("parameters", 0)
+        if e.precision.startswith("amp"):
+            why = (
+                "autocast keeps the fp32 weights (the master copy the optimizer updates) and "
+                "casts them per op, so parameter bytes "
+                + ("did not drop" if p >= p0 * 0.99 else "changed")
+                + f" ({format_bytes(p0)} → {format_bytes(p)}); the casts are short-lived "
+                f"temporaries ({format_bytes(base.peak_by_category.get('temporaries', 0))} → "
+                f"{format_bytes(r.peak_by_category.get('temporaries', 0))})"
+            )
+        else:
+            why = (
+                f"weights stored in {e.precision}: parameters {format_bytes(p0)} → "
+                f"{format_bytes(p)} ({times(p, p0)}), and the gradients and optimizer state "
+                f"follow them ({format_bytes(base.peak_by_category.get('optimizer_state', 0))} "
+                f"→ {format_bytes(r.peak_by_category.get('optimizer_state', 0))} of optimizer "
+                "state)"
+            )
+        speed = _speed(r.throughput_samples_per_s, base.throughput_samples_per_s)
+        out.append(f"- **{label}**: {why}{speed}.")
+    if inference_baseline is not None:
+        ib = sweep[inference_baseline]
+        mb0 = float(ib.metrics.get("model_bytes", 0))
+        for label, e, r in sweep.runs():
+            if e.precision != "int8":
+                continue
+            mb = float(r.metrics.get("model_bytes", 0))
+            speed = _speed(r.throughput_samples_per_s, ib.throughput_samples_per_s)
+            out.append(
+                f"- **{label}**: the model holds {format_bytes(mb)} instead of "
+                f"{format_bytes(mb0)} ({times(mb, mb0)}): Linear weights are stored as one byte "
+                f"each, other layers stay fp32{speed}."
+            )
+            if r.peak_bytes < mb * 0.5:
+                out.append(
+                    f"  The tensor peak of this run ({format_bytes(r.peak_bytes)}) is smaller "
+                    "than the model: the packed int8 weights live in the quantized kernels' own "
+                    "buffers, outside PyTorch's tensor storage that the tracker counts, so "
+                    "memlab reads them from the model instead."
+                )
+    if accuracy:
+        acc0 = accuracy.get(baseline)
+        known = [(lab, a) for lab, a in accuracy.items() if a is not None]
+        if acc0 is not None and known:
+            lab, a = min(known, key=lambda t: t[1])
+            out.append(
+                f"- Accuracy on the real digits (after fp32 training, then the precision "
+                f"applied): {acc0:.3f} in {baseline}; the lowest was {a:.3f} ({lab}, "
+                f"{(a - acc0) * 100:+.1f} points)."
+            )
+    return "\n".join(out + note(timing_note(sweep)))
+
+
+def check_parameters(answer: Any, sweep: Sweep, label: str = "bf16") -> Check:
+    """Right when ``answer`` (MiB) is within 5% of the parameter bytes of run ``label`` (the
+    bf16-weights run: two bytes per weight instead of four)."""
+    truth = sweep[label].peak_by_category.get("parameters", 0) / MIB
+    return check_number(
+        answer,
+        truth,
+        rel_tol=0.05,
+        unit="MiB",
+        what="a number of MiB",
+        explain="Two bytes per weight instead of four.",
+    )
+
+
+def check_smallest_peak(answer: Any, sweep: Sweep) -> Check:
+    """Right when ``answer`` names the precision of the training run with the lowest peak."""
+    train = [(e.precision, r.peak_bytes) for _label, e, r in sweep.runs() if e.mode == "train"]
+    best = min(train, key=lambda t: t[1])[0]
+    return check_choice(answer, best, options=[p for p, _ in train], what="a precision name")
