@@ -30,6 +30,11 @@ from memlab.timeline import CATEGORIES, PHASES, RunResult, format_bytes
 
 __all__ = ["Estimate", "EstimateError", "MaxBatch", "estimate", "max_batch_size"]
 
+#: The subset of ``config.PRECISIONS`` that ``estimate(model_fn, batch_fn)`` models for a user's
+#: own model: amp-fp16 needs a GradScaler step and int8 packed weights, neither of which a user
+#: model's estimate sets up (an Experiment's estimate goes through its knobs instead).
+USER_MODEL_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "amp-bf16")
+
 
 class EstimateError(RuntimeError):
     """The model cannot run under fake tensors (the message names the op)."""
@@ -288,8 +293,10 @@ def estimate(
         raise TypeError(f"model_fn must be a callable returning an nn.Module, got {model_fn!r}")
     if batch_fn is None or not callable(batch_fn):
         raise TypeError("batch_fn must be a callable returning (inputs, targets)")
-    if precision not in ("fp32", "bf16", "amp-bf16"):
-        raise ValueError(f"precision must be one of fp32, bf16, amp-bf16 here, got {precision!r}")
+    if precision not in USER_MODEL_PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(USER_MODEL_PRECISIONS)} here, got {precision!r}"
+        )
     return _estimate(
         model_fn,
         batch_fn,
@@ -390,7 +397,7 @@ def estimate_experiment(exp: Any) -> Estimate:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from memlab.workloads import build_experiment
+    from memlab.knobs import build_experiment
 
     if exp.precision == "int8":
         raise EstimateError(

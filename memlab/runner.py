@@ -233,7 +233,7 @@ def _execute(exp: Experiment, send: Callable[[tuple[Any, ...]], None], cancel: A
 
 
 def _build(exp: Experiment, device: str) -> Any:
-    from memlab.workloads import build_experiment
+    from memlab.knobs import build_experiment
 
     return build_experiment(exp, device)
 

@@ -26,6 +26,7 @@ from memlab.knobs import (
     apply_checkpointing,
     apply_precision,
     apply_sparsity,
+    build_experiment,
     checkpointed_blocks,
     csr_bytes,
     dense_bytes,
@@ -33,7 +34,7 @@ from memlab.knobs import (
     param_bytes_by_dtype,
 )
 from memlab.timeline import RunResult
-from memlab.workloads import Workload, build_experiment, build_workload
+from memlab.workloads import Workload, build_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,9 +120,9 @@ def test_bf16_halves_parameter_bytes() -> None:
         base.peak_by_category["optimizer_state"] / 2, rel=0.01
     )
     assert set(param_bytes_by_dtype(w1.model)) == {"bfloat16"}
-    assert param_bytes_by_dtype(w1.model)["bfloat16"] * 2 == param_bytes_by_dtype(w0.model)[
-        "float32"
-    ]
+    assert (
+        param_bytes_by_dtype(w1.model)["bfloat16"] * 2 == param_bytes_by_dtype(w0.model)["float32"]
+    )
 
 
 def test_amp_keeps_fp32_weights_and_shrinks_saved_activations() -> None:
@@ -177,9 +178,9 @@ def test_sparse_storage_saves_and_mask_does_not() -> None:
     assert params(mask) >= params(base)
     # ... and gradients and optimizer state stay dense too, while sparse ones shrink with values
     assert mask.peak_by_category["optimizer_state"] == base.peak_by_category["optimizer_state"]
-    assert sparse.peak_by_category["optimizer_state"] <= 0.3 * base.peak_by_category[
-        "optimizer_state"
-    ]
+    assert (
+        sparse.peak_by_category["optimizer_state"] <= 0.3 * base.peak_by_category["optimizer_state"]
+    )
     # the tracker's figure is the CSR arithmetic exactly
     layers = [m for m in ws.model.modules() if isinstance(m, SparseLinear)]
     assert len(layers) == 10
@@ -250,14 +251,31 @@ def test_sparsity_zero_changes_nothing() -> None:
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(workload="transformer", sparsity=0.9, sparse_storage="sparse", precision="bf16",
-             checkpointing="every-block"),
-        dict(workload="cnn", sparsity=0.5, sparse_storage="mask", precision="amp-bf16",
-             checkpointing="every-other-block"),
-        dict(workload="mlp", mode="inference", sparsity=0.7, sparse_storage="mask",
-             precision="int8"),
-        dict(workload="transformer", mode="inference", sparsity=0.9, sparse_storage="sparse",
-             precision="int8", checkpointing="every-block"),
+        dict(
+            workload="transformer",
+            sparsity=0.9,
+            sparse_storage="sparse",
+            precision="bf16",
+            checkpointing="every-block",
+        ),
+        dict(
+            workload="cnn",
+            sparsity=0.5,
+            sparse_storage="mask",
+            precision="amp-bf16",
+            checkpointing="every-other-block",
+        ),
+        dict(
+            workload="mlp", mode="inference", sparsity=0.7, sparse_storage="mask", precision="int8"
+        ),
+        dict(
+            workload="transformer",
+            mode="inference",
+            sparsity=0.9,
+            sparse_storage="sparse",
+            precision="int8",
+            checkpointing="every-block",
+        ),
     ],
 )
 def test_knobs_compose(kw: dict[str, Any]) -> None:
@@ -271,8 +289,16 @@ def test_knobs_compose(kw: dict[str, Any]) -> None:
 
 
 def test_pruned_then_int8_keeps_the_zeros() -> None:
-    exp = Experiment(workload="mlp", mode="inference", sparsity=0.7, sparse_storage="mask",
-                     precision="int8", batch_size=4, data_size=4, device="cpu")
+    exp = Experiment(
+        workload="mlp",
+        mode="inference",
+        sparsity=0.7,
+        sparse_storage="mask",
+        precision="int8",
+        batch_size=4,
+        data_size=4,
+        device="cpu",
+    )
     w = build_experiment(exp)
     q = w.model.blocks[0].fc1  # type: ignore[index]
     zeros = float((q.weight().int_repr() == 0).float().mean())
@@ -302,7 +328,11 @@ def _rss_run(data: str, data_dir: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", _RSS_SCRIPT, data, str(data_dir)],
-        capture_output=True, text=True, env=env, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -313,8 +343,11 @@ def test_memmap_keeps_anonymous_memory_small(tmp_path: Path) -> None:
     from memlab.workloads.data import memmap_path, prepare_memmap
 
     # Prepare the file here, so the measured process only maps and reads it.
-    prepare_memmap(memmap_path("cnn", 65536, SPECS["cnn"].input_shape, data_dir=tmp_path),
-                   65536, SPECS["cnn"].input_shape)
+    prepare_memmap(
+        memmap_path("cnn", 65536, SPECS["cnn"].input_shape, data_dir=tmp_path),
+        65536,
+        SPECS["cnn"].input_shape,
+    )
     ram = _rss_run("ram", tmp_path)
     mm = _rss_run("memmap", tmp_path)
     size = ram["dataset_bytes"]
@@ -328,3 +361,24 @@ def test_memmap_keeps_anonymous_memory_small(tmp_path: Path) -> None:
     assert grew(ram, "rss_anon") >= 0.9 * size, ram
     assert grew(mm, "rss_anon") <= 0.15 * size, mm
     assert grew(mm, "rss_file") >= 0.5 * size, mm  # the touched pages are the file's
+
+
+def test_knobs_take_their_vocabulary_from_config() -> None:
+    """One vocabulary: the knobs accept exactly config's names and ranges, no copies of them."""
+    import memlab.knobs.checkpointing as C
+    import memlab.knobs.precision as P
+    import memlab.knobs.sparsity as S
+    from memlab import config
+
+    assert set(C.POLICIES) == set(config.CHECKPOINTING)
+    assert P.PRECISIONS is config.PRECISIONS
+    assert not hasattr(S, "STORAGES")
+    w = build_workload(Experiment(batch_size=4, data_size=4, device="cpu"))
+    with pytest.raises(ValueError, match=f"<= {config.MAX_SPARSITY}"):
+        apply_sparsity(w, config.MAX_SPARSITY + 0.005)
+    with pytest.raises(ValueError, match="'mask', 'sparse'"):
+        apply_sparsity(w, 0.5, "csr")
+    with pytest.raises(ValueError, match="'off', 'every-block', 'every-other-block'"):
+        apply_checkpointing(w, "sometimes")
+    with pytest.raises(ValueError, match="'fp32', 'amp-bf16'"):
+        apply_precision(w, "fp64")

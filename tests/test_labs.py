@@ -343,7 +343,7 @@ def test_accuracies_match_workloads_accuracy() -> None:
     """Training once and applying each variant's knobs gives what memlab.workloads.accuracy
     gives when it trains for each variant."""
     pytest.importorskip("torch")
-    from memlab.workloads import accuracy
+    from memlab.knobs import accuracy
 
     base = Experiment(workload="mlp", batch_size=32)
     variants = {"dense": base, "mask 0.9": base.replace(sparsity=0.9),

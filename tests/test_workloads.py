@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from memlab.config import ConfigError, Experiment
-from memlab.workloads import Workload, accuracy, build_experiment, build_workload
+from memlab.knobs import accuracy, build_experiment
+from memlab.workloads import Workload, build_workload
 from memlab.workloads import data as D
 from memlab.workloads.builtin import SPECS
 
@@ -51,8 +52,10 @@ def test_builtin_workload_trains(name: str, data_dir: Path) -> None:
 
 
 def test_inference_mode_has_no_optimizer_and_changes_nothing(data_dir: Path) -> None:
-    w = build_workload(Experiment(workload="cnn", mode="inference", batch_size=4, data_size=8,
-                                  device="cpu"), data_dir=data_dir)
+    w = build_workload(
+        Experiment(workload="cnn", mode="inference", batch_size=4, data_size=8, device="cpu"),
+        data_dir=data_dir,
+    )
     assert w.optimizer is None and not w.model.training
     before = copy.deepcopy(w.model.state_dict())
     x, y = next(w.make_batches(1))
@@ -99,12 +102,14 @@ def test_prepare_memmap_writes_reuses_and_is_seeded(tmp_path: Path) -> None:
 
 
 def test_memmap_workload_reads_the_prepared_file(data_dir: Path) -> None:
-    exp = Experiment(workload="transformer", data="memmap", batch_size=8, data_size=64,
-                     device="cpu")
+    exp = Experiment(
+        workload="transformer", data="memmap", batch_size=8, data_size=64, device="cpu"
+    )
     w = build_workload(exp, data_dir=data_dir)
     files = list(data_dir.glob("*.npy"))
     assert sorted(p.name for p in files) == [
-        "transformer-n64-64x4-float32-s0.labels.npy", "transformer-n64-64x4-float32-s0.npy"
+        "transformer-n64-64x4-float32-s0.labels.npy",
+        "transformer-n64-64x4-float32-s0.npy",
     ]
     on_disk = np.load(data_dir / "transformer-n64-64x4-float32-s0.npy")
     x, y = next(w.make_batches(1))
@@ -125,16 +130,24 @@ def test_memmap_dataset_pickles_without_its_mapping(tmp_path: Path) -> None:
 
 
 def test_loader_with_workers_and_prefetch(data_dir: Path) -> None:
-    exp = Experiment(workload="mlp", data="memmap", num_workers=2, prefetch_factor=3,
-                     batch_size=16, data_size=256, device="cpu")
+    exp = Experiment(
+        workload="mlp",
+        data="memmap",
+        num_workers=2,
+        prefetch_factor=3,
+        batch_size=16,
+        data_size=256,
+        device="cpu",
+    )
     w = build_workload(exp, data_dir=data_dir)
     got = list(w.make_batches(20))  # more than one epoch (16 batches) with persistent workers
     assert len(got) == 20 and all(tuple(x.shape) == (16, 64) for x, _ in got)
 
 
 def test_pin_memory_without_gpu_is_noted(data_dir: Path) -> None:
-    w = build_workload(Experiment(pin_memory=True, batch_size=4, data_size=8, device="cpu"),
-                       data_dir=data_dir)
+    w = build_workload(
+        Experiment(pin_memory=True, batch_size=4, data_size=8, device="cpu"), data_dir=data_dir
+    )
     assert any("pin_memory" in n for n in w.notes)
 
 
@@ -175,19 +188,30 @@ def _tiny_factory(exp: Experiment, device: str) -> Workload:
 
     def batches(num_batches: int | None = None) -> Any:
         for _ in range(num_batches or 1):
-            yield x[:exp.batch_size].to(device), y[:exp.batch_size].to(device)
+            yield x[: exp.batch_size].to(device), y[: exp.batch_size].to(device)
 
     return Workload(
-        name="tiny", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_fn=nn.functional.cross_entropy, make_batches=batches,
-        samples_per_step=exp.batch_size, blocks=[model[0]], device=device,
+        name="tiny",
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.functional.cross_entropy,
+        make_batches=batches,
+        samples_per_step=exp.batch_size,
+        blocks=[model[0]],
+        device=device,
         make_optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1),
     )
 
 
 def test_user_factory_workload_with_knobs() -> None:
-    exp = Experiment(workload=_tiny_factory, batch_size=4, data_size=8, device="cpu",
-                     precision="bf16", checkpointing="every-block")
+    exp = Experiment(
+        workload=_tiny_factory,
+        batch_size=4,
+        data_size=8,
+        device="cpu",
+        precision="bf16",
+        checkpointing="every-block",
+    )
     w = build_experiment(exp)
     assert w.name == "tiny" and w.evaluate() is None and w.fit(3) is None
     assert next(w.model.parameters()).dtype == torch.bfloat16
@@ -204,14 +228,86 @@ def test_prepare_script(tmp_path: Path) -> None:
     out = tmp_path / "cli.npy"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run(
-        [sys.executable, str(ROOT / "data" / "prepare.py"), "--workload", "cnn", "--size", "1MB",
-         "--out", str(out)], capture_output=True, text=True, env=env, check=True,
+        [
+            sys.executable,
+            str(ROOT / "data" / "prepare.py"),
+            "--workload",
+            "cnn",
+            "--size",
+            "1MB",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     assert "976 x (1, 16, 16) float32" in r.stdout  # 10**6 // 1024 bytes per sample
     assert np.load(out, mmap_mode="r").shape == (976, 1, 16, 16)
     bad = subprocess.run(
         [sys.executable, str(ROOT / "data" / "prepare.py"), "--size", "lots"],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert bad.returncode == 2 and "--size must be a byte size" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# -- the layering: knobs depend on workloads, never the reverse -------------------------------
+WORKLOADS_DIR = ROOT / "memlab" / "workloads"
+# memlab/workloads/jobs.py is the labs' torch-side jobs (they build experiments, so they sit
+# above the knobs); it is not part of the workload layer.
+ABOVE_THE_KNOBS = {"jobs.py"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at top level or inside a function."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_no_workload_module_imports_the_knobs() -> None:
+    modules = sorted(p for p in WORKLOADS_DIR.glob("*.py") if p.name not in ABOVE_THE_KNOBS)
+    assert {p.name for p in modules} >= {"__init__.py", "base.py", "builtin.py", "data.py"}
+    for p in modules:
+        bad = {
+            m for m in _imported_modules(p) if m == "memlab.knobs" or m.startswith("memlab.knobs.")
+        }
+        assert not bad, f"{p.name} imports {bad}: knobs depend on workloads, not the reverse"
+
+
+def test_building_and_stepping_a_workload_never_loads_the_knobs() -> None:
+    names = [p.stem for p in WORKLOADS_DIR.glob("*.py") if p.name not in ABOVE_THE_KNOBS]
+    mods = ", ".join(f"memlab.workloads.{n}" for n in names if n != "__init__")
+    code = (
+        f"import sys, memlab.workloads, {mods}\n"
+        "from memlab.config import Experiment\n"
+        "w = memlab.workloads.build_workload(Experiment(batch_size=4, data_size=4, device='cpu'))\n"
+        "w.step(*next(w.make_batches(1))); w.metrics\n"
+        "print(sorted(m for m in sys.modules if m.startswith('memlab.knobs')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_knobs_reexport_what_moved() -> None:
+    """``build_experiment``/``accuracy`` live above both; ``param_bytes_by_dtype`` below."""
+    import memlab.knobs as K
+    import memlab.workloads as W
+
+    assert not hasattr(W, "build_experiment") and not hasattr(W, "accuracy")
+    assert K.param_bytes_by_dtype is W.param_bytes_by_dtype
+    w = build_experiment(Experiment(batch_size=4, data_size=4, device="cpu", precision="bf16"))
+    assert set(K.param_bytes_by_dtype(w.model)) == {"bfloat16"}

@@ -4,23 +4,18 @@
     apply_sparsity(w, 0.9, "sparse"); apply_precision(w, "bf16"); apply_checkpointing(w, 1)
 
 Each returns the workload, records its setting in ``workload.applied`` and explains itself in
-``workload.notes``. ``apply_knobs`` applies an ``Experiment``'s knobs in the order that composes:
-sparsity first (it replaces Linear layers), then precision (it converts or quantizes whatever
-layers exist, sparse ones included), then checkpointing (it wraps the blocks, whatever is inside).
+``workload.notes``. ``apply_knobs`` applies an ``Experiment``'s knobs in the order that composes
+(sparsity, precision, checkpointing); ``build_experiment`` builds the workload and applies them,
+and ``accuracy`` trains briefly on the real digits first (``memlab.knobs.build``). Knobs depend
+on ``memlab.workloads``; workloads know nothing of knobs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from memlab.knobs.build import accuracy, apply_knobs, build_experiment
 from memlab.knobs.checkpointing import apply_checkpointing, checkpointed_blocks
 from memlab.knobs.errors import KnobUnsupported
-from memlab.knobs.precision import (
-    amp_context,
-    apply_precision,
-    autocast_unsupported_reason,
-    param_bytes_by_dtype,
-)
+from memlab.knobs.precision import amp_context, apply_precision, autocast_unsupported_reason
 from memlab.knobs.sparsity import (
     SparseLinear,
     apply_sparsity,
@@ -29,13 +24,12 @@ from memlab.knobs.sparsity import (
     density_crossover,
     magnitude_mask,
 )
-from memlab.workloads.base import Workload
-
-if TYPE_CHECKING:
-    from memlab.config import Experiment
+from memlab.workloads.base import param_bytes_by_dtype
 
 __all__ = [
+    "accuracy",
     "apply_knobs",
+    "build_experiment",
     "apply_checkpointing",
     "apply_precision",
     "apply_sparsity",
@@ -50,12 +44,3 @@ __all__ = [
     "magnitude_mask",
     "KnobUnsupported",
 ]
-
-
-def apply_knobs(workload: Workload, exp: Experiment) -> Workload:
-    """Apply ``exp``'s sparsity, precision and checkpointing to ``workload``; returns it.
-    (Batch size and data are build-time choices: ``build_workload`` already made them.)"""
-    apply_sparsity(workload, exp.sparsity, exp.sparse_storage)
-    apply_precision(workload, exp.precision)
-    apply_checkpointing(workload, exp.checkpointing)
-    return workload

@@ -20,10 +20,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from memlab.config import CHECKPOINTING
 from memlab.workloads.base import Workload
 
 __all__ = ["apply_checkpointing", "checkpointed_blocks", "POLICIES"]
 
+#: What each of config's ``CHECKPOINTING`` names means: checkpoint every n-th block (0: none).
 POLICIES: dict[str, int] = {"off": 0, "every-block": 1, "every-other-block": 2}
 _FLAG = "_memlab_checkpointed"
 
@@ -58,11 +60,12 @@ def apply_checkpointing(workload: Workload, policy: str | int) -> Workload:
     (``"every-other-block"``), every ``n``-th (an int ``n >= 1``), or none (``"off"``, which also
     undoes an earlier call). Changes ``workload`` in place and returns it."""
     if isinstance(policy, bool) or not isinstance(policy, (str, int)):
-        raise ValueError(f"checkpointing must be one of {list(POLICIES)} or an int >= 1, "
-                         f"got {policy!r}")
+        raise ValueError(
+            f"checkpointing must be one of {list(CHECKPOINTING)} or an int >= 1, got {policy!r}"
+        )
     if isinstance(policy, str):
-        if policy not in POLICIES:
-            raise ValueError(f"checkpointing must be one of {list(POLICIES)}, got {policy!r}")
+        if policy not in CHECKPOINTING:
+            raise ValueError(f"checkpointing must be one of {list(CHECKPOINTING)}, got {policy!r}")
         every = POLICIES[policy]
     else:
         if policy < 1:

@@ -25,71 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from memlab.config import PRECISIONS
 from memlab.knobs.errors import KnobUnsupported
-from memlab.workloads.base import Workload
+from memlab.workloads.base import Workload, _dtype_name, param_bytes_by_dtype
 
 __all__ = [
     "apply_precision",
-    "param_bytes_by_dtype",
     "autocast_unsupported_reason",
     "amp_context",
-    "PRECISIONS",
 ]
 
-PRECISIONS = ("fp32", "amp-bf16", "amp-fp16", "bf16", "int8")
 _AMP = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
-
-
-def _dtype_name(dt: torch.dtype) -> str:
-    return str(dt).removeprefix("torch.")
-
-
-def param_bytes_by_dtype(model: nn.Module) -> dict[str, int]:
-    """Bytes the model holds, by dtype: parameters, buffers, dynamically quantized weights
-    (packed, so not parameters: counted by their unpacked int8 size) and tensors held as plain
-    attributes (the ``weight`` that ``torch.nn.utils.prune`` recomputes from its mask). Each
-    storage counts once."""
-    seen: set[int] = set()
-    out: dict[str, int] = {}
-
-    def add(t: torch.Tensor | None) -> None:
-        if t is None or not isinstance(t, torch.Tensor):
-            return
-        if t.layout != torch.strided:  # a sparse tensor: count its parts
-            if t.layout == torch.sparse_csr:
-                for part in (t.values(), t.crow_indices(), t.col_indices()):
-                    add(part)
-            elif t.layout == torch.sparse_coo:
-                add(t._values())
-                add(t._indices())
-            return
-        try:
-            st = t.untyped_storage()
-            key, nbytes = int(st.data_ptr()), int(st.nbytes())
-        except (RuntimeError, NotImplementedError):
-            key, nbytes = id(t), t.numel() * t.element_size()
-        if key in seen and key != 0:
-            return
-        seen.add(key)
-        name = _dtype_name(t.dtype)
-        out[name] = out.get(name, 0) + nbytes
-
-    for mod in model.modules():
-        for p in mod._parameters.values():
-            add(p)
-        for b in mod._buffers.values():
-            add(b)
-        if hasattr(mod, "_packed_params") and callable(getattr(mod, "weight", None)):
-            # A packed quantized Linear; weight() unpacks a fresh copy, so count it by size.
-            q: Any = mod
-            for t in (q.weight(), q.bias()):
-                if t is not None:
-                    k = _dtype_name(t.dtype)
-                    out[k] = out.get(k, 0) + t.numel() * t.element_size()
-        for v in vars(mod).values():
-            if isinstance(v, torch.Tensor):
-                add(v)
-    return dict(sorted(out.items()))
 
 
 @functools.cache

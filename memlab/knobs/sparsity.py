@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memlab.config import MAX_SPARSITY, SPARSE_STORAGES
 from memlab.workloads.base import Workload
 
 __all__ = [
@@ -44,10 +45,7 @@ __all__ = [
     "dense_bytes",
     "density_crossover",
     "magnitude_mask",
-    "STORAGES",
 ]
-
-STORAGES = ("mask", "sparse")
 
 
 # -- the arithmetic of where sparse storage pays ------------------------------------------------
@@ -89,8 +87,9 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 # -- the sparse Linear ------------------------------------------------------------------------
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
-         shape: tuple[int, int]) -> torch.Tensor:
+def _csr(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
     with warnings.catch_warnings():
         # "Sparse CSR tensor support is in beta": known, and what this knob demonstrates.
         warnings.simplefilter("ignore", UserWarning)
@@ -114,7 +113,11 @@ class _SparseMM(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, values: torch.Tensor, x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor,
+        ctx: Any,
+        values: torch.Tensor,
+        x: torch.Tensor,
+        crow: torch.Tensor,
+        col: torch.Tensor,
         shape: tuple[int, int],
     ) -> torch.Tensor:
         ctx.save_for_backward(values, x, crow, col)
@@ -208,8 +211,9 @@ class SparseLinear(nn.Module):
 
     def weight_csr(self) -> torch.Tensor:
         """The weight as a CSR tensor (shares storage with the parts; no copy)."""
-        return _csr(self.crow_indices, self.col_indices, self.values,
-                    (self.out_features, self.in_features))
+        return _csr(
+            self.crow_indices, self.col_indices, self.values, (self.out_features, self.in_features)
+        )
 
     def to_dense_weight(self) -> torch.Tensor:
         return self.weight_csr().to_dense()
@@ -224,7 +228,10 @@ class SparseLinear(nn.Module):
         # torch's CPU sparse kernels (MKL) have no implementation and cuSPARSE no mixed mode.
         with torch.autocast(x.device.type, enabled=False):
             out = _SparseMM.apply(
-                values, x2.to(values.dtype), self.crow_indices, self.col_indices,
+                values,
+                x2.to(values.dtype),
+                self.crow_indices,
+                self.col_indices,
                 (self.out_features, self.in_features),
             )
             if self.bias is not None:
@@ -232,8 +239,10 @@ class SparseLinear(nn.Module):
         return out.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"nnz={self.nnz}, density={self.density:.3f}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"nnz={self.nnz}, density={self.density:.3f}"
+        )
 
 
 # -- the knob ---------------------------------------------------------------------------------
@@ -249,17 +258,21 @@ def _replace_linears(model: nn.Module, sparsity: float) -> list[SparseLinear]:
 
 
 def apply_sparsity(workload: Workload, sparsity: float, storage: str = "mask") -> Workload:
-    """Prune ``workload``'s Linear and Conv2d weights to ``sparsity`` (0..0.99) by magnitude and
-    store them as ``storage`` (``mask`` or ``sparse``; see the module docstring). In place;
-    returns the workload. The optimizer is rebuilt over the new parameters."""
+    """Prune ``workload``'s Linear and Conv2d weights to ``sparsity`` (0..``MAX_SPARSITY``) by
+    magnitude and store them as ``storage`` (``mask`` or ``sparse``; see the module docstring).
+    In place; returns the workload. The optimizer is rebuilt over the new parameters."""
     from torch.nn.utils import prune
 
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (
-        0.0 <= sparsity <= 0.99
+    if (
+        isinstance(sparsity, bool)
+        or not isinstance(sparsity, (int, float))
+        or not (0.0 <= sparsity <= MAX_SPARSITY)
     ):
-        raise ValueError(f"sparsity must be a number with 0 <= sparsity <= 0.99, got {sparsity!r}")
-    if storage not in STORAGES:
-        raise ValueError(f"sparse_storage must be one of {list(STORAGES)}, got {storage!r}")
+        raise ValueError(
+            f"sparsity must be a number with 0 <= sparsity <= {MAX_SPARSITY}, got {sparsity!r}"
+        )
+    if storage not in SPARSE_STORAGES:
+        raise ValueError(f"sparse_storage must be one of {list(SPARSE_STORAGES)}, got {storage!r}")
     workload.applied["sparsity"] = float(sparsity)
     workload.applied["sparse_storage"] = storage
     if sparsity == 0:

@@ -70,8 +70,9 @@ def build_builtin(
         dataset = D.RamBatches(x, y)
         dataset_bytes = x.numel() * x.element_size()
     else:
-        path = D.memmap_path(name, exp.data_size, spec.input_shape, seed=exp.seed,
-                             data_dir=data_dir)
+        path = D.memmap_path(
+            name, exp.data_size, spec.input_shape, seed=exp.seed, data_dir=data_dir
+        )
         files = D.prepare_memmap(path, exp.data_size, spec.input_shape, seed=exp.seed)
         dataset = D.MemmapBatches(files)
         dataset_bytes = files.x_bytes

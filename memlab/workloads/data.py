@@ -79,7 +79,11 @@ def default_data_dir() -> Path:
 
 
 def memmap_path(
-    name: str, n: int, shape: Sequence[int], dtype: str = "float32", seed: int = 0,
+    name: str,
+    n: int,
+    shape: Sequence[int],
+    dtype: str = "float32",
+    seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """The conventional file name of a synthetic set (one file per size, shape, dtype, seed)."""

@@ -38,7 +38,11 @@ class MLP(nn.Module):
     """64 -> ``dim``, ``depth`` residual MLP blocks, -> classes (8.4M parameters by default)."""
 
     def __init__(
-        self, in_features: int = 64, dim: int = 512, hidden: int = 2048, depth: int = 4,
+        self,
+        in_features: int = 64,
+        dim: int = 512,
+        hidden: int = 2048,
+        depth: int = 4,
         num_classes: int = 10,
     ) -> None:
         super().__init__()
@@ -117,8 +121,14 @@ class Transformer(nn.Module):
     ``depth`` encoder blocks, mean-pooled linear head."""
 
     def __init__(
-        self, in_features: int = 4, seq_len: int = 64, dim: int = 96, heads: int = 4,
-        hidden: int = 384, depth: int = 4, num_classes: int = 10,
+        self,
+        in_features: int = 4,
+        seq_len: int = 64,
+        dim: int = 96,
+        heads: int = 4,
+        hidden: int = 384,
+        depth: int = 4,
+        num_classes: int = 10,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(in_features, dim)
