@@ -19,14 +19,12 @@ the op runs, on top of its outputs.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from memlab.timeline import CATEGORIES, PHASES, RunResult, format_bytes
+from memlab.tracking.sources import FakeSource
 
 __all__ = ["Estimate", "EstimateError", "MaxBatch", "estimate", "max_batch_size"]
 
@@ -91,83 +89,7 @@ class Estimate:
 
 
 # ----------------------------------------------------------------------------------------------
-class _FakeSource:
-    """Allocation events of fake tensors, seen at the dispatch level (see the module doc)."""
-
-    name = "fake-dispatch"
-
-    def __init__(self) -> None:
-        self._events: list[tuple[int, int, int, int]] = []
-        self._live = 0
-        self._sizes: dict[int, int] = {}
-        self._tag = 0
-        self._recording = False
-        self._next_addr = 1 << 40  # addresses for op-internal buffers, apart from _cdata
-
-    # EventSource protocol -------------------------------------------------------------------
-    def event_count(self) -> int:
-        return len(self._events)
-
-    def set_tag(self, tag: int) -> None:
-        self._tag = tag
-
-    def live(self) -> int:
-        return self._live
-
-    def adopt(self, t: Any, nbytes: int) -> None:
-        st = t.untyped_storage()
-        key = int(st._cdata)
-        if key not in self._sizes:
-            self._sizes[key] = nbytes
-            self._live += nbytes
-            weakref.finalize(st, self._free, key)
-
-    def set_limit(self, limit: int) -> None:
-        pass
-
-    def set_recording(self, on: bool) -> None:
-        self._recording = on
-
-    def clear(self) -> None:
-        self._events = []
-
-    def events(self, start: int, end: int) -> np.ndarray:
-        rows = self._events[start:end]
-        return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-
-    def addr(self, t: Any) -> int:
-        return int(t.untyped_storage()._cdata)
-
-    # recording ----------------------------------------------------------------------------------
-    def _log(self, key: int, delta: int) -> None:
-        self._live += delta
-        if self._recording:
-            self._events.append((time.monotonic_ns(), key, delta, self._tag))
-
-    def _free(self, key: int) -> None:
-        n = self._sizes.pop(key, None)
-        if n is not None:
-            self._log(key, -n)
-
-    def saw(self, t: Any, real_nbytes: int | None = None) -> None:
-        st = t.untyped_storage()
-        key = int(st._cdata)
-        if key in self._sizes:
-            return
-        n = int(st.nbytes()) if real_nbytes is None else real_nbytes
-        self._sizes[key] = n
-        self._log(key, n)
-        weakref.finalize(st, self._free, key)
-
-    def transient(self, nbytes: int) -> None:
-        """An op-internal buffer: allocated and freed inside one op."""
-        key = self._next_addr
-        self._next_addr += 64
-        self._log(key, nbytes)
-        self._log(key, -nbytes)
-
-
-def _dispatch_mode(source: _FakeSource) -> Any:
+def _dispatch_mode(source: FakeSource) -> Any:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
@@ -247,7 +169,7 @@ def _run_steps(
     out: list[RunResult] = []
     prev: tuple[Any, Any] | None = None
     for _ in range(n):
-        source = _FakeSource()
+        source = FakeSource()
         if runner_loop:
             rec = Tracker(model, optimizer=optimizer, inputs=prev or (),
                           sample_interval_s=None, _source=source)

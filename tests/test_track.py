@@ -402,11 +402,13 @@ def test_error_inside_block_is_reported_and_hooks_removed() -> None:
     assert rec.result is not None and rec.result.status == "error"
     assert "mat1 and mat2" in (rec.result.error or "")
     assert not model._forward_pre_hooks and not model._forward_hooks
-    from memlab.tracking import tracker
+    from memlab.tracking import hooks
 
-    # the backward patch is gone: torch.autograd.backward is torch's own function again
-    assert torch.autograd.backward is tracker._S.patched.get("backward", torch.autograd.backward)
-    assert not tracker._S.patched and not hasattr(torch.autograd.backward, "__wrapped__")
+    # the backward patch and the optimizer hooks are gone: torch's own functions again
+    assert not hooks._patched and not hooks._global_handles and not hooks.active()
+    assert not hasattr(torch.autograd.backward, "__wrapped__")
+    assert not hasattr(torch.autograd.grad, "__wrapped__")
+    assert not hooks._models
 
 
 def test_bad_arguments_are_named() -> None:

@@ -154,12 +154,6 @@ int memlab_adopt(int64_t storage_impl, int64_t nbytes) {
   return 1;
 }
 
-int64_t memlab_block_bytes(int64_t addr) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  auto it = g_sizes.find(reinterpret_cast<void*>(addr));
-  return it == g_sizes.end() ? -1 : it->second;
-}
-
 int64_t memlab_live() {
   std::lock_guard<std::mutex> lock(g_mu);
   return g_live;
@@ -179,8 +173,6 @@ void memlab_reset_peak() {
 void memlab_set_limit(int64_t limit) { g_limit.store(limit); }
 
 void memlab_set_tag(int64_t tag) { g_tag.store(tag, std::memory_order_relaxed); }
-
-int64_t memlab_get_tag() { return g_tag.load(std::memory_order_relaxed); }
 
 void memlab_set_recording(int on) {
   std::lock_guard<std::mutex> lock(g_mu);

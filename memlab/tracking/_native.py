@@ -41,11 +41,25 @@ def _build() -> Path:
             f"{e}. It needs a C++ compiler (Linux: apt-get install g++; macOS: "
             "xcode-select --install) and the `ninja` package (pip install ninja)."
         ) from e
-    build_dir = Path(cpp_extension._get_build_directory(_NAME, False))
-    candidates = sorted(build_dir.glob(f"{_NAME}*.so"), key=os.path.getmtime)
-    if not candidates:
-        raise NativeBuildError(f"built {_NAME} but found no shared library in {build_dir}")
-    return candidates[-1]
+    lib = cached_library()
+    if lib is None:
+        raise NativeBuildError(f"built {_NAME} but found no shared library in {_build_dir()}")
+    return lib
+
+
+def _build_dir() -> Path:
+    from torch.utils import cpp_extension
+
+    # Under $TORCH_EXTENSIONS_DIR (or torch's default root); creates the folder if missing.
+    return Path(cpp_extension._get_build_directory(_NAME, False))
+
+
+def cached_library() -> Path | None:
+    """The newest library built before on this machine (for this Python and torch's
+    accelerator), or None: whether the recorder may load without a compiler."""
+    suffix = ".pyd" if os.name == "nt" else ".so"
+    candidates = sorted(_build_dir().glob(f"{_NAME}*{suffix}"), key=os.path.getmtime)
+    return candidates[-1] if candidates else None
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -53,13 +67,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     sigs: dict[str, tuple[list[type], type | None]] = {
         "memlab_install": ([], ctypes.c_int),
         "memlab_adopt": ([i64, i64], ctypes.c_int),
-        "memlab_block_bytes": ([i64], i64),
         "memlab_live": ([], i64),
         "memlab_peak": ([], i64),
         "memlab_reset_peak": ([], None),
         "memlab_set_tag": ([i64], None),
         "memlab_set_limit": ([i64], None),
-        "memlab_get_tag": ([], i64),
         "memlab_set_recording": ([ctypes.c_int], None),
         "memlab_event_count": ([], i64),
         "memlab_copy_events": ([vp, i64, i64], i64),
