@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memlab.config import MIB  # noqa: E402
 from memlab.estimator import _fakeify, estimate  # noqa: E402
 from tests.test_estimate import CASES, measure  # noqa: E402
 
@@ -86,7 +87,7 @@ def main() -> None:
         errors.append(abs(est.steady_peak_bytes / steady - 1))
         times.append(ms)
         print(
-            f"{name:<10} {steady / 2**20:>8.2f}Mi {pct(est.first_step_peak_bytes, first):>11} "
+            f"{name:<10} {steady / MIB:>8.2f}Mi {pct(est.first_step_peak_bytes, first):>11} "
             f"{pct(est.steady_peak_bytes, steady):>8} {ms:>6.0f} {pct(4 * params, steady):>11} "
             f"{pct(mt, steady):>11}"
         )
@@ -130,8 +131,8 @@ def builtin_grid() -> None:
                 worst = max(worst, abs(err))
             label = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "baseline (fp32)"
             print(
-                f"{wl:<12} {label:<44} {real.peak_bytes / 2**20:>8.2f}Mi "
-                f"{est.peak_bytes / 2**20:>8.2f}Mi {100 * err:>+6.1f}% "
+                f"{wl:<12} {label:<44} {real.peak_bytes / MIB:>8.2f}Mi "
+                f"{est.peak_bytes / MIB:>8.2f}Mi {100 * err:>+6.1f}% "
                 f"{est.elapsed_s * 1e3:>5.0f}{flag}"
             )
     print(f"worst error outside sparse storage: {100 * worst:.2f}% (target 3%)")

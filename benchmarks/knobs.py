@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _cpu import busy_s, proc_cpu_s  # noqa: E402
 
+from memlab.config import DEVICES, FIELDS, MIB, WORKLOADS  # noqa: E402
+
 MAIN_CATEGORIES = ("parameters", "activations", "optimizer_state")
 
 
@@ -85,8 +87,7 @@ def measured_run(exp: Any) -> tuple[Any, float | None]:
 
     def mark(name: str) -> None:
         if name not in marks:
-            marks[name] = (time.perf_counter(), busy_s(), proc_cpu_s(pid_box[0]),
-                           _self_cpu_s())
+            marks[name] = (time.perf_counter(), busy_s(), proc_cpu_s(pid_box[0]), _self_cpu_s())
 
     def on_sample(s: dict[str, Any]) -> None:
         if s.get("step", 0) >= 1:
@@ -177,7 +178,7 @@ def summarize(res: Any) -> dict[str, Any]:
 
 # -- formatting -----------------------------------------------------------------------------
 def mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f}"
+    return "-" if n is None else f"{n / MIB:.1f}"
 
 
 def pct(new: float | None, base: float | None) -> str:
@@ -233,35 +234,66 @@ def format_row(row: Row, base: Row) -> str:
 # -- main -----------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workloads", default="mlp,cnn,transformer",
-                    help="comma-separated built-in workloads (default: all three)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="measured steps per run (default 6; 3 with --quick)")
+    ap.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="comma-separated built-in workloads (default: all of them)",
+    )
+    ap.add_argument(
+        "--steps", type=int, default=None, help="measured steps per run (default 6; 3 with --quick)"
+    )
     ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per run (default 1)")
     ap.add_argument("--batch-size", type=int, default=32, help="baseline batch size")
-    ap.add_argument("--fp16-steps", type=int, default=None,
-                    help="measured steps for amp-fp16 rows (slow on CPU; default 3, 2 quick)")
+    ap.add_argument(
+        "--fp16-steps",
+        type=int,
+        default=None,
+        help="measured steps for amp-fp16 rows (slow on CPU; default 3, 2 quick)",
+    )
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
-    ap.add_argument("--accuracy", action="store_true",
-                    help="also train briefly on the real digits and report accuracy for the "
-                         "precision and sparsity rows (adds minutes)")
-    ap.add_argument("--accuracy-steps", type=int, default=200,
-                    help="fp32 training steps before the knobs are applied (default 200)")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="repeat a run disturbed by other processes up to this often (default 2)")
-    ap.add_argument("--max-other-load", type=float, default=0.25,
-                    help="cores other processes may keep busy before a run counts as disturbed")
-    ap.add_argument("--quiet-wait", type=float, default=10.0,
-                    help="before a retry, wait up to this many seconds for the CPU to go quiet")
-    ap.add_argument("--retry-budget", type=float, default=60.0,
-                    help="seconds all retries and waits together may add (default 60)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="also train briefly on the real digits and report accuracy for the "
+        "precision and sparsity rows (adds minutes)",
+    )
+    ap.add_argument(
+        "--accuracy-steps",
+        type=int,
+        default=200,
+        help="fp32 training steps before the knobs are applied (default 200)",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="repeat a run disturbed by other processes up to this often (default 2)",
+    )
+    ap.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.25,
+        help="cores other processes may keep busy before a run counts as disturbed",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before a retry, wait up to this many seconds for the CPU to go quiet",
+    )
+    ap.add_argument(
+        "--retry-budget",
+        type=float,
+        default=60.0,
+        help="seconds all retries and waits together may add (default 60)",
+    )
+    ap.add_argument("--device", default=FIELDS["device"].default, choices=DEVICES)
     ap.add_argument("--json", metavar="PATH", help="save every row (with raw figures) as JSON")
     args = ap.parse_args()
 
     import torch
 
-    from memlab.config import WORKLOADS, ConfigError, Experiment
+    from memlab.config import ConfigError, Experiment
 
     steps = args.steps if args.steps is not None else (3 if args.quick else 6)
     fp16_steps = args.fp16_steps if args.fp16_steps is not None else (2 if args.quick else 3)
@@ -284,8 +316,14 @@ def main() -> None:
         for row in specs:
             n = fp16_steps if row.knobs.get("precision") == "amp-fp16" else steps
             try:
-                fields = {"workload": wl, "batch_size": args.batch_size, "steps": n,
-                          "warmup": args.warmup, "device": args.device, **row.knobs}
+                fields = {
+                    "workload": wl,
+                    "batch_size": args.batch_size,
+                    "steps": n,
+                    "warmup": args.warmup,
+                    "device": args.device,
+                    **row.knobs,
+                }
                 exp = Experiment(**fields)
             except ConfigError as e:
                 row.result = {"status": "error", "error": str(e)}
@@ -316,15 +354,18 @@ def main() -> None:
             row.other_load = None if best[0] == float("inf") else best[0]
             row.disturbed = row.other_load is not None and row.other_load > args.max_other_load
             if args.accuracy and row.accuracy_row and row.result["status"] == "ok":
-                from memlab.workloads import accuracy
+                from memlab.knobs import accuracy
 
                 row.accuracy = accuracy(exp, train_steps=args.accuracy_steps)
             row.wall_s = time.perf_counter() - t0
             rows.append(row)
             other_s = "?" if row.other_load is None else f"{row.other_load:.2f}"
-            print(f"  {wl:<11} {row.label:<19} {row.result['status']:<6} {row.wall_s:5.1f} s, "
-                  f"other processes {other_s} cores, {row.attempts} attempt(s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {wl:<11} {row.label:<19} {row.result['status']:<6} {row.wall_s:5.1f} s, "
+                f"other processes {other_s} cores, {row.attempts} attempt(s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # -- the table --
     print()
@@ -346,30 +387,38 @@ def main() -> None:
     print("anon = worker's peak anonymous RSS (MiB); '-' = not measured or nothing to compare.")
     disturbed = [r for r in rows if r.disturbed]
     if disturbed:
-        print(f"! = other processes kept more than {args.max_other_load} cores busy during every "
-              f"attempt (retries spent {retry_spent:.0f} s); its time columns are unreliable: "
-              + ", ".join(f"{r.workload} {r.label} ({r.other_load:.2f})" for r in disturbed))
+        print(
+            f"! = other processes kept more than {args.max_other_load} cores busy during every "
+            f"attempt (retries spent {retry_spent:.0f} s); its time columns are unreliable: "
+            + ", ".join(f"{r.workload} {r.label} ({r.other_load:.2f})" for r in disturbed)
+        )
     for wl in workloads:
         by_label = {r.label: r for r in rows if r.workload == wl}
         b1, b2 = by_label.get("baseline (fp32)"), by_label.get("baseline again")
         if b1 and b2 and b1.result.get("status") == b2.result.get("status") == "ok":
             t1, t2 = b1.result["step_time_median_s"], b2.result["step_time_median_s"]
-            print(f"{wl}: baseline step time {1e3 * t1:.1f} ms, again {1e3 * t2:.1f} ms "
-                  f"({pct(t2, t1)}): time differences smaller than this are noise")
+            print(
+                f"{wl}: baseline step time {1e3 * t1:.1f} ms, again {1e3 * t2:.1f} ms "
+                f"({pct(t2, t1)}): time differences smaller than this are noise"
+            )
         i8, inf = by_label.get("inference int8"), by_label.get("inference fp32")
         if i8 and inf and i8.result.get("status") == "ok":
             m = i8.result["metrics"]
             tracked = i8.result["category_own_peaks"].get("parameters", 0)
             q = m.get("model_bytes_qint8", 0)
-            print(f"{wl}: int8 weights {mib(m.get('model_bytes'))} MiB by dtype "
-                  f"(qint8 {mib(q)} MiB), tracked parameters {mib(tracked)} MiB: the packed "
-                  "int8 weights live outside the tensor allocator, so peak MiB misses them")
+            print(
+                f"{wl}: int8 weights {mib(m.get('model_bytes'))} MiB by dtype "
+                f"(qint8 {mib(q)} MiB), tracked parameters {mib(tracked)} MiB: the packed "
+                "int8 weights live outside the tensor allocator, so peak MiB misses them"
+            )
         mm = by_label.get("data memmap")
         if mm and mm.result.get("status") == "ok":
             ds = mm.result["metrics"].get("dataset_bytes")
-            print(f"{wl}: the synthetic data set is {mib(ds)} MiB (data_size "
-                  f"{mm.result['experiment']['data_size']}), too small for ram vs memmap to show "
-                  "in RSS; benchmarks/loading.py measures that at scale")
+            print(
+                f"{wl}: the synthetic data set is {mib(ds)} MiB (data_size "
+                f"{mm.result['experiment']['data_size']}), too small for ram vs memmap to show "
+                "in RSS; benchmarks/loading.py measures that at scale"
+            )
         for label in ("sparsity .9 sparse", "inference int8"):
             kr = by_label.get(label)
             ref = b1 if label.startswith("sparsity") else inf

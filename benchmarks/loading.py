@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from _cpu import busy_s, proc_cpu_s  # noqa: E402
 
+from memlab.config import DATA_SOURCES, MIB  # noqa: E402
+
 MAX_OTHER_LOAD = 0.25  # cores other processes may keep busy before an epoch counts as disturbed
 
 
@@ -76,8 +78,14 @@ def resident_fraction(path: Path) -> float | None:
         page = mmap.PAGESIZE
         npages = (size + page - 1) // page
         libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
+        libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
         libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
         fd = os.open(path, os.O_RDONLY)
@@ -184,10 +192,14 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     from memlab.tracking.procmem import read_process_memory
     from memlab.workloads import data as D
 
-    files = D.MemmapFiles(Path(cfg["x_path"]), Path(cfg["y_path"]), cfg["n"],
-                          tuple(cfg["shape"]), "float32")
-    out: dict[str, Any] = {"source": cfg["source"], "workers": cfg["workers"],
-                           "prefetch": cfg["prefetch"] if cfg["workers"] > 0 else None}
+    files = D.MemmapFiles(
+        Path(cfg["x_path"]), Path(cfg["y_path"]), cfg["n"], tuple(cfg["shape"]), "float32"
+    )
+    out: dict[str, Any] = {
+        "source": cfg["source"],
+        "workers": cfg["workers"],
+        "prefetch": cfg["prefetch"] if cfg["workers"] > 0 else None,
+    }
     before, after, err = drop_cache(files.x_path)
     drop_cache(files.y_path)
     out.update(resident_before=before, resident_after=after, drop_error=err)
@@ -204,8 +216,14 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         dataset = D.MemmapBatches(files)
     out["load_s"] = time.perf_counter() - t0
-    loader = D.make_loader(dataset, cfg["batch_size"], seed=0, num_workers=cfg["workers"],
-                           pin_memory=False, prefetch_factor=cfg["prefetch"])
+    loader = D.make_loader(
+        dataset,
+        cfg["batch_size"],
+        seed=0,
+        num_workers=cfg["workers"],
+        pin_memory=False,
+        prefetch_factor=cfg["prefetch"],
+    )
     compute_s = cfg["compute_ms"] / 1e3
     epochs: list[dict[str, Any]] = []
     for _ in range(cfg["epochs"]):
@@ -229,8 +247,15 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
         other = None
         if b0 is not None and b1 is not None and dt > 0:
             other = max(0.0, ((b1 - b0) - (s1 - s0) - (w1 - w0)) / dt)
-        epochs.append({"batches": nb, "seconds": dt, "batches_per_s": nb / dt if dt else None,
-                       "other_load": other, "shapes_ok": bool(shape_ok)})
+        epochs.append(
+            {
+                "batches": nb,
+                "seconds": dt,
+                "batches_per_s": nb / dt if dt else None,
+                "other_load": other,
+                "shapes_ok": bool(shape_ok),
+            }
+        )
     peaks = sampler.stop()
     del loader  # persistent workers end here
     out["epochs"] = epochs
@@ -247,12 +272,21 @@ def _self_cpu() -> float:
 
 # -- parent: run every configuration, print the table ------------------------------------------
 def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"source": cfg["source"], "workers": cfg["workers"], "prefetch": cfg["prefetch"],
-                "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+        return {
+            "source": cfg["source"],
+            "workers": cfg["workers"],
+            "prefetch": cfg["prefetch"],
+            "error": f"exit {proc.returncode}: " + " | ".join(tail),
+        }
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -281,7 +315,7 @@ def warm_bps(r: dict[str, Any]) -> float | None:
 
 
 def mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.0f}"
+    return "-" if n is None else f"{n / MIB:.0f}"
 
 
 def frac(v: float | None) -> str:
@@ -296,10 +330,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="1 cold + the rest warm (default 5)")
     ap.add_argument("--workers", default="0,2", help="num_workers values (default 0,2)")
     ap.add_argument("--prefetch", default="2,4", help="prefetch_factor values for workers > 0")
-    ap.add_argument("--compute-ms", type=float, default=0.0,
-                    help="simulated compute per batch, in ms (default 0: the loader alone)")
-    ap.add_argument("--retry-budget", type=float, default=60.0,
-                    help="seconds that re-running disturbed configurations may add")
+    ap.add_argument(
+        "--compute-ms",
+        type=float,
+        default=0.0,
+        help="simulated compute per batch, in ms (default 0: the loader alone)",
+    )
+    ap.add_argument(
+        "--retry-budget",
+        type=float,
+        default=60.0,
+        help="seconds that re-running disturbed configurations may add",
+    )
     ap.add_argument("--data-dir", default=None, help="where the file goes (default: memlab's)")
     ap.add_argument("--json", metavar="PATH", help="save every configuration's figures")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -328,10 +370,12 @@ def main() -> None:
     t = time.perf_counter()
     files = D.prepare_memmap(path, n, shape)
     prep_s = time.perf_counter() - t
-    print(f"memlab loading benchmark: {files.x_bytes / 2**20:.0f} MiB data set ({n} samples of "
-          f"{'x'.join(map(str, shape))} float32), batch {args.batch_size} "
-          f"({args.batch_size * row / 2**10:.0f} KiB), {n // args.batch_size} batches/epoch, "
-          f"{args.epochs} epochs, compute {args.compute_ms:g} ms/batch, {os.cpu_count()} CPUs")
+    print(
+        f"memlab loading benchmark: {files.x_bytes / MIB:.0f} MiB data set ({n} samples of "
+        f"{'x'.join(map(str, shape))} float32), batch {args.batch_size} "
+        f"({args.batch_size * row / 2**10:.0f} KiB), {n // args.batch_size} batches/epoch, "
+        f"{args.epochs} epochs, compute {args.compute_ms:g} ms/batch, {os.cpu_count()} CPUs"
+    )
     print(f"file {files.x_path} ready in {prep_s:.1f} s")
 
     loaders = []
@@ -343,11 +387,19 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     spent = 0.0
     for w, p in loaders:
-        for source in ("ram", "memmap"):  # alternate, so a slow phase hits both sources
-            cfg = {"source": source, "workers": w, "prefetch": p, "batch_size": args.batch_size,
-                   "epochs": args.epochs, "compute_ms": args.compute_ms,
-                   "x_path": str(files.x_path), "y_path": str(files.y_path), "n": files.n,
-                   "shape": list(files.shape)}
+        for source in DATA_SOURCES:  # alternate, so a slow phase hits both sources
+            cfg = {
+                "source": source,
+                "workers": w,
+                "prefetch": p,
+                "batch_size": args.batch_size,
+                "epochs": args.epochs,
+                "compute_ms": args.compute_ms,
+                "x_path": str(files.x_path),
+                "y_path": str(files.y_path),
+                "n": files.n,
+                "shape": list(files.shape),
+            }
             t = time.perf_counter()
             r = run_config(cfg)
             r["wall_s"] = time.perf_counter() - t
@@ -360,14 +412,19 @@ def main() -> None:
                 if "error" not in again and worst_load(again) < worst_load(r):
                     r = again
             results.append(r)
-            print(f"  {source:<6} workers {w} prefetch {p if w else '-'}: {r['wall_s']:.1f} s"
-                  + (f"  ERROR {r['error']}" if "error" in r else ""), file=sys.stderr,
-                  flush=True)
+            print(
+                f"  {source:<6} workers {w} prefetch {p if w else '-'}: {r['wall_s']:.1f} s"
+                + (f"  ERROR {r['error']}" if "error" in r else ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
     # -- the table --
-    head = (f"{'source':<7} {'workers':>7} {'prefetch':>8} {'cached→after drop':>17} "
-            f"{'load s':>6} {'epoch1 s':>8} {'cold b/s':>8} {'warm b/s':>8} "
-            f"{'anon+ MiB':>9} {'file+ MiB':>9} {'wrk anon':>8} {'wrk file':>8} {'other':>5}")
+    head = (
+        f"{'source':<7} {'workers':>7} {'prefetch':>8} {'cached→after drop':>17} "
+        f"{'load s':>6} {'epoch1 s':>8} {'cold b/s':>8} {'warm b/s':>8} "
+        f"{'anon+ MiB':>9} {'file+ MiB':>9} {'wrk anon':>8} {'wrk file':>8} {'other':>5}"
+    )
     print()
     print(head)
     print("-" * len(head))
@@ -382,47 +439,70 @@ def main() -> None:
         cache = f"{frac(r['resident_before'])}→{frac(r['resident_after'])}"
         worst = worst_load(r)
         mark = " !" if worst > MAX_OTHER_LOAD else ""
-        print(f"{r['source']:<7} {r['workers']:>7} {r['prefetch'] or '-':>8} {cache:>17} "
-              f"{r['load_s']:>6.2f} {r['load_s'] + ep[0]['seconds']:>8.2f} "
-              f"{cold_bps(r) or 0:>8.0f} {warm_bps(r) or 0:>8.0f} {mib(anon):>9} {mib(file):>9} "
-              f"{mib(pk['workers_anon']) if r['workers'] else '-':>8} "
-              f"{mib(pk['workers_file']) if r['workers'] else '-':>8} {worst:>5.2f}{mark}")
+        print(
+            f"{r['source']:<7} {r['workers']:>7} {r['prefetch'] or '-':>8} {cache:>17} "
+            f"{r['load_s']:>6.2f} {r['load_s'] + ep[0]['seconds']:>8.2f} "
+            f"{cold_bps(r) or 0:>8.0f} {warm_bps(r) or 0:>8.0f} {mib(anon):>9} {mib(file):>9} "
+            f"{mib(pk['workers_anon']) if r['workers'] else '-':>8} "
+            f"{mib(pk['workers_file']) if r['workers'] else '-':>8} {worst:>5.2f}{mark}"
+        )
 
     # -- what the table says, computed --
     ok = [r for r in results if "error" not in r]
     print()
-    print("cached→after drop: share of the file in the page cache before and after "
-          "posix_fadvise(DONTNEED), by mincore;")
-    print("epoch1 s includes load s; cold = epoch 1, warm = median of epochs 2+; anon+/file+ = "
-          "main process's peak RSS above its level before the data set was opened; wrk = loader "
-          "workers' peak RSS rise, summed; other = most cores other "
-          "processes kept busy in any epoch (! over "
-          f"{MAX_OTHER_LOAD}: timing disturbed).")
+    print(
+        "cached→after drop: share of the file in the page cache before and after "
+        "posix_fadvise(DONTNEED), by mincore;"
+    )
+    print(
+        "epoch1 s includes load s; cold = epoch 1, warm = median of epochs 2+; anon+/file+ = "
+        "main process's peak RSS above its level before the data set was opened; wrk = loader "
+        "workers' peak RSS rise, summed; other = most cores other "
+        "processes kept busy in any epoch (! over "
+        f"{MAX_OTHER_LOAD}: timing disturbed)."
+    )
     drops = [r for r in ok if r["resident_after"] is not None]
     errs = {r["drop_error"] for r in ok if r.get("drop_error")}
     if errs:
         print(f"dropping the page cache failed: {'; '.join(sorted(errs))}")
     elif drops:
         worked = all(r["resident_after"] <= 0.01 for r in drops)
-        print("page-cache drop " + ("worked" if worked else "did NOT fully work") +
-              f": at most {frac(max(r['resident_after'] for r in drops))} of the file stayed "
-              "resident after posix_fadvise (a VM's host may still cache the disk, so a 'cold' "
-              "read can be faster than the disk itself)")
+        print(
+            "page-cache drop "
+            + ("worked" if worked else "did NOT fully work")
+            + f": at most {frac(max(r['resident_after'] for r in drops))} of the file stayed "
+            "resident after posix_fadvise (a VM's host may still cache the disk, so a 'cold' "
+            "read can be faster than the disk itself)"
+        )
     else:
         print("page-cache state unknown (no mincore here): cold figures may be warm")
-    ram_anon = [r["rss_peak"]["main_anon"] - (r["rss_base"]["anon"] or 0)
-                for r in ok if r["source"] == "ram"]
-    mm_anon = [r["rss_peak"]["main_anon"] - (r["rss_base"]["anon"] or 0)
-               for r in ok if r["source"] == "memmap"]
+    ram_anon = [
+        r["rss_peak"]["main_anon"] - (r["rss_base"]["anon"] or 0)
+        for r in ok
+        if r["source"] == "ram"
+    ]
+    mm_anon = [
+        r["rss_peak"]["main_anon"] - (r["rss_base"]["anon"] or 0)
+        for r in ok
+        if r["source"] == "memmap"
+    ]
     if ram_anon and mm_anon:
         ds = ok[0]["dataset_bytes"]
-        print(f"anonymous RSS of the main process: ram +{mib(min(ram_anon))}..{mib(max(ram_anon))}"
-              f" MiB, memmap +{mib(min(mm_anon))}..{mib(max(mm_anon))} MiB, for a "
-              f"{mib(ds)} MiB data set (memmap at most {100 * max(mm_anon) / ds:.0f}% of it)")
+        print(
+            f"anonymous RSS of the main process: ram +{mib(min(ram_anon))}..{mib(max(ram_anon))}"
+            f" MiB, memmap +{mib(min(mm_anon))}..{mib(max(mm_anon))} MiB, for a "
+            f"{mib(ds)} MiB data set (memmap at most {100 * max(mm_anon) / ds:.0f}% of it)"
+        )
 
     def find(source: str, w: int, p: int) -> dict[str, Any] | None:
-        return next((r for r in ok if r["source"] == source and r["workers"] == w
-                     and (w == 0 or r["prefetch"] == p)), None)
+        return next(
+            (
+                r
+                for r in ok
+                if r["source"] == source and r["workers"] == w and (w == 0 or r["prefetch"] == p)
+            ),
+            None,
+        )
 
     same_q: list[float] = []
     best_q: list[float] = []
@@ -443,30 +523,48 @@ def main() -> None:
             if best_ram and fn(best_ram) and fn(r):
                 q2 = fn(r) / fn(best_ram)  # type: ignore[operator]
                 how = f"workers {best_ram['workers']}" + (
-                    f", prefetch {best_ram['prefetch']}" if best_ram["workers"] else "")
+                    f", prefetch {best_ram['prefetch']}" if best_ram["workers"] else ""
+                )
                 parts.append(f"{q2:.2f}x the fastest RAM ({how})")
                 if phase == "warm":
                     best_q.append(q2)
-            print(f"  {phase} memmap workers {r['workers']} prefetch {r['prefetch']}: "
-                  + ", ".join(parts))
+            print(
+                f"  {phase} memmap workers {r['workers']} prefetch {r['prefetch']}: "
+                + ", ".join(parts)
+            )
     r0, m0 = find("ram", 0, 0), find("memmap", 0, 0)
     if r0 and m0 and warm_bps(r0) and warm_bps(m0):
-        print(f"  warm memmap workers 0 (no prefetch): "
-              f"{warm_bps(m0) / warm_bps(r0):.2f}x RAM workers 0")  # type: ignore[operator]
+        print(
+            f"  warm memmap workers 0 (no prefetch): "
+            f"{warm_bps(m0) / warm_bps(r0):.2f}x RAM workers 0"
+        )  # type: ignore[operator]
     if same_q and best_q:
         a, b = max(same_q), max(best_q)
-        print(f"target, warm epochs, best memmap prefetch setting: {a:.2f}x RAM with the same "
-              f"loader settings -> {'MET' if a >= 0.8 else 'NOT MET'}; {b:.2f}x the fastest RAM "
-              f"configuration -> {'MET' if b >= 0.8 else 'NOT MET'}")
+        print(
+            f"target, warm epochs, best memmap prefetch setting: {a:.2f}x RAM with the same "
+            f"loader settings -> {'MET' if a >= 0.8 else 'NOT MET'}; {b:.2f}x the fastest RAM "
+            f"configuration -> {'MET' if b >= 0.8 else 'NOT MET'}"
+        )
     if any(disturbed(r) for r in ok):
-        print("! some configurations ran while other processes were busy: their times are "
-              "unreliable")
+        print(
+            "! some configurations ran while other processes were busy: their times are unreliable"
+        )
     print(f"\n(benchmark took {time.perf_counter() - t_all:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"size_bytes": files.x_bytes, "n": n, "shape": list(shape),
-             "batch_size": args.batch_size, "epochs": args.epochs, "compute_ms": args.compute_ms,
-             "configs": results}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "size_bytes": files.x_bytes,
+                    "n": n,
+                    "shape": list(shape),
+                    "batch_size": args.batch_size,
+                    "epochs": args.epochs,
+                    "compute_ms": args.compute_ms,
+                    "configs": results,
+                },
+                indent=1,
+            )
+        )
         print(f"saved to {args.json}")
 
 

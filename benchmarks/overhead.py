@@ -105,13 +105,14 @@ def main() -> None:
 
         cases.append((f"test {name}", model, opt, (x, y), step))
     from memlab.config import Experiment
-    from memlab.workloads import build_experiment
+    from memlab.knobs import build_experiment
 
     for name in ("mlp", "cnn", "transformer"):  # memlab's workloads at their default sizes
         w = build_experiment(Experiment(workload=name), "cpu")
         x, y = next(w.make_batches(1))
-        cases.append((f"memlab {name}", w.model, w.optimizer, (x, y),
-                      lambda w=w, x=x, y=y: w.step(x, y)))
+        cases.append(
+            (f"memlab {name}", w.model, w.optimizer, (x, y), lambda w=w, x=x, y=y: w.step(x, y))
+        )
 
     for name, model, opt, inputs, step in cases:
         for _ in range(3):
@@ -138,8 +139,10 @@ def main() -> None:
             pass
 
     times = interleave({"empty": empty}, 50)["empty"]
-    print(f"fixed cost of one block (memlab transformer, nothing inside): "
-          f"{statistics.median(times) * 1e3:.2f} ms median\n")
+    print(
+        f"fixed cost of one block (memlab transformer, nothing inside): "
+        f"{statistics.median(times) * 1e3:.2f} ms median\n"
+    )
 
     # per-op fixed cost: a loop of tiny ops, each allocating a 40-byte result
     def tiny() -> None:

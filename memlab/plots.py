@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from memlab.config import MIB
 from memlab.timeline import CATEGORIES, PHASES, RunResult, Timeline, format_bytes
 
 __all__ = [
@@ -35,8 +36,6 @@ __all__ = [
     "update_process",
     "update_timeline",
 ]
-
-MIB = float(2**20)
 
 #: One colour per category, the same in every figure (and in the labs' prose, if it names them).
 CATEGORY_COLORS: dict[str, str] = {
