@@ -14,12 +14,16 @@ from memlab.config import (
     CHECKPOINTING,
     DATA_SOURCES,
     DEVICES,
+    FIELDS,
+    MAX_SPARSITY,
+    MEMORY_FIELDS,
     MODES,
     PRECISIONS,
     SPARSE_STORAGES,
     WORKLOADS,
     ConfigError,
     Experiment,
+    FieldSpec,
     parse_bytes,
 )
 
@@ -182,10 +186,23 @@ def test_replace_revalidates() -> None:
 
 def test_dict_round_trip_is_json_safe() -> None:
     e = Experiment(
-        workload="transformer", mode="inference", batch_size=16, precision="int8",
-        checkpointing="every-other-block", sparsity=0.5, sparse_storage="sparse", data="memmap",
-        num_workers=2, pin_memory=True, prefetch_factor=4, data_size=4096, steps=7, warmup=2,
-        device="cpu", budget_bytes="1GiB", seed=3,
+        workload="transformer",
+        mode="inference",
+        batch_size=16,
+        precision="int8",
+        checkpointing="every-other-block",
+        sparsity=0.5,
+        sparse_storage="sparse",
+        data="memmap",
+        num_workers=2,
+        pin_memory=True,
+        prefetch_factor=4,
+        data_size=4096,
+        steps=7,
+        warmup=2,
+        device="cpu",
+        budget_bytes="1GiB",
+        seed=3,
     )
     d = json.loads(json.dumps(e.to_dict()))
     assert Experiment.from_dict(d) == e
@@ -236,7 +253,73 @@ def test_config_does_not_import_torch() -> None:
         "c.parse_bytes('1GB'); print('torch' in sys.modules)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "False"
+
+
+# -- the declaration: every field once, with its rule -------------------------------------------
+def test_fields_declare_every_field_once_with_the_dataclass_default() -> None:
+    import dataclasses
+
+    init = [f for f in dataclasses.fields(Experiment) if f.init]
+    assert list(FIELDS) == [f.name for f in init]
+    assert all(isinstance(s, FieldSpec) and s.name == n for n, s in FIELDS.items())
+    assert all(FIELDS[f.name].default == f.default for f in init)
+    assert Experiment(**{n: s.default for n, s in FIELDS.items()}) == Experiment()
+    with pytest.raises(TypeError):
+        FIELDS["batch_size"] = FIELDS["steps"]  # type: ignore[index]  # read-only
+
+
+def test_the_public_choice_lists_are_the_declared_ones() -> None:
+    declared = {n: s.choices for n, s in FIELDS.items() if s.choices}
+    assert declared == {
+        "workload": WORKLOADS,
+        "mode": MODES,
+        "precision": PRECISIONS,
+        "checkpointing": CHECKPOINTING,
+        "sparse_storage": SPARSE_STORAGES,
+        "data": DATA_SOURCES,
+        "device": DEVICES,
+    }
+    assert FIELDS["sparsity"].maximum == MAX_SPARSITY
+    assert MEMORY_FIELDS == tuple(n for n, s in FIELDS.items() if s.memory)
+    assert {"steps", "seed", "budget_bytes", "data"}.isdisjoint(MEMORY_FIELDS)
+
+
+@pytest.mark.parametrize("name", list(FIELDS))
+def test_every_declared_choice_and_bound_is_accepted(name: str) -> None:
+    spec = FIELDS[name]
+    # inference allows precision int8; batch 1 and 1024 samples fit every batch_size/data_size
+    base = Experiment(mode="inference", batch_size=1, data_size=1024)
+    good: list[Any] = list(spec.choices) or [spec.default]
+    good += [v for v in (spec.minimum, spec.maximum, spec.typical_max) if v is not None]
+    for v in good:
+        v = int(v) if spec.kind == "int" else v
+        assert getattr(base.replace(**{name: v}), name) == v
+
+
+@pytest.mark.parametrize("name", [n for n, s in FIELDS.items() if s.kind in ("int", "float")])
+def test_numbers_outside_the_declared_range_say_the_rule(name: str) -> None:
+    spec = FIELDS[name]
+    step = 1 if spec.kind == "int" else 0.005
+    outside = [] if spec.minimum is None else [spec.minimum - step]
+    outside += [] if spec.maximum is None else [spec.maximum + step]
+    for v in outside:
+        with pytest.raises(ConfigError) as ei:
+            Experiment(**{name: v})
+        assert str(ei.value) == f"{name} must be {spec.rule()}, got {v!r}"
+
+
+def test_rules_read_as_the_messages_always_did() -> None:
+    assert FIELDS["batch_size"].rule() == "a positive int"
+    assert FIELDS["warmup"].rule() == "an int >= 0"
+    assert FIELDS["seed"].rule() == "an int"
+    assert FIELDS["sparsity"].rule() == "a number with 0 <= sparsity <= 0.99"
+    assert FIELDS["pin_memory"].rule() == "True or False"
+    assert FIELDS["budget_bytes"].option == "budget" and FIELDS["budget_bytes"].optional

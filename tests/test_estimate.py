@@ -177,3 +177,13 @@ def test_bad_arguments() -> None:
         estimate(mlp)
     with pytest.raises(TypeError, match="must return an nn.Module"):
         estimate(lambda: "model", CASES["mlp"][1])
+
+
+def test_user_model_precisions_are_configs_and_the_rest_are_refused() -> None:
+    from memlab.config import PRECISIONS
+    from memlab.estimator import USER_MODEL_PRECISIONS
+
+    assert set(USER_MODEL_PRECISIONS) < set(PRECISIONS)
+    for p in set(PRECISIONS) - set(USER_MODEL_PRECISIONS):
+        with pytest.raises(ValueError, match=f"precision must be one of fp32, .* got '{p}'"):
+            estimate(mlp, CASES["mlp"][1], precision=p)
