@@ -431,8 +431,8 @@ class ProfilerSource:
         ProfiledCPUMemoryReporter::Delete finds no size for them), so they are watched here."""
         st = t.untyped_storage()
         key = int(st.data_ptr())
-        if self._ledger.add(st, key, nbytes):
-            self._adopted.add(key)
+        self._ledger.add(st, key, nbytes)  # False if an earlier block saw it made: watched
+        self._adopted.add(key)
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit
