@@ -68,8 +68,10 @@ def _chromium() -> str:
     for c in candidates:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
-    _unavailable("no Chromium binary (looked for /usr/bin/chromium, chromium on PATH, "
-                 "$MEMLAB_CHROMIUM); install Debian's chromium to run the browser test")
+    _unavailable(
+        "no Chromium binary (looked for /usr/bin/chromium, chromium on PATH, "
+        "$MEMLAB_CHROMIUM); install Debian's chromium to run the browser test"
+    )
     raise AssertionError("unreachable")
 
 
@@ -80,8 +82,9 @@ def _free_port() -> int:
 
 
 def _api(base: str, token: str, path: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(f"{base}{path}", method=method,
-                                 headers={"Authorization": f"token {token}"})
+    req = urllib.request.Request(
+        f"{base}{path}", method=method, headers={"Authorization": f"token {token}"}
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         body = resp.read()
     return json.loads(body) if body else None
@@ -105,7 +108,12 @@ def _write_settings(settings: Path) -> None:
 
 @contextlib.contextmanager
 def _serve(
-    name: str, cmd: list[str], *, cwd: Path, env: dict[str, str], ready_url: str,
+    name: str,
+    cmd: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    ready_url: str,
     log_path: Path,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server, wait until ``ready_url`` answers, and always stop it: the server gets
@@ -114,8 +122,9 @@ def _serve(
     import psutil
 
     log = log_path.open("w")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     children: dict[int, psutil.Process] = {}
 
     def remember_children() -> None:
@@ -129,15 +138,18 @@ def _serve(
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited ({proc.returncode}):\n"
-                                   f"{log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{name} exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+                )
             try:
                 urllib.request.urlopen(ready_url, timeout=10).close()
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not answer in {SERVER_START_S} s:\n"
-                                       f"{log_path.read_text()[-3000:]}") from None
+                    raise RuntimeError(
+                        f"{name} did not answer in {SERVER_START_S} s:\n"
+                        f"{log_path.read_text()[-3000:]}"
+                    ) from None
                 time.sleep(0.5)
         yield proc
         remember_children()
@@ -180,7 +192,9 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
     }
     cmd = [
-        sys.executable, "-m", "jupyterlab",
+        sys.executable,
+        "-m",
+        "jupyterlab",
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
@@ -192,8 +206,14 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     if hasattr(os, "getuid") and os.getuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root; Jupyter refuses without it
     base = f"http://127.0.0.1:{port}"
-    with _serve("JupyterLab", cmd, cwd=root, env=env, ready_url=f"{base}/api/status?token={token}",
-                log_path=tmp / "server.log"):
+    with _serve(
+        "JupyterLab",
+        cmd,
+        cwd=root,
+        env=env,
+        ready_url=f"{base}/api/status?token={token}",
+        log_path=tmp / "server.log",
+    ):
         try:
             yield base, token
         finally:
@@ -224,17 +244,22 @@ _CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).m
 
 
 # The panel's charts (in its grid), with their titles.
-_PANEL_CHARTS_TITLED_JS = _CHARTS_JS.replace("'.js-plotly-plot'",
-                                             "'.widget-gridbox .js-plotly-plot'")
+_PANEL_CHARTS_TITLED_JS = _CHARTS_JS.replace(
+    "'.js-plotly-plot'", "'.widget-gridbox .js-plotly-plot'"
+)
 # The status line of a finished run (memlab/ui/panel.py, Panel._final_message).
-_DONE = re.compile(r"done: peak (?P<peak>.+?) of tensors in (?P<phase>\w+), (?P<rate>\d+) "
-                   r"samples/s \((?P<ms>[\d.]+) ms/step\).* run (?P<runs>\d+) in the history")
+_DONE = re.compile(
+    r"done: peak (?P<peak>.+?) of tensors in (?P<phase>\w+), (?P<rate>\d+) "
+    r"samples/s \((?P<ms>[\d.]+) ms/step\).* run (?P<runs>\d+) in the history"
+)
 
 
 def _panel_charts(page: Any) -> dict[str, Any]:
     """The panel's charts by the start of their title ("Throughput", "Process memory"...)."""
-    return {str(c["title"]).split(":")[0].split(" (")[0]: c
-            for c in page.evaluate(_PANEL_CHARTS_TITLED_JS)}
+    return {
+        str(c["title"]).split(":")[0].split(" (")[0]: c
+        for c in page.evaluate(_PANEL_CHARTS_TITLED_JS)
+    }
 
 
 def _charts_disagree(page: Any, status: str, before: dict[str, Any] | None) -> list[str]:
@@ -268,8 +293,9 @@ def _charts_disagree(page: Any, status: str, before: dict[str, Any] | None) -> l
     return wrong
 
 
-def _wait_charts_show(page: Any, status: str, before: dict[str, Any] | None = None,
-                      timeout_s: float = 30) -> None:
+def _wait_charts_show(
+    page: Any, status: str, before: dict[str, Any] | None = None, timeout_s: float = 30
+) -> None:
     deadline = time.monotonic() + timeout_s
     while (wrong := _charts_disagree(page, status, before)) and time.monotonic() < deadline:
         page.wait_for_timeout(500)
@@ -288,9 +314,22 @@ def _points(chart: dict[str, Any] | None) -> int:
 
 def _status_text(page: Any) -> str:
     texts = page.locator(".widget-html-content").all_inner_texts()
-    found = [t for t in texts if t.strip().startswith(("done", "running", "starting", "ready",
-                                                        "error", "out of memory", "cancelled",
-                                                        "the run"))]
+    found = [
+        t
+        for t in texts
+        if t.strip().startswith(
+            (
+                "done",
+                "running",
+                "starting",
+                "ready",
+                "error",
+                "out of memory",
+                "cancelled",
+                "the run",
+            )
+        )
+    ]
     return found[-1] if found else ""
 
 
@@ -341,7 +380,8 @@ def _open_and_run(page: Any, base: str, token: str) -> None:
     page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
     # The kernel starts with the notebook; wait until it is ready before running.
     page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
-        timeout=120_000)
+        timeout=120_000
+    )
     # Run All can go through the cells without running any when the kernel connection is not
     # quite ready though the indicator already says idle (seen in CI: every prompt stayed
     # "[ ]:"); nothing ran, so asking again is safe.
@@ -396,7 +436,8 @@ def _flow(page: Any, base: str, token: str) -> None:
         if status.startswith("done") and status != status_before and after != before:
             break
     assert status.startswith("done") and status != status_before, (
-        f"no new run finished in {RUN_S} s: {status!r}")
+        f"no new run finished in {RUN_S} s: {status!r}"
+    )
     assert after != before and _points(after) > 0, "the memory chart did not change"
     _wait_charts_show(page, status, panel_before)
     page.wait_for_timeout(1000)
@@ -409,7 +450,9 @@ def _flow(page: Any, base: str, token: str) -> None:
     page.keyboard.press("Control+s")
     page.wait_for_function(
         "() => !document.querySelector('.jp-NotebookPanel .jp-mod-dirty, "
-        ".lm-TabBar-tab.jp-mod-dirty')", timeout=30_000)
+        ".lm-TabBar-tab.jp-mod-dirty')",
+        timeout=30_000,
+    )
     page.reload()
     page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
     deadline = time.monotonic() + 90
@@ -448,8 +491,9 @@ def _in_browser(base: str, flow: Any, shot_name: str, *, on_retry: Any = None) -
             for attempt in (1, 2):  # retry once, from a fresh page (and kernel)
                 context = browser.new_context(viewport={"width": 1500, "height": 1100})
                 page = context.new_page()
-                page.on("request", lambda r: None if r.url.startswith(local)
-                        else external.append(r.url))
+                page.on(
+                    "request", lambda r: None if r.url.startswith(local) else external.append(r.url)
+                )
                 try:
                     flow(page)
                     page.wait_for_timeout(1500)  # let the history charts redraw for the shot
@@ -479,8 +523,7 @@ def test_lab00_in_jupyterlab(lab_server: tuple[str, str]) -> None:
         _flow(page, base, token)
         page.locator(".widget-slider", has_text="batch size").first.scroll_into_view_if_needed()
 
-    _in_browser(base, flow, "browser-00_tour.png",
-                on_retry=lambda: _shutdown_kernels(base, token))
+    _in_browser(base, flow, "browser-00_tour.png", on_retry=lambda: _shutdown_kernels(base, token))
 
 
 # -- workshop mode: Voila --------------------------------------------------------------------
@@ -505,7 +548,10 @@ def voila_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
     }
     cmd = [
-        sys.executable, "-m", "voila", str(root),
+        sys.executable,
+        "-m",
+        "voila",
+        str(root),
         "--Voila.ip=127.0.0.1",
         f"--port={port}",
         "--Voila.port_retries=0",
@@ -514,8 +560,14 @@ def voila_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     ]
     base = f"http://127.0.0.1:{port}"
     # cwd: the checkout, where Voila reads voila.json (template "memlab"), as `make app` does.
-    with _serve("Voila", cmd, cwd=ROOT, env=env, ready_url=f"{base}/voila/tree?token={token}",
-                log_path=tmp / "voila.log"):
+    with _serve(
+        "Voila",
+        cmd,
+        cwd=ROOT,
+        env=env,
+        ready_url=f"{base}/voila/tree?token={token}",
+        log_path=tmp / "voila.log",
+    ):
         yield base, token
 
 
@@ -534,13 +586,15 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
         page.locator(".widget-gridbox .js-plotly-plot").first.wait_for(timeout=120_000)
         page.wait_for_function(
             "() => document.querySelectorAll('.widget-gridbox .js-plotly-plot').length >= 4",
-            timeout=60_000)
+            timeout=60_000,
+        )
         assert page.locator(".jp-InputArea-editor").count() == 0, "code is shown"
         status = _status_text(page)
         assert status.startswith("done"), status
         before = charts(page)
         assert any(len(t["y"]) > 0 for chart in before for t in chart["traces"]), (
-            "the charts are empty at page load: the latest state did not reach the page")
+            "the charts are empty at page load: the latest state did not reach the page"
+        )
         _wait_charts_show(page, status, timeout_s=5)
         panel_before = _panel_charts(page)
         page.get_by_role("button", name="Run").first.click()

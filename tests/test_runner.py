@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from concurrent.futures import CancelledError
 from typing import Any
 
 import pytest
@@ -18,7 +19,17 @@ torch = pytest.importorskip("torch")
 
 import memlab  # noqa: E402
 from memlab.config import ConfigError, Experiment  # noqa: E402
-from memlab.runner import RunHandle, run, shutdown_warm_worker, start, warm_up  # noqa: E402
+from memlab.runner import (  # noqa: E402
+    RunHandle,
+    WorkerError,
+    call,
+    run,
+    shutdown_service,
+    shutdown_warm_worker,
+    start,
+    submit,
+    warm_up,
+)
 from memlab.workloads import Workload  # noqa: E402
 
 from .factories import paced, slow, tiny  # noqa: E402
@@ -39,10 +50,46 @@ def hog(exp: Any, device: str) -> Workload:
     raise AssertionError("the RSS cap did not stop the worker")
 
 
+def stamped(exp: Any, device: str) -> Workload:
+    """``paced``, recording the wall-clock time (the same clock in every process) at which its
+    first step began and its last step ended, as metrics of the run."""
+    w = paced(exp, device)
+    step = w.step
+
+    def timed_step(x: Any, y: Any) -> Any:
+        w.measures.setdefault("first_step_start", time.time())
+        out = step(x, y)
+        w.measures["last_step_end"] = time.time()
+        return out
+
+    w.step = timed_step  # type: ignore[method-assign]
+    return w
+
+
+def sleep_stamped(seconds: float) -> tuple[float, float]:
+    """A service job: the wall-clock times at which it began and ended."""
+    t0 = time.time()
+    time.sleep(seconds)
+    return t0, time.time()
+
+
+def raise_custom() -> None:
+    raise KeyError("the job failed on purpose")
+
+
 def no_zombies() -> None:
     time.sleep(0.05)
     alive = [p for p in mp.active_children() if p.name == "memlab-worker"]
     assert alive == [], alive
+
+
+@pytest.fixture
+def fresh_service() -> Any:
+    shutdown_service()
+    yield
+    shutdown_service()
+    time.sleep(0.05)
+    assert [p for p in mp.active_children() if p.name == "memlab-service"] == []
 
 
 def test_run_ok_streams_samples_and_steps() -> None:
@@ -151,4 +198,98 @@ def test_dataloader_workers_run_inside_the_worker() -> None:
     r = run(Experiment(workload="mlp", batch_size=32, data_size=256, num_workers=2, steps=2))
     assert r.status == "ok", r.error
     assert len(r.step_times_s) == 2
+    no_zombies()
+
+
+# -- the service worker: call / submit ------------------------------------------------------------
+def test_call_returns_in_one_warm_worker_and_raises_with_its_traceback(fresh_service: Any) -> None:
+    pid = call(os.getpid)
+    assert pid != os.getpid()
+    assert call(pow, 2, 10) == 1024
+    assert call(os.getpid) == pid  # one long-lived worker, not a process per call
+    with pytest.raises(KeyError, match="on purpose") as info:
+        call(raise_custom)
+    cause = str(info.value.__cause__)
+    assert "Traceback" in cause and "in raise_custom" in cause  # the worker's traceback
+    assert call(os.getpid) == pid  # a failed job does not cost the worker
+    with pytest.raises(TypeError, match="fn must be callable"):
+        submit(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout_s must be a positive number"):
+        submit(pow, 2, 3, timeout_s=0)
+
+
+def test_call_timeout_stops_the_worker_and_the_next_job_gets_a_new_one(
+    fresh_service: Any,
+) -> None:
+    pid = call(os.getpid)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match="timeout of 0.5 s"):
+        call(time.sleep, 60, timeout_s=0.5)
+    assert time.monotonic() - t < 30  # stopped, not waited for
+    new = call(os.getpid)
+    assert new != pid
+
+
+def test_a_dead_service_worker_is_a_clear_error_never_a_hang(fresh_service: Any) -> None:
+    with pytest.raises(WorkerError, match="exit code 3"):
+        call(os._exit, 3)
+    pid = call(os.getpid)  # replaced
+    job = submit(time.sleep, 60)
+    deadline = time.monotonic() + 60
+    while job.started_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    t = time.monotonic()
+    with pytest.raises(WorkerError, match="signal 9"):
+        job.result(30)
+    assert time.monotonic() - t < 5
+    assert call(pow, 3, 2) == 9
+
+
+def test_submit_calls_back_and_cancels_queued_and_running_jobs(fresh_service: Any) -> None:
+    call(os.getpid)  # warm
+    ended: list[str] = []
+    running = submit(time.sleep, 60)
+    queued = submit(pow, 2, 3, on_done=lambda j: ended.append(j.status))
+    assert queued.status == "queued" and not queued.done()
+    assert queued.cancel() and queued.status == "cancelled" and ended == ["cancelled"]
+    with pytest.raises(CancelledError):
+        queued.result(0)
+    deadline = time.monotonic() + 60
+    while running.started_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running.status == "running"
+    assert running.cancel()
+    assert running.wait(10) and running.status == "cancelled"
+    assert isinstance(running.exception(0), CancelledError)
+    assert not running.cancel()  # already ended
+    last = submit(pow, 2, 5, on_done=lambda j: ended.append(j.status))
+    assert last.result(60) == 32 and ended == ["cancelled", "done"]
+
+
+def test_service_jobs_and_measured_blocks_never_overlap(fresh_service: Any) -> None:
+    """A job running when a run starts ends before the run's measured block begins; a job
+    submitted while a run is in progress starts after the run has ended (wall-clock stamps
+    taken in the two worker processes; order, never speed)."""
+    call(os.getpid)  # warm
+    job = submit(sleep_stamped, 1.5)
+    deadline = time.monotonic() + 60
+    while job.started_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    h = start(Experiment(workload=stamped, batch_size=8, steps=3, warmup=0))
+    _, job_end = job.result(60)
+    r = h.wait(120)
+    assert r.status == "ok", r.error
+    assert r.metrics["first_step_start"] > job_end
+
+    h = start(Experiment(workload=stamped, batch_size=8, steps=6, warmup=0))
+    deadline = time.monotonic() + 60
+    while not h.steps and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h.steps and not h.done()
+    job = submit(sleep_stamped, 0.0)
+    r = h.wait(120)
+    job_start, _ = job.result(60)
+    assert r.status == "ok", r.error
+    assert job_start > r.metrics["last_step_end"]
     no_zombies()

@@ -1,20 +1,20 @@
-"""The panel's charts: one :class:`FigureWidget` each (plotly's, safe to edit from the runner's
-thread, its front end loaded once per page), updated in place.
+"""The panel's charts: one :class:`FigureWidget` each (plotly's, its front end loaded once per
+page), updated in place.
 
 The figures come from :mod:`memlab.plots` (pure functions); this module only keeps them alive
 and feeds them: live samples while a run goes (accumulated, drawn at most ``max_fps`` times a
-second inside ``batch_update``), then the exact result when it ends. DESIGN.md, "Labs".
+second inside ``batch_update``), then the exact result when it ends. Every method here edits
+widgets, so it is called on the thread that owns them (the kernel's event loop: the panel's
+:class:`memlab.ui.dispatch.Dispatcher` hands the runner's callbacks over). DESIGN.md, "Labs".
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from typing import Any
 
@@ -23,13 +23,19 @@ import plotly.graph_objects as go
 import traitlets
 
 from memlab import plots
+from memlab.config import MIB
 from memlab.timeline import PROCESS_PARTS, RunResult, format_bytes
 
 __all__ = ["CHARTS", "FigureWidget", "LiveCharts", "sync_figure", "sync_state"]
 
 #: Chart names, in display order.
 CHARTS: tuple[str, ...] = (
-    "memory", "prediction", "throughput", "process", "history", "tradeoff",
+    "memory",
+    "prediction",
+    "throughput",
+    "process",
+    "history",
+    "tradeoff",
 )
 LIVE_TRACE = "tensor bytes (live)"
 _MAX_LIVE_POINTS = 2000
@@ -39,21 +45,14 @@ _MARGIN = {"l": 60, "r": 30, "t": 70, "b": 45}
 
 
 class FigureWidget(go.FigureWidget):
-    """A ``go.FigureWidget`` that can be edited from any thread without losing edits.
+    """plotly's ``go.FigureWidget`` with a front end that a page loads once for all figures.
 
-    plotly sends an edit as a transient trait: ``_py2js_update = msg``, then ``= None``
-    (``plotly/basewidget.py``). When the page answers an edit (``_js2py_traceDeltas``), the
-    kernel's main thread applies the answer in ``set_state`` inside traitlets'
-    ``hold_trait_notifications``, which replaces ``notify_change`` *on the instance*, for every
-    thread, by a cache that merges the changes of one trait (``traitlets/traitlets.py``). An
-    edit made by another thread in that window (the runner's reader, the prediction thread)
-    is merged into its own reset and goes out as ``None``: the page never sees it.
-    ipywidgets' ``hold_sync`` has the same effect. Here both windows and each of plotly's
-    edit messages (``_send_*_msg``, every edit goes through one) take one lock per figure.
-
-    Its front end is plotly's own, loaded through ``figure_widget.js`` so that a page compiles
-    plotly's bundle once and not once per figure: anywidget drops every message to a figure
-    whose front end took over 2 s to load (the file says how that was found).
+    anywidget gives each widget's front end 2 s to load and drops every later message to one
+    that took longer (anywidget/src/runtime.ts, ``AbortSignal.timeout(2000)``); compiling
+    plotly's 4.6 MB bundle once per figure took 0.8 s each on 2 cores, so the third to fifth
+    chart of a panel never updated. Here each figure's ``_esm`` is the small loader
+    ``figure_widget.js``, and the bundle comes once as the synced ``_plotly_bundle`` string,
+    compiled once per page (the file says how that was found).
     """
 
     # plotly's bundle as a synced string, read by figure_widget.js (below).
@@ -66,38 +65,6 @@ class FigureWidget(go.FigureWidget):
     @property
     def _esm(self) -> str:  # read by anywidget's __init__ for each figure: the small loader
         return _front_end()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Before plotly's and traitlets' __init__, which already hold notifications.
-        self._edit_lock = threading.RLock()
-        super().__init__(*args, **kwargs)
-
-    @contextlib.contextmanager
-    def hold_trait_notifications(self) -> Iterator[None]:
-        with self._edit_lock, super().hold_trait_notifications():
-            yield
-
-    @contextlib.contextmanager
-    def hold_sync(self) -> Iterator[None]:
-        with self._edit_lock, super().hold_sync():
-            yield
-
-
-def _locked(send: Callable[..., None]) -> Callable[..., None]:
-    @functools.wraps(send)
-    def locked(self: FigureWidget, *args: Any, **kwargs: Any) -> None:
-        with self._edit_lock:
-            send(self, *args, **kwargs)
-
-    return locked
-
-
-# plotly's edit messages (plotly/basewidget.py), each sent as the message and then None.
-for _name in ("_send_addTraces_msg", "_send_moveTraces_msg", "_send_deleteTraces_msg",
-              "_send_restyle_msg", "_send_relayout_msg", "_send_update_msg",
-              "_send_animate_msg"):
-    setattr(FigureWidget, _name, _locked(getattr(go.FigureWidget, _name)))
-del _name
 
 
 @functools.cache
@@ -131,8 +98,9 @@ def sync_state(fw: go.FigureWidget) -> None:
     fw._widget_data = deepcopy(fw._data)
 
 
-def _with_removals(old: Mapping[str, Any], new: Mapping[str, Any],
-                   keep: Sequence[str] = ()) -> dict[str, Any]:
+def _with_removals(
+    old: Mapping[str, Any], new: Mapping[str, Any], keep: Sequence[str] = ()
+) -> dict[str, Any]:
     """``new`` plus ``None`` for each key only ``old`` has: ``update(overwrite=True)`` leaves a
     key that ``new`` lacks as it was (a note annotation of an empty chart would stay)."""
     return {**{k: None for k in old if k not in new and k not in keep}, **new}
@@ -149,8 +117,10 @@ def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
     if same:
         with fw.batch_update():
             for old, new in zip(fw.data, fig.data, strict=True):
-                old.update(_with_removals(old.to_plotly_json(), new.to_plotly_json(),
-                                          ("uid", "type")), overwrite=True)
+                old.update(
+                    _with_removals(old.to_plotly_json(), new.to_plotly_json(), ("uid", "type")),
+                    overwrite=True,
+                )
             fw.layout.update(layout, overwrite=True)
     else:
         fw.data = ()
@@ -162,20 +132,35 @@ def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
 def _throughput_figure() -> go.Figure:
     fig = go.Figure(
         [
-            go.Scatter(x=[], y=[], name="samples/s", mode="lines+markers",
-                       line={"color": "#4C78A8"},
-                       hovertemplate="step %{x}: %{y:.1f} samples/s<extra></extra>"),
-            go.Scatter(x=[], y=[], name="step time (ms)", mode="lines+markers", yaxis="y2",
-                       line={"color": "#E45756", "dash": "dot"},
-                       hovertemplate="step %{x}: %{y:.2f} ms<extra></extra>"),
+            go.Scatter(
+                x=[],
+                y=[],
+                name="samples/s",
+                mode="lines+markers",
+                line={"color": "#4C78A8"},
+                hovertemplate="step %{x}: %{y:.1f} samples/s<extra></extra>",
+            ),
+            go.Scatter(
+                x=[],
+                y=[],
+                name="step time (ms)",
+                mode="lines+markers",
+                yaxis="y2",
+                line={"color": "#E45756", "dash": "dot"},
+                hovertemplate="step %{x}: %{y:.2f} ms<extra></extra>",
+            ),
         ]
     )
     fig.update_layout(
         title={"text": "Throughput per step"},
         xaxis={"title": {"text": "measured step"}, "rangemode": "tozero"},
         yaxis={"title": {"text": "samples/s"}, "rangemode": "tozero"},
-        yaxis2={"title": {"text": "step time (ms)"}, "overlaying": "y", "side": "right",
-                "rangemode": "tozero"},
+        yaxis2={
+            "title": {"text": "step time (ms)"},
+            "overlaying": "y",
+            "side": "right",
+            "rangemode": "tozero",
+        },
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
@@ -190,22 +175,25 @@ def _widget(fig: go.Figure) -> go.FigureWidget:
 class LiveCharts:
     """The FigureWidgets of one panel and the buffers that feed them during a run.
 
-    ``add_sample``/``add_step`` may be called from the runner's reader thread; they append and
-    redraw only when ``1 / max_fps`` seconds have passed since the last redraw, so a burst of
-    samples costs one redraw. ``finish`` draws what is left and then the exact result.
+    ``add_sample``/``add_step`` buffer, and redraw only when ``1 / max_fps`` seconds have
+    passed since the last redraw, so a burst of samples costs one redraw; with ``draw=False``
+    they only buffer (the panel redraws once per batch, :meth:`redraw_if_due`).
+    :meth:`next_draw_in` says when a buffered change is due. ``finish`` draws what is left and
+    then the exact result. Call on the thread that owns the widgets.
     """
 
     def __init__(self, charts: Sequence[str] = CHARTS, *, max_fps: float = 20.0) -> None:
         unknown = [c for c in charts if c not in CHARTS]
         if unknown:
             raise ValueError(f"charts must be among {', '.join(CHARTS)}, got {unknown}")
+        if not isinstance(max_fps, (int, float)) or max_fps <= 0:
+            raise ValueError(f"max_fps must be a positive number, got {max_fps!r}")
         self.min_interval_s = 1.0 / max_fps
         self.figures: dict[str, go.FigureWidget] = {}
         for name in CHARTS:
             if name in charts:
                 self.figures[name] = _widget(self._initial(name))
         self.redraws = 0  # live redraws of the current run (for tests and the curious)
-        self._lock = threading.Lock()
         self._last_draw = 0.0
         self._dirty = False
         self._samples: list[dict[str, Any]] = []
@@ -215,9 +203,16 @@ class LiveCharts:
     def _initial(name: str) -> go.Figure:
         if name == "memory":
             fig = plots.timeline_figure(None)
-            fig.add_trace(go.Scatter(x=[], y=[], name=LIVE_TRACE, mode="lines",
-                                     line={"color": "#333333", "width": 1.5},
-                                     hovertemplate="tensors: %{y:.2f} MiB<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    name=LIVE_TRACE,
+                    mode="lines",
+                    line={"color": "#333333", "width": 1.5},
+                    hovertemplate="tensors: %{y:.2f} MiB<extra></extra>",
+                )
+            )
             return fig
         if name == "process":
             return plots.process_memory_figure(RunResult(peak_bytes=0, peak_by_category={}))
@@ -234,11 +229,10 @@ class LiveCharts:
     # -- a run starts -----------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the live charts for a new run (history and trade-off charts stay)."""
-        with self._lock:
-            self._samples, self._steps = [], []
-            self._dirty = False
-            self.redraws = 0
-            self._last_draw = 0.0
+        self._samples, self._steps = [], []
+        self._dirty = False
+        self.redraws = 0
+        self._last_draw = 0.0
         for name in ("memory", "process", "throughput"):
             fw = self.figures.get(name)
             if fw is None:
@@ -254,30 +248,35 @@ class LiveCharts:
             sync_state(fw)
 
     # -- live ---------------------------------------------------------------------------------
-    def add_sample(self, sample: Mapping[str, Any]) -> bool:
-        """Buffer one runner sample; redraw if due. Returns whether it redrew."""
-        with self._lock:
-            self._samples.append(dict(sample))
-            return self._maybe_draw()
-
-    def add_step(self, step: Mapping[str, Any]) -> bool:
-        """Buffer one measured step; redraw if due. Returns whether it redrew."""
-        with self._lock:
-            self._steps.append(dict(step))
-            return self._maybe_draw()
-
-    def flush(self) -> None:
-        """Draw whatever is buffered and not drawn yet."""
-        with self._lock:
-            if self._dirty:
-                self._draw()
-
-    def _maybe_draw(self) -> bool:
+    def add_sample(self, sample: Mapping[str, Any], *, draw: bool = True) -> bool:
+        """Buffer one runner sample; redraw if due (and ``draw``). Returns whether it redrew."""
+        self._samples.append(dict(sample))
         self._dirty = True
-        if time.monotonic() - self._last_draw < self.min_interval_s:
+        return draw and self.redraw_if_due()
+
+    def add_step(self, step: Mapping[str, Any], *, draw: bool = True) -> bool:
+        """Buffer one measured step; redraw if due (and ``draw``). Returns whether it redrew."""
+        self._steps.append(dict(step))
+        self._dirty = True
+        return draw and self.redraw_if_due()
+
+    def redraw_if_due(self) -> bool:
+        """Draw what is buffered if it is not drawn yet and the last redraw is old enough."""
+        if self.next_draw_in() != 0.0:
             return False
         self._draw()
         return True
+
+    def next_draw_in(self) -> float | None:
+        """Seconds until the buffered change is due to be drawn (0: now); None if none is."""
+        if not self._dirty:
+            return None
+        return max(0.0, self._last_draw + self.min_interval_s - time.monotonic())
+
+    def flush(self) -> None:
+        """Draw whatever is buffered and not drawn yet."""
+        if self._dirty:
+            self._draw()
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()
@@ -286,8 +285,9 @@ class LiveCharts:
         samples, steps = self._samples, self._steps
         if samples:
             t = np.fromiter((s["t"] for s in samples), dtype=np.float64, count=len(samples))
-            tensors = np.fromiter((s.get("tensor_bytes") or 0 for s in samples),
-                                  dtype=np.int64, count=len(samples))
+            tensors = np.fromiter(
+                (s.get("tensor_bytes") or 0 for s in samples), dtype=np.int64, count=len(samples)
+            )
             idx = plots.downsample_indices(t, tensors, _MAX_LIVE_POINTS)
             fw = self.figures.get("memory")
             if fw is not None:
@@ -295,26 +295,29 @@ class LiveCharts:
                     for trace in fw.data:
                         if trace.name == LIVE_TRACE:
                             trace.x = t[idx]
-                            trace.y = tensors[idx] / plots.MIB
+                            trace.y = tensors[idx] / MIB
             fw = self.figures.get("process")
             if fw is not None:
-                rss = np.fromiter((s.get("rss") or 0 for s in samples), dtype=np.int64,
-                                  count=len(samples))
+                rss = np.fromiter(
+                    (s.get("rss") or 0 for s in samples), dtype=np.int64, count=len(samples)
+                )
                 # Thinned around the RSS peaks too, not only the tensor peaks.
                 idx = np.union1d(idx, plots.downsample_indices(t, rss, _MAX_LIVE_POINTS))
                 parts: dict[str, np.ndarray | None] = {}
                 for p in PROCESS_PARTS:
                     vals = [samples[i].get(p) for i in idx]
-                    parts[p] = None if any(v is None for v in vals) else np.asarray(
-                        vals, dtype=np.int64)
+                    parts[p] = (
+                        None if any(v is None for v in vals) else np.asarray(vals, dtype=np.int64)
+                    )
                 plots.update_process(fw, t[idx], parts)
         fw = self.figures.get("throughput")
         if fw is not None and steps:
             self._draw_steps(fw, [s["time_s"] for s in steps], [s.get("samples") for s in steps])
 
     @staticmethod
-    def _draw_steps(fw: go.FigureWidget, times: Sequence[float],
-                    samples: Sequence[int | None]) -> None:
+    def _draw_steps(
+        fw: go.FigureWidget, times: Sequence[float], samples: Sequence[int | None]
+    ) -> None:
         dt = np.asarray(times, dtype=np.float64)
         n = np.asarray([np.nan if s is None else s for s in samples], dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -353,12 +356,15 @@ class LiveCharts:
             med = result.step_time_median_s
             self._draw_steps(fw, result.step_times_s, [spp] * len(result.step_times_s))
             fw.layout.title.text = (
-                "Throughput per step" if tp is None or med is None
-                else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step")
+                "Throughput per step"
+                if tp is None or med is None
+                else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step"
+            )
             sync_state(fw)
 
-    def show_prediction(self, predicted: Mapping[str, int] | None, result: RunResult | None,
-                        note: str) -> None:
+    def show_prediction(
+        self, predicted: Mapping[str, int] | None, result: RunResult | None, note: str
+    ) -> None:
         """Predicted bytes by category (labelled predicted), the measurement of the same
         settings beside them once there is one, or why there is no prediction."""
         fw = self.figures.get("prediction")

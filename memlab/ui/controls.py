@@ -19,6 +19,7 @@ from memlab.config import (
     CHECKPOINTING,
     DATA_SOURCES,
     MAX_SPARSITY,
+    MIB,
     MODES,
     PRECISIONS,
     SPARSE_STORAGES,
@@ -30,7 +31,6 @@ from memlab.config import (
 __all__ = [
     "KNOBS",
     "KNOB_GROUPS",
-    "MIB",
     "SMOKE_DATA_SIZE",
     "SMOKE_STEPS",
     "SMOKE_WARMUP",
@@ -45,7 +45,6 @@ __all__ = [
     "to_field",
 ]
 
-MIB = 2**20
 #: Smoke mode (``MEMLAB_SMOKE=1``): sizes small enough that a lab executes in seconds.
 SMOKE_STEPS = 2
 SMOKE_WARMUP = 1
@@ -73,8 +72,9 @@ def smoke_experiment(exp: Experiment, **changes: Any) -> Experiment:
         small = {
             "steps": min(steps, SMOKE_STEPS),
             "warmup": min(warmup, SMOKE_WARMUP),
-            "data_size": max(min(data_size, SMOKE_DATA_SIZE), batch if isinstance(batch, int)
-                             else 0),
+            "data_size": max(
+                min(data_size, SMOKE_DATA_SIZE), batch if isinstance(batch, int) else 0
+            ),
         }
     return exp.replace(**{**changes, **small})
 
@@ -114,16 +114,22 @@ def _workload_widget(exp: Experiment) -> widgets.ValueWidget:
     if not isinstance(exp.workload, str):
         # A user factory: listed by its function name, selected by the object itself.
         options.append((_factory_label(exp.workload), exp.workload))
-    return widgets.Dropdown(options=options, value=exp.workload, description="workload",
-                            style=_STYLE)
+    return widgets.Dropdown(
+        options=options, value=exp.workload, description="workload", style=_STYLE
+    )
 
 
-def _choice(name: str, options: Sequence[str], *, toggle: bool = False
-            ) -> Callable[[Experiment], widgets.ValueWidget]:
+def _choice(
+    name: str, options: Sequence[str], *, toggle: bool = False
+) -> Callable[[Experiment], widgets.ValueWidget]:
     def make(exp: Experiment) -> widgets.ValueWidget:
         cls = widgets.ToggleButtons if toggle else widgets.Dropdown
-        return cls(options=list(options), value=getattr(exp, name), description=name.replace(
-            "_", " "), style={**_STYLE, "button_width": "auto"} if toggle else _STYLE)
+        return cls(
+            options=list(options),
+            value=getattr(exp, name),
+            description=name.replace("_", " "),
+            style={**_STYLE, "button_width": "auto"} if toggle else _STYLE,
+        )
 
     return make
 
@@ -134,22 +140,41 @@ def _int_slider(
     def make(exp: Experiment) -> widgets.ValueWidget:
         v = int(getattr(exp, name))
         # continuous_update=False: a dragged slider reports once, where it is let go.
-        return widgets.IntSlider(value=v, min=lo, max=max(hi, v), description=label,
-                                 continuous_update=False, style=_STYLE)
+        return widgets.IntSlider(
+            value=v,
+            min=lo,
+            max=max(hi, v),
+            description=label,
+            continuous_update=False,
+            style=_STYLE,
+        )
 
     return make
 
 
 def _sparsity_widget(exp: Experiment) -> widgets.ValueWidget:
-    return widgets.FloatSlider(value=exp.sparsity, min=0.0, max=MAX_SPARSITY, step=0.01,
-                               description="sparsity", readout_format=".2f",
-                               continuous_update=False, style=_STYLE)
+    return widgets.FloatSlider(
+        value=exp.sparsity,
+        min=0.0,
+        max=MAX_SPARSITY,
+        step=0.01,
+        description="sparsity",
+        readout_format=".2f",
+        continuous_update=False,
+        style=_STYLE,
+    )
 
 
 def _budget_widget(exp: Experiment) -> widgets.ValueWidget:
-    return widgets.BoundedFloatText(value=_budget_to_mib(exp.budget_bytes), min=0.0, max=1e9,
-                                    step=10.0, description="budget MiB (0 = none)",
-                                    style=_STYLE, layout=widgets.Layout(width="220px"))
+    return widgets.BoundedFloatText(
+        value=_budget_to_mib(exp.budget_bytes),
+        min=0.0,
+        max=1e9,
+        step=10.0,
+        description="budget MiB (0 = none)",
+        style=_STYLE,
+        layout=widgets.Layout(width="220px"),
+    )
 
 
 _KNOB_LIST: tuple[_Knob, ...] = (
@@ -159,13 +184,16 @@ _KNOB_LIST: tuple[_Knob, ...] = (
     _Knob("precision", "precision", _choice("precision", PRECISIONS)),
     _Knob("checkpointing", "checkpointing", _choice("checkpointing", CHECKPOINTING)),
     _Knob("sparsity", "sparsity", _sparsity_widget),
-    _Knob("sparse_storage", "sparse_storage", _choice("sparse_storage", SPARSE_STORAGES,
-                                                      toggle=True)),
+    _Knob(
+        "sparse_storage", "sparse_storage", _choice("sparse_storage", SPARSE_STORAGES, toggle=True)
+    ),
     _Knob("data", "data", _choice("data", DATA_SOURCES, toggle=True)),
     _Knob("num_workers", "num_workers", _int_slider("num_workers", 0, 8, "workers")),
-    _Knob("pin_memory", "pin_memory",
-          lambda exp: widgets.Checkbox(value=exp.pin_memory, description="pin memory",
-                                       indent=False)),
+    _Knob(
+        "pin_memory",
+        "pin_memory",
+        lambda exp: widgets.Checkbox(value=exp.pin_memory, description="pin memory", indent=False),
+    ),
     _Knob("prefetch_factor", "prefetch_factor", _int_slider("prefetch_factor", 1, 8, "prefetch")),
     _Knob("budget", "budget_bytes", _budget_widget, _budget_to_bytes, _budget_to_mib),
 )

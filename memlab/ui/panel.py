@@ -6,18 +6,21 @@
     panel.history[-1].peak_bytes
 
 Runs go through :func:`memlab.runner.start`: the run is in its own process and the callbacks
-arrive on the runner's reader thread, so the kernel stays free while the charts grow. Nothing
-the learner does with a widget raises into the kernel: a bad combination, a failed start or a
-failed redraw is said in the status line.
+arrive on the runner's reader thread, so the kernel stays free while the charts grow. Those
+callbacks only hand their data to the panel's :class:`~memlab.ui.dispatch.Dispatcher`; every
+widget edit happens on the kernel's event loop (or, without one, on the thread that built the
+panel, in :meth:`Panel.wait`). Nothing the learner does with a widget raises into the kernel:
+a bad combination, a failed start or a failed redraw is said in the status line.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import html
 import logging
-import threading
-import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -35,6 +38,7 @@ from memlab.ui.controls import (
     smoke_mode,
     to_field,
 )
+from memlab.ui.dispatch import Dispatcher, Timer
 from memlab.ui.predict import Predictor
 
 if TYPE_CHECKING:
@@ -56,13 +60,13 @@ _COLORS = {
     "cancelled": "#6d4c41",
     "invalid": "#c62828",
 }
-# Fields a history label may name, in the order a learner reads them.
-_LABEL_FIELDS = (
-    "workload", "mode", "batch_size", "precision", "checkpointing", "sparsity", "sparse_storage",
-    "data", "num_workers", "pin_memory", "prefetch_factor", "budget_bytes", "data_size", "steps",
-    "device", "seed",
-)
 _MAX_LABEL_FIELDS = 3
+
+
+@functools.cache
+def _label_fields() -> tuple[str, ...]:
+    """The fields a history label may name: the Experiment's own, in its order (config.py)."""
+    return tuple(f.name for f in dataclasses.fields(Experiment) if not f.name.startswith("_"))
 
 
 def _short(field: str, value: Any) -> str:
@@ -81,8 +85,11 @@ def run_labels(results: Sequence[RunResult]) -> list[str]:
     labels = []
     for i, r in enumerate(results):
         exp = r.experiment or {}
-        diff = [f"{f}={_short(f, exp[f])}" for f in _LABEL_FIELDS
-                if f in exp and exp[f] != base.get(f)]
+        diff = [
+            f"{f}={_short(f, exp[f])}"
+            for f in _label_fields()
+            if f in exp and exp[f] != base.get(f)
+        ]
         if len(diff) > _MAX_LABEL_FIELDS:
             diff = [*diff[:_MAX_LABEL_FIELDS], "…"]
         labels.append(" ".join([f"#{i + 1}", ", ".join(diff)]).strip())
@@ -119,8 +126,9 @@ class Panel:
         if experiment is None:
             experiment = Experiment()
         if not isinstance(experiment, Experiment):
-            raise TypeError(f"experiment must be a memlab.Experiment, got "
-                            f"{type(experiment).__name__}")
+            raise TypeError(
+                f"experiment must be a memlab.Experiment, got {type(experiment).__name__}"
+            )
         self._base = experiment
         self.smoke = smoke_mode(smoke)
         self.auto_run = auto_run
@@ -128,15 +136,28 @@ class Panel:
         self.warm = warm
         self.timeout_s = timeout_s
         self.knobs: tuple[str, ...] = resolve_knobs(knobs)
+        if not isinstance(debounce_s, (int, float)) or debounce_s < 0:
+            raise ValueError(f"debounce_s must be a number of seconds >= 0, got {debounce_s!r}")
+        # Built here, in the cell: it captures the kernel's event loop, where every widget
+        # edit of this panel happens.
+        self._ui = Dispatcher()
+        self._ui.after_drain = self._after_drain
 
         self._knob_widgets = build_controls(experiment, self.knobs)
-        self._run_button = widgets.Button(description="Run", button_style="primary", icon="play",
-                                          tooltip="Run the experiment these settings describe")
-        self._stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
-                                           tooltip="Cancel the run in progress")
+        self._run_button = widgets.Button(
+            description="Run",
+            button_style="primary",
+            icon="play",
+            tooltip="Run the experiment these settings describe",
+        )
+        self._stop_button = widgets.Button(
+            description="Stop", icon="stop", disabled=True, tooltip="Cancel the run in progress"
+        )
         #: name -> widget: every knob shown, plus the "run" and "stop" buttons.
         self.controls: dict[str, widgets.Widget] = {
-            **self._knob_widgets, "run": self._run_button, "stop": self._stop_button,
+            **self._knob_widgets,
+            "run": self._run_button,
+            "stop": self._stop_button,
         }
         self.status_line = widgets.HTML(layout=widgets.Layout(margin="0 0 0 12px"))
         self._charts = LiveCharts(charts, max_fps=max_fps)
@@ -151,11 +172,10 @@ class Panel:
         #: How many runs this panel started (auto runs included).
         self.runs_started = 0
 
-        self._lock = threading.RLock()
         self._gen = 0  # bumped per run; callbacks of an older run are ignored
-        self._timer: threading.Timer | None = None
-        self._idle = threading.Event()
-        self._idle.set()
+        self._timer: Timer | None = None  # the debounced auto run
+        self._redraw_timer: Timer | None = None  # a live redraw that was not due yet
+        self._idle = True  # no run in progress
         self._suspend = 0
         self._status_text = ""
         self._status_kind = "ready"
@@ -164,22 +184,29 @@ class Panel:
 
         for w in self._knob_widgets.values():
             w.observe(self._on_knob_change, names="value")
-        self._run_button.on_click(lambda _b: self.run())
-        self._stop_button.on_click(lambda _b: self.stop())
+        # Clicks arrive on the loop's thread; post() runs them there at once.
+        self._run_button.on_click(lambda _b: self._ui.post(self._run_quietly))
+        self._stop_button.on_click(lambda _b: self._ui.post(self.stop))
 
-        knob_box = widgets.HBox(list(self._knob_widgets.values()),
-                                layout=widgets.Layout(flex_flow="row wrap"))
-        buttons = widgets.HBox([self._run_button, self._stop_button, self.status_line],
-                               layout=widgets.Layout(align_items="center"))
-        grid = widgets.GridBox(list(self.figures.values()), layout=widgets.Layout(
-            grid_template_columns="repeat(2, minmax(0, 1fr))", width="100%"))
+        knob_box = widgets.HBox(
+            list(self._knob_widgets.values()), layout=widgets.Layout(flex_flow="row wrap")
+        )
+        buttons = widgets.HBox(
+            [self._run_button, self._stop_button, self.status_line],
+            layout=widgets.Layout(align_items="center"),
+        )
+        grid = widgets.GridBox(
+            list(self.figures.values()),
+            layout=widgets.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))", width="100%"),
+        )
         #: The ipywidgets container to display.
         self.widget = widgets.VBox([knob_box, buttons, grid])
 
         #: Predicts each valid setting before it runs (``None`` without a prediction chart).
         self.predictor: Predictor | None = (
-            Predictor(self._charts.show_prediction)
-            if predict and "prediction" in self.figures else None
+            Predictor(self._charts.show_prediction, self._ui)
+            if predict and "prediction" in self.figures
+            else None
         )
         exp = self._validate()
         if exp is not None and self.predictor is not None:
@@ -244,67 +271,63 @@ class Panel:
         except ConfigError as e:
             self._set_status(str(e), "invalid")
             return None
-        with self._lock:
-            self._cancel_timer()
-            self._supersede()
-            self._gen += 1
-            gen = self._gen
-            self._idle.clear()
-            self._progress_steps = exp.steps
-            self._stopping = False
-            try:
-                self._charts.reset()
-                from memlab.runner import start
+        self._cancel_timer()
+        self._supersede()
+        self._gen += 1
+        gen = self._gen
+        self._idle = False
+        self._progress_steps = exp.steps
+        self._stopping = False
+        post = self._ui.post  # the callbacks run on the runner's reader thread: hand over only
+        try:
+            self._charts.reset()
+            from memlab.runner import start
 
-                handle = start(
-                    exp,
-                    on_sample=lambda s: self._on_sample(gen, s),
-                    on_step=lambda s: self._on_step(gen, s),
-                    on_done=lambda r: self._on_done(gen, r),
-                    warm=self.warm,
-                    timeout_s=self.timeout_s,
-                )
-            except Exception as e:  # noqa: BLE001 - a failed start is a status, not a traceback
-                _log.exception("memlab.ui: the run did not start")
-                self._idle.set()
-                self._set_status(f"the run did not start: {type(e).__name__}: {e}", "error")
-                return None
-            self.handle = handle
-            self.runs_started += 1
-            self._stop_button.disabled = False
-            self._set_status(f"starting run {self.runs_started} ({self._describe(exp)})…",
-                             "running")
+            handle = start(
+                exp,
+                on_sample=lambda s: post(partial(self._on_sample, gen, s)),
+                on_step=lambda s: post(partial(self._on_step, gen, s)),
+                on_done=lambda r: post(partial(self._on_done, gen, r)),
+                warm=self.warm,
+                timeout_s=self.timeout_s,
+            )
+        except Exception as e:  # noqa: BLE001 - a failed start is a status, not a traceback
+            _log.exception("memlab.ui: the run did not start")
+            self._idle = True
+            self._set_status(f"the run did not start: {type(e).__name__}: {e}", "error")
+            return None
+        self.handle = handle
+        self.runs_started += 1
+        self._stop_button.disabled = False
+        self._set_status(f"starting run {self.runs_started} ({self._describe(exp)})…", "running")
         return handle
+
+    def _run_quietly(self) -> None:
+        self.run()
 
     def stop(self) -> None:
         """Cancel the run in progress (and an auto run waiting to start)."""
-        with self._lock:
-            self._cancel_timer()
-            h = self.handle
-            if h is not None and not h.done():
-                self._stopping = True
-                h.cancel()
-                self._set_status("stopping…", "running")
+        self._cancel_timer()
+        h = self.handle
+        if h is not None and not h.done():
+            self._stopping = True
+            h.cancel()
+            self._set_status("stopping…", "running")
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
-        """Block until no run is in progress or waiting to start; the latest result."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Block until no run is in progress or waiting to start; the latest result.
 
-        def left() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
+        On the thread that owns the panel (a cell in the kernel: the cell blocks the event
+        loop) the charts keep growing meanwhile: the updates are applied here while it waits.
+        """
+        if not self._ui.pump(lambda: self._timer is None and self._idle, timeout):
+            raise TimeoutError(f"a run is still going after {timeout} s (stop() ends it)")
+        return self.result
 
-        while True:
-            with self._lock:
-                timer = self._timer
-            if timer is not None:
-                timer.join(left())
-            if not self._idle.wait(left()):
-                raise TimeoutError(f"a run is still going after {timeout} s (stop() ends it)")
-            with self._lock:
-                if self._timer is None and self._idle.is_set():
-                    return self.result
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"a run is still going after {timeout} s (stop() ends it)")
+    def drain(self) -> int:
+        """Apply the updates the runner handed over and the timers that are due, now (on the
+        thread that owns the panel; the event loop does this by itself). How many ran."""
+        return self._ui.drain()
 
     @property
     def prediction(self) -> Any:
@@ -323,15 +346,16 @@ class Panel:
 
     def clear_history(self) -> None:
         """Forget the earlier runs (the next run becomes the baseline)."""
-        with self._lock:
-            self.history.clear()
-            self._charts.show_history([], [])
+        self.history.clear()
+        self._charts.show_history([], [])
 
     def close(self) -> None:
         """Stop any run and the predictions, and close the widgets."""
         self.stop()
         if self.predictor is not None:
-            self.predictor.close(timeout=0)  # its thread ends after the estimate in progress
+            self.predictor.close()  # an estimate in flight ends in the worker, unseen
+        self._cancel_timer()
+        self._ui.close()
         self.widget.close()
         for w in self.controls.values():
             w.close()
@@ -348,8 +372,10 @@ class Panel:
         display(self.widget)
 
     def __repr__(self) -> str:
-        return (f"Panel(knobs={list(self.knobs)}, runs={self.runs_started}, "
-                f"history={len(self.history)}, status={self.status!r})")
+        return (
+            f"Panel(knobs={list(self.knobs)}, runs={self.runs_started}, "
+            f"history={len(self.history)}, status={self.status!r})"
+        )
 
     # -- internals ----------------------------------------------------------------------------
     def _warm_up(self) -> None:
@@ -379,41 +405,39 @@ class Panel:
             self._set_status(str(e), "invalid")
             return None
         if self._status_kind in ("ready", "invalid"):
-            self._set_status(f"ready: {self._describe(exp)} (press Run)" if not self.auto_run
-                             else f"ready: {self._describe(exp)}", "ready")
+            self._set_status(
+                f"ready: {self._describe(exp)} (press Run)"
+                if not self.auto_run
+                else f"ready: {self._describe(exp)}",
+                "ready",
+            )
         return exp
 
     def _on_knob_change(self, _change: Mapping[str, Any]) -> None:
         if self._suspend:
             return
-        self._after_change()
+        self._ui.post(self._after_change)  # on the owner thread (where a change arrives)
 
     def _after_change(self) -> None:
         try:
-            with self._lock:
-                if self.auto_run:
-                    # A change makes the run in progress stale: cancel it, and restart the
-                    # debounce clock; the new run starts when the knobs have been still.
-                    self._cancel_timer()
-                    self._supersede()
-                exp = self._validate()
-                if exp is not None and self.predictor is not None:
-                    self.predictor.request(exp)
-                if self.auto_run and exp is not None:
-                    timer = threading.Timer(self.debounce_s, self._fire)
-                    timer.daemon = True
-                    self._timer = timer
-                    timer.start()
+            if self.auto_run:
+                # A change makes the run in progress stale: cancel it, and restart the
+                # debounce clock; the new run starts when the knobs have been still.
+                self._cancel_timer()
+                self._supersede()
+            exp = self._validate()
+            if exp is not None and self.predictor is not None:
+                self.predictor.request(exp)
+            if self.auto_run and exp is not None:
+                # A timer of the loop (or of wait()), so the run starts on the owner thread.
+                self._timer = self._ui.call_later(self.debounce_s, self._fire)
         except Exception as e:  # noqa: BLE001 - an observer must never raise into the kernel
             _log.exception("memlab.ui: change handling failed")
             self._set_status(f"internal error: {type(e).__name__}: {e}", "error")
 
     def _fire(self) -> None:
-        with self._lock:
-            if self._timer is not threading.current_thread():
-                return  # cancelled (or replaced) after it had already fired
-            self._timer = None
-            self.run()
+        self._timer = None
+        self.run()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -426,33 +450,35 @@ class Panel:
         if h is not None and not h.done():
             self._gen += 1
             h.cancel()
-            self._idle.set()
+            self._idle = True
             self._stop_button.disabled = True
-            self._set_status("the run in progress was cancelled: the settings changed",
-                             "cancelled")
+            self._set_status("the run in progress was cancelled: the settings changed", "cancelled")
 
-    # Runner callbacks: on the runner's reader thread; short, and never raising.
+    # Runner callbacks, handed over by the dispatcher: on the owner thread; never raising.
     def _on_sample(self, gen: int, sample: Mapping[str, Any]) -> None:
-        try:
-            with self._lock:
-                if gen != self._gen:
-                    return
-                if self._charts.add_sample(sample):
-                    self._show_progress(sample)
-        except Exception:  # noqa: BLE001
-            _log.exception("memlab.ui: live update failed")
+        if gen == self._gen:
+            self._charts.add_sample(sample, draw=False)  # drawn once per batch: _after_drain
 
     def _on_step(self, gen: int, step: Mapping[str, Any]) -> None:
+        if gen == self._gen:
+            self._charts.add_step(step, draw=False)
+
+    def _after_drain(self) -> None:
+        """After a batch of callbacks: one redraw if due, else a timer for when it is."""
         try:
-            with self._lock:
-                if gen != self._gen:
-                    return
-                if self._charts.add_step(step):
-                    self._show_progress(None)
+            if self._charts.redraw_if_due():
+                self._show_progress()
+            elif self._redraw_timer is None:
+                due = self._charts.next_draw_in()
+                if due is not None:
+                    self._redraw_timer = self._ui.call_later(due, self._redraw_due)
         except Exception:  # noqa: BLE001
             _log.exception("memlab.ui: live update failed")
 
-    def _show_progress(self, sample: Mapping[str, Any] | None) -> None:
+    def _redraw_due(self) -> None:
+        self._redraw_timer = None  # the drain that ran this timer redraws (_after_drain)
+
+    def _show_progress(self) -> None:
         h = self.handle
         if h is None or self._stopping or self._status_kind != "running" or h.done():
             return  # a "stopping…" or final message stays on screen
@@ -466,34 +492,37 @@ class Panel:
                 tensors = f" · tensors {format_bytes(h.samples[-1].get('tensor_bytes'))}"
             text = f"running: step {last['step']}/{self._progress_steps}{rate}{tensors}"
         else:
-            phase = (sample or (h.samples[-1] if h.samples else {})).get("phase")
-            text = ("running: warming up (not measured)…" if phase == "warmup"
-                    else "running: building the workload…")
+            phase = (h.samples[-1] if h.samples else {}).get("phase")
+            text = (
+                "running: warming up (not measured)…"
+                if phase == "warmup"
+                else "running: building the workload…"
+            )
         self._set_status(text, "running")
 
     def _on_done(self, gen: int, result: RunResult) -> None:
+        if gen != self._gen:
+            return
         try:
-            with self._lock:
-                if gen != self._gen:
-                    return
-                self.result = result
-                self._stop_button.disabled = True
-                if result.status in ("ok", "oom"):
-                    self.history.append(result)
-                self._charts.finish(result)
-                if result.status in ("ok", "oom"):
-                    self._charts.show_history(self.history, run_labels(self.history))
-                    if self.predictor is not None:
-                        self.predictor.measured(result)
-                # Last: a page that waits for "done" then sees every chart already redrawn.
-                self._set_status(self._final_message(result), result.status)
+            self.result = result
+            self._stop_button.disabled = True
+            if result.status in ("ok", "oom"):
+                self.history.append(result)
+            self._charts.finish(result)
+            if result.status in ("ok", "oom"):
+                self._charts.show_history(self.history, run_labels(self.history))
+                if self.predictor is not None:
+                    self.predictor.measured(result)
+            # Last: a page that waits for "done" then sees every chart already redrawn.
+            self._set_status(self._final_message(result), result.status)
         except Exception as e:  # noqa: BLE001
             _log.exception("memlab.ui: drawing the result failed")
-            self._set_status(f"the run ended ({result.status}) but drawing it failed: "
-                             f"{type(e).__name__}: {e}", "error")
+            self._set_status(
+                f"the run ended ({result.status}) but drawing it failed: {type(e).__name__}: {e}",
+                "error",
+            )
         finally:
-            if gen == self._gen:
-                self._idle.set()
+            self._idle = True
 
     def _final_message(self, r: RunResult) -> str:
         done = len(r.step_times_s)
@@ -506,11 +535,14 @@ class Panel:
                 text += f", process RSS peak {format_bytes(r.rss_peak_bytes)}"
             return f"{text} · run {len(self.history)} in the history"
         if r.status == "oom":
-            return (f"out of memory after {done} of {self._progress_steps} steps: {r.error}. "
-                    "Shown in the history with the peak it reached; lower the batch size or "
-                    "raise the budget.")
+            return (
+                f"out of memory after {done} of {self._progress_steps} steps: {r.error}. "
+                "Shown in the history with the peak it reached; lower the batch size or "
+                "raise the budget."
+            )
         if r.status == "cancelled":
-            return (f"cancelled after {done} of {self._progress_steps} steps "
-                    f"({r.error or 'stopped by the user'})")
+            return (
+                f"cancelled after {done} of {self._progress_steps} steps "
+                f"({r.error or 'stopped by the user'})"
+            )
         return f"error: the run failed: {r.error or 'no message'}"
-

@@ -1,68 +1,58 @@
 """Predict before you run: the panel's estimate of the next run, drawn as soon as a knob moves.
 
-``memlab.estimate`` runs on fake tensors in a background thread of the kernel (a fraction of a
-second; nothing of model size is allocated), so the prediction is on screen before the learner
-presses Run. When the run ends, its measurement is overlaid on the prediction of the same
-settings, with the error in percent. Requests coalesce: while one estimate runs, only the
-latest settings wait.
+``memlab.estimate`` runs on fake tensors (a fraction of a second; nothing of model size is
+allocated) as a job of the runner's service worker, so torch stays out of the kernel
+(DESIGN.md, "Process model") and an estimate never runs beside a measured step (the runner's
+scheduler queues it behind a run in progress). The prediction is on screen before the learner
+presses Run; when the run ends, its measurement is overlaid on the prediction of the same
+settings, with the error in percent.
+
+Requests coalesce: one estimate at a time, and while it runs only the newest settings wait.
+Estimates are cached by the fields that decide a step's memory (``config.MEMORY_FIELDS``).
+Everything here runs on the panel's owner thread: the job's callback only hands the outcome to
+the :class:`~memlab.ui.dispatch.Dispatcher`.
 """
 
 from __future__ import annotations
 
-import atexit
-import logging
-import threading
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from memlab.config import Experiment
+from memlab.config import MEMORY_FIELDS, Experiment
 from memlab.timeline import RunResult, format_bytes
+from memlab.ui.dispatch import Dispatcher
 
 __all__ = ["Predictor", "prediction_key"]
 
-_log = logging.getLogger(__name__)
+# An estimate takes a second or two; one that hangs must not hold the service worker forever.
+_ESTIMATE_TIMEOUT_S = 300.0
 
-# The fields that decide a step's tensor memory (steps, seed, data loading and budget do not).
-_KEY_FIELDS = ("workload", "mode", "batch_size", "precision", "checkpointing", "sparsity",
-               "sparse_storage", "device")
-
-
-# Predictors with a thread, stopped and joined at exit: a daemon thread still inside torch while
-# the interpreter finalizes can crash it, and the crash turns a passing run's exit code red.
-_LIVE: weakref.WeakSet[Predictor] = weakref.WeakSet()
-_EXIT_JOIN_S = 30.0  # an estimate takes a second or two; never hang an exit for long
-_at_exit = False
-
-
-def _stop_all() -> None:
-    for predictor in list(_LIVE):
-        predictor.close(timeout=_EXIT_JOIN_S)
-
-
-def _stop_at_exit(predictor: Predictor) -> None:
-    global _at_exit
-    if not _at_exit:  # registered on first use, not at import
-        atexit.register(_stop_all)
-        _at_exit = True
-    _LIVE.add(predictor)
+DrawFn = Callable[[Mapping[str, int] | None, RunResult | None, str], None]
 
 
 def prediction_key(exp: Experiment | Mapping[str, Any]) -> tuple[Any, ...]:
+    """What an estimate depends on: the values of ``config.MEMORY_FIELDS``."""
     d = exp.to_dict() if isinstance(exp, Experiment) else exp
-    return tuple(d.get(f) for f in _KEY_FIELDS)
+    return tuple(d.get(f) for f in MEMORY_FIELDS)
+
+
+def _estimate_job(exp: Experiment) -> Any:
+    """The service worker's job (module-level, so it pickles by reference)."""
+    from memlab.estimator import estimate
+
+    return estimate(exp)
 
 
 class Predictor:
-    """Estimates in a background thread; ``draw(predicted_by_category, result, note)`` is
-    called with each new prediction, and again when a measurement of the same settings comes."""
+    """Estimates in the runner's service worker; ``draw(predicted_by_category, result, note)``
+    is called on the owner thread with each new prediction of the newest settings, and again
+    when a measurement of the same settings comes."""
 
-    def __init__(self, draw: Callable[[Mapping[str, int] | None, RunResult | None, str], None]):
+    def __init__(self, draw: DrawFn, dispatcher: Dispatcher | None = None) -> None:
         self._draw = draw
-        self._cv = threading.Condition()
-        self._want: Experiment | None = None
-        self._busy = False
-        self._thread: threading.Thread | None = None
+        self._ui = dispatcher if dispatcher is not None else Dispatcher()
+        self._want: tuple[tuple[Any, ...], Experiment] | None = None  # the newest request
+        self._job: Any = None  # the memlab.runner.Job in flight, if any
         self._cache: dict[tuple[Any, ...], Any] = {}  # key -> Estimate, or an error string
         self._measured: dict[tuple[Any, ...], RunResult] = {}
         self._shown: tuple[Any, ...] | None = None
@@ -71,49 +61,48 @@ class Predictor:
         self.latest: Any = None
         #: Why there is no prediction for the current settings, if there is none.
         self.error: str | None = None
+        #: Estimates asked of the service worker (cache hits and coalesced requests are not).
+        self.jobs_submitted = 0
 
-    # -- requests ---------------------------------------------------------------------------
+    # -- requests (owner thread) --------------------------------------------------------------
     def request(self, exp: Experiment) -> None:
-        """Predict ``exp`` (soon, in the background); the newest request wins."""
-        with self._cv:
-            if self._closed:
-                return
-            self._want = exp
-            if self._thread is None or not self._thread.is_alive():
-                _stop_at_exit(self)
-                self._thread = threading.Thread(target=self._loop, name="memlab-predict",
-                                                daemon=True)
-                self._thread.start()
-            self._cv.notify_all()
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Drop waiting requests, let the estimate in progress finish (its drawing included),
-        and stop the thread. Later requests are ignored. True if the thread has stopped."""
-        with self._cv:
-            self._closed = True
-            self._want = None
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        return thread is None or not thread.is_alive()
+        """Predict ``exp`` (soon, in the service worker); the newest request wins."""
+        if self._closed:
+            return
+        key = prediction_key(exp)
+        self._want = (key, exp)
+        if key in self._cache:
+            self._present(key)
+        elif self._job is None:
+            self._submit(key, exp)
+        # else: the estimate in flight ends first, then the newest request goes (_landed)
 
     def measured(self, result: RunResult) -> None:
         """A run ended: overlay it on the prediction of the same settings."""
-        if result.experiment is None or result.status not in ("ok", "oom"):
+        if self._closed or result.experiment is None or result.status not in ("ok", "oom"):
             return
         key = prediction_key(result.experiment)
-        with self._cv:
-            self._measured[key] = result
-            est = self._cache.get(key)
-        if est is None:
+        self._measured[key] = result
+        if key in self._cache:
+            if self._want is None or self._want[0] == key:
+                self._present(key)
+        else:
             self.request(Experiment.from_dict(dict(result.experiment)))
-        elif not isinstance(est, str):
-            self._show(key, est)
+
+    def close(self) -> None:
+        """Ignore later requests and the estimate in flight (it ends in the worker)."""
+        self._closed = True
+        self._want = None
+
+    def idle(self) -> bool:
+        """No estimate in flight, and the newest request is drawn."""
+        return self._closed or (
+            self._job is None and (self._want is None or self._want[0] in self._cache)
+        )
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until no estimate is running or waiting; False on timeout."""
-        with self._cv:
-            return self._cv.wait_for(lambda: self._want is None and not self._busy, timeout)
+        """Block until :meth:`idle` (drawing on the owner thread meanwhile); False on timeout."""
+        return self._ui.pump(self.idle, timeout)
 
     def error_pct(self) -> float | None:
         """(predicted - measured) / measured of the peak, for the prediction on screen."""
@@ -124,45 +113,53 @@ class Predictor:
             return None
         return 100.0 * (self.latest.peak_bytes / r.peak_bytes - 1.0)
 
-    # -- the worker -------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                if self._want is None:
-                    self._cv.notify_all()
-                    return
-                exp, self._want = self._want, None
-                self._busy = True
-            try:
-                key = prediction_key(exp)
-                est = self._cache.get(key)
-                if est is None:
-                    est = self._estimate(exp)
-                    self._cache[key] = est
-                if isinstance(est, str):
-                    self.latest, self.error, self._shown = None, est, key
-                    self._draw(None, None, est)
-                else:
-                    self._show(key, est)
-            except Exception:  # noqa: BLE001 - a background thread must never die noisily
-                _log.exception("memlab.ui: prediction failed")
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+    # -- internals ----------------------------------------------------------------------------
+    def _submit(self, key: tuple[Any, ...], exp: Experiment) -> None:
+        from memlab.runner import submit
 
-    @staticmethod
-    def _estimate(exp: Experiment) -> Any:
-        from memlab.estimator import estimate
-
+        self.jobs_submitted += 1
         try:
-            return estimate(exp)
+            self._job = submit(
+                _estimate_job,
+                exp,
+                timeout_s=_ESTIMATE_TIMEOUT_S,
+                on_done=lambda job: self._ui.post(lambda: self._landed(key, job)),
+            )
         except Exception as e:  # noqa: BLE001 - said on the chart, never raised
-            return f"no prediction for these settings: {type(e).__name__}: {e}"
+            self._job = None
+            self._cache[key] = f"no prediction for these settings: {type(e).__name__}: {e}"
+            self._present(key)
 
-    def _show(self, key: tuple[Any, ...], est: Any) -> None:
-        self.latest, self.error, self._shown = est, None, key
-        note = (f"predicted in {est.elapsed_s * 1e3:.0f} ms, nothing allocated: first step "
-                f"{format_bytes(est.first_step_peak_bytes)}, steady "
-                f"{format_bytes(est.steady_peak_bytes)}")
+    def _landed(self, key: tuple[Any, ...], job: Any) -> None:
+        """The estimate of ``key`` ended (owner thread): cache it, draw it if it is still the
+        newest request, and send the newest request if it is not cached."""
+        self._job = None
+        if self._closed:
+            return
+        error = job.exception(timeout=0)
+        if error is None:
+            self._cache[key] = job.result(timeout=0)
+        else:
+            self._cache[key] = f"no prediction for these settings: {type(error).__name__}: {error}"
+        if self._want is None:
+            return
+        want_key, want_exp = self._want
+        if want_key in self._cache:
+            self._present(want_key)
+        else:
+            self._submit(want_key, want_exp)
+
+    def _present(self, key: tuple[Any, ...]) -> None:
+        est = self._cache[key]
+        self._shown = key
+        if isinstance(est, str):
+            self.latest, self.error = None, est
+            self._draw(None, None, est)
+            return
+        self.latest, self.error = est, None
+        note = (
+            f"predicted in {est.elapsed_s * 1e3:.0f} ms, nothing allocated: first step "
+            f"{format_bytes(est.first_step_peak_bytes)}, steady "
+            f"{format_bytes(est.steady_peak_bytes)}"
+        )
         self._draw(est.peak_by_category, self._measured.get(key), note)
