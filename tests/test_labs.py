@@ -35,13 +35,25 @@ from memlab.timeline import RunResult
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _result(exp: Experiment | None = None, *, status: str = "ok", steps: tuple[float, ...] = (
-        0.01, 0.01), metrics: dict[str, Any] | None = None, **cats: int) -> RunResult:
+def _result(
+    exp: Experiment | None = None,
+    *,
+    status: str = "ok",
+    steps: tuple[float, ...] = (0.01, 0.01),
+    metrics: dict[str, Any] | None = None,
+    **cats: int,
+) -> RunResult:
     peak = sum(cats.values())
     spp = exp.batch_size if exp is not None else 32
-    return RunResult(peak_bytes=peak, peak_by_category=cats, status=status,
-                     step_times_s=steps, samples_per_step=spp,
-                     experiment=None if exp is None else exp.to_dict(), metrics=metrics or {})
+    return RunResult(
+        peak_bytes=peak,
+        peak_by_category=cats,
+        status=status,
+        step_times_s=steps,
+        samples_per_step=spp,
+        experiment=None if exp is None else exp.to_dict(),
+        metrics=metrics or {},
+    )
 
 
 def _batch_sweep() -> Sweep:
@@ -49,9 +61,18 @@ def _batch_sweep() -> Sweep:
     exps, results = [], []
     for b in (8, 16, 32):
         exps.append(base.replace(batch_size=b))
-        results.append(_result(exps[-1], steps=(0.01 * b / 8,) * 2, parameters=1000,
-                               gradients=1000, optimizer_state=2000, activations=100_000 * b,
-                               inputs=4096 * b, temporaries=8000 * b))
+        results.append(
+            _result(
+                exps[-1],
+                steps=(0.01 * b / 8,) * 2,
+                parameters=1000,
+                gradients=1000,
+                optimizer_state=2000,
+                activations=100_000 * b,
+                inputs=4096 * b,
+                temporaries=8000 * b,
+            )
+        )
     return Sweep(tuple(f"batch {b}" for b in (8, 16, 32)), tuple(exps), tuple(results))
 
 
@@ -83,8 +104,9 @@ def test_epoch_profile_growth_from_start_of_measurement() -> None:
         {"step": 3, "rss_file": 400, "rss_anon": 11, "rss_shmem": 0},
         {"step": 5, "rss_file": 410, "rss_anon": 11, "rss_shmem": 0},
     ]
-    prof = analysis.epoch_profile(samples, steps=5, warmup=1, steps_per_epoch=3,
-                              step_times_s=[0.1, 0.2, 0.3, 0.4, 0.5])
+    prof = analysis.epoch_profile(
+        samples, steps=5, warmup=1, steps_per_epoch=3, step_times_s=[0.1, 0.2, 0.3, 0.4, 0.5]
+    )
     assert [p["epoch"] for p in prof] == [1, 2]
     assert [p["measured steps"] for p in prof] == [2, 3]
     assert prof[0]["rss_file growth"] == 300 and prof[1]["rss_file growth"] == 10
@@ -98,8 +120,9 @@ def test_phase_seconds_sums_event_gaps() -> None:
     from memlab.timeline import PHASES, Timeline
 
     f, b = PHASES.index("forward"), PHASES.index("backward")
-    tl = Timeline(t=[0.0, 1.0, 3.0, 3.5], phase=[f, b, b, b],
-                  by_category={"activations": [1, 2, 3, 4]})
+    tl = Timeline(
+        t=[0.0, 1.0, 3.0, 3.5], phase=[f, b, b, b], by_category={"activations": [1, 2, 3, 4]}
+    )
     r = RunResult(peak_bytes=4, peak_by_category={"activations": 4}, timeline=tl)
     assert analysis.phase_seconds(r) == {"forward": 1.0, "backward": 2.5}
 
@@ -119,10 +142,12 @@ def test_explain_checkpointing_and_tour() -> None:
     base = Experiment(workload="transformer")
     labels = ("off", "every-block")
     exps = (base, base.replace(checkpointing="every-block"))
-    results = (_result(exps[0], steps=(0.010,) * 3, parameters=10, activations=8 * MIB,
-                       temporaries=MIB),
-               _result(exps[1], steps=(0.013,) * 3, parameters=10, activations=2 * MIB,
-                       temporaries=2 * MIB))
+    results = (
+        _result(exps[0], steps=(0.010,) * 3, parameters=10, activations=8 * MIB, temporaries=MIB),
+        _result(
+            exps[1], steps=(0.013,) * 3, parameters=10, activations=2 * MIB, temporaries=2 * MIB
+        ),
+    )
     sweep = Sweep(labels, exps, results)
     text = checkpointing.explain(sweep, "off")
     assert "2.0 MiB instead of 8.0 MiB (-75%)" in text
@@ -137,21 +162,31 @@ def test_explain_checkpointing_and_tour() -> None:
 
 def test_explain_precision_sparsity_and_data_loading() -> None:
     b = Experiment(workload="mlp")
-    exps = (b, b.replace(precision="amp-bf16"), b.replace(precision="bf16"),
-            b.replace(mode="inference"), b.replace(mode="inference", precision="int8"))
+    exps = (
+        b,
+        b.replace(precision="amp-bf16"),
+        b.replace(precision="bf16"),
+        b.replace(mode="inference"),
+        b.replace(mode="inference", precision="int8"),
+    )
     labels = ("fp32", "amp-bf16", "bf16", "fp32 inference", "int8 inference")
     m32 = {"model_bytes_float32": 4 * MIB, "model_bytes": 4 * MIB}
     results = (
         _result(exps[0], metrics=m32, parameters=4 * MIB, optimizer_state=8 * MIB),
         _result(exps[1], metrics=m32, parameters=4 * MIB, optimizer_state=8 * MIB),
-        _result(exps[2], metrics={"model_bytes_bfloat16": 2 * MIB, "model_bytes": 2 * MIB},
-                parameters=2 * MIB, optimizer_state=4 * MIB),
+        _result(
+            exps[2],
+            metrics={"model_bytes_bfloat16": 2 * MIB, "model_bytes": 2 * MIB},
+            parameters=2 * MIB,
+            optimizer_state=4 * MIB,
+        ),
         _result(exps[3], metrics=m32, parameters=4 * MIB),
         _result(exps[4], metrics={"model_bytes_qint8": MIB, "model_bytes": MIB}, parameters=10),
     )
     sweep = Sweep(labels, exps, results)
-    text = precision.explain(sweep, "fp32", accuracy=dict.fromkeys(labels, 0.9),
-                                  inference_baseline="fp32 inference")
+    text = precision.explain(
+        sweep, "fp32", accuracy=dict.fromkeys(labels, 0.9), inference_baseline="fp32 inference"
+    )
     assert "parameter bytes did not drop (4.0 MiB → 4.0 MiB)" in text
     assert "parameters 4.0 MiB → 2.0 MiB (0.50x)" in text
     assert "1.0 MiB instead of 4.0 MiB (0.25x)" in text
@@ -162,11 +197,20 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
     assert precision.check_smallest_peak("fp32", sweep).ok is False
 
     sp = (b, b.replace(sparsity=0.9), b.replace(sparsity=0.5, sparse_storage="sparse"))
-    sm = {"sparse_csr_bytes": 6 * MIB, "sparse_dense_equivalent_bytes": 4 * MIB,
-          "sparse_density_crossover": 0.3229}
-    ssweep = Sweep(("dense", "mask 0.9", "sparse 0.5"), sp, (
-        _result(sp[0], parameters=4 * MIB), _result(sp[1], parameters=8 * MIB),
-        _result(sp[2], metrics=sm, parameters=6 * MIB)))
+    sm = {
+        "sparse_csr_bytes": 6 * MIB,
+        "sparse_dense_equivalent_bytes": 4 * MIB,
+        "sparse_density_crossover": 0.3229,
+    }
+    ssweep = Sweep(
+        ("dense", "mask 0.9", "sparse 0.5"),
+        sp,
+        (
+            _result(sp[0], parameters=4 * MIB),
+            _result(sp[1], parameters=8 * MIB),
+            _result(sp[2], metrics=sm, parameters=6 * MIB),
+        ),
+    )
     text = sparsity.explain(ssweep, "dense", accuracy={0.0: 0.9, 0.5: 0.88, 0.9: 0.7})
     assert "masking saves nothing" in text and "larger than dense" in text
     assert "above **0.677 sparsity**" in text and "within 5 points of dense here: **0.5**" in text
@@ -176,17 +220,31 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
     assert sparsity.check_accuracy(0.9, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is False
 
     d = Experiment(workload="mlp", data_size=1024)
-    ram = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=300 * MIB,
-                    rss_file_peak_bytes=80 * MIB, metrics={"dataset_bytes": 64 * MIB})
-    mm = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=236 * MIB,
-                   rss_file_peak_bytes=145 * MIB, metrics={"dataset_bytes": 64 * MIB})
+    ram = RunResult(
+        peak_bytes=1,
+        peak_by_category={},
+        rss_anon_peak_bytes=300 * MIB,
+        rss_file_peak_bytes=80 * MIB,
+        metrics={"dataset_bytes": 64 * MIB},
+    )
+    mm = RunResult(
+        peak_bytes=1,
+        peak_by_category={},
+        rss_anon_peak_bytes=236 * MIB,
+        rss_file_peak_bytes=145 * MIB,
+        metrics={"dataset_bytes": 64 * MIB},
+    )
     dsweep = Sweep(("ram", "memmap"), (d, d.replace(data="memmap")), (ram, mm))
     text = data_loading.explain(dsweep, "ram", "memmap")
     assert "**64.0 MiB less** (100% of the data set's size)" in text
     assert "first epoch ran" not in text  # no epochs given: nothing said about them
     row = {"rss_anon growth": 0, "rss_shmem growth": 0, "step ms": 1.0}
-    epochs = {"memmap": [{**row, "epoch": 1, "rss_file growth": 64 * MIB},
-                         {**row, "epoch": 2, "rss_file growth": 0}]}
+    epochs = {
+        "memmap": [
+            {**row, "epoch": 1, "rss_file growth": 64 * MIB},
+            {**row, "epoch": 2, "rss_file growth": 0},
+        ]
+    }
     text = data_loading.explain(dsweep, "ram", "memmap", epochs=epochs)
     assert "file-backed RSS grew 64.0 MiB in the first epoch and 0 B at most" in text
     assert "grew while the first epoch ran and not after" in text
@@ -227,7 +285,9 @@ def test_check_largest_batch_uses_runs() -> None:
     base = Experiment(workload="transformer", data_size=64)
     budget = 100_500  # batch 100 fits exactly, 108 does not
     assert exercises.check_largest_batch(None, base, budget, run=fake_run).ok is None
-    assert exercises.check_largest_batch(99, base, budget, run=fake_run).ok is False  # not a multiple
+    assert (
+        exercises.check_largest_batch(99, base, budget, run=fake_run).ok is False
+    )  # not a multiple
     assert asked == []
     assert exercises.check_largest_batch(96, base, budget, run=fake_run).ok is True
     assert asked == [96, 104]
@@ -247,7 +307,10 @@ def test_check_panel_result() -> None:
     assert ok.ok is True and "{'checkpointing': 'every-block'}" in ok.message  # what was changed
     assert exercises.check_panel_result(p, max_peak_bytes=80, min_batch=64).ok is False
     assert exercises.check_panel_result(p, max_peak_bytes=100, min_batch=128).ok is False
-    assert exercises.check_panel_result(p, max_peak_bytes=100, min_batch=64, workload="mlp").ok is False
+    assert (
+        exercises.check_panel_result(p, max_peak_bytes=100, min_batch=64, workload="mlp").ok
+        is False
+    )
     p.result = _result(exp, status="oom", activations=90)
     assert exercises.check_panel_result(p, max_peak_bytes=100, min_batch=64).ok is False
 
@@ -327,8 +390,11 @@ def test_estimates_table_estimates_every_run_in_a_worker() -> None:
     base = Experiment(workload="mlp", steps=1, warmup=1, data_size=64)
     exps = (base.replace(batch_size=8), base.replace(batch_size=16))
     measured = (10 * MIB, 20 * MIB)
-    sweep = Sweep(("b8", "b16"), exps, tuple(_result(e, activations=m)
-                                             for e, m in zip(exps, measured, strict=True)))
+    sweep = Sweep(
+        ("b8", "b16"),
+        exps,
+        tuple(_result(e, activations=m) for e, m in zip(exps, measured, strict=True)),
+    )
     df = batch_size.estimates_table(sweep)
     assert list(df.index) == ["b8", "b16"]
     for label, exp, m in zip(sweep.labels, exps, measured, strict=True):
@@ -346,8 +412,11 @@ def test_accuracies_match_workloads_accuracy() -> None:
     from memlab.knobs import accuracy
 
     base = Experiment(workload="mlp", batch_size=32)
-    variants = {"dense": base, "mask 0.9": base.replace(sparsity=0.9),
-                "int8": base.replace(mode="inference", precision="int8")}
+    variants = {
+        "dense": base,
+        "mask 0.9": base.replace(sparsity=0.9),
+        "int8": base.replace(mode="inference", precision="int8"),
+    }
     got = sweeps.accuracies(variants, train_steps=5)
     for label, exp in variants.items():
         assert got[label] == pytest.approx(accuracy(exp, train_steps=5, device="cpu")), label
@@ -370,8 +439,9 @@ def test_run_sweep_repeat_keeps_fastest(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(memlab.runner, "start", FakeHandle)
     base = Experiment(workload="mlp")
     lines: list[str] = []
-    sweep = sweeps.run_sweep({"A": base, "B": base.replace(batch_size=64)}, repeat=2,
-                           progress=lines.append)
+    sweep = sweeps.run_sweep(
+        {"A": base, "B": base.replace(batch_size=64)}, repeat=2, progress=lines.append
+    )
     assert sweep.labels == ("A", "B") and sweep.repeats == 2
     assert sweep["A"].step_time_median_s == 0.01 and sweep["B"].step_time_median_s == 0.02
     assert sweep.samples_of("A")[0]["t"] == 0.01
