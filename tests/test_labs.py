@@ -459,6 +459,7 @@ def test_timing_note_flags_unsteady_steps() -> None:
     assert "up to 200% longer than the median" in sweeps.timing_note(noisy)
 
 
+@pytest.mark.slow
 def test_check_prediction_against_the_estimate_and_a_run() -> None:
     pytest.importorskip("torch")
     from memlab.config import Experiment
