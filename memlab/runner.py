@@ -304,17 +304,28 @@ def _spawn(target: Callable[..., None] = _worker_main, name: str = "memlab-worke
     # at exit by _kill_all, which runs before multiprocessing's own exit hook joins them.
     proc = ctx.Process(target=target, args=(child, cancel, path), name=name)
     _register_atexit()
-    proc.start()
+    # Under the lock, so that _kill_all at exit sees every worker started: a worker started
+    # by a runner thread while the interpreter exits would find its semaphore unlinked by
+    # multiprocessing's finalizers and print a traceback (seen with keep_warm).
+    with _spawn_lock:
+        if _exiting:
+            raise RuntimeError("the interpreter is exiting: memlab starts no more workers")
+        proc.start()
+        w = _Worker(proc, parent, cancel, path)
+        _live.add(w)
     child.close()
-    w = _Worker(proc, parent, cancel, path)
-    _live.add(w)
     return w
 
 
 _live: set[_Worker] = set()
+_spawn_lock = threading.Lock()
+_exiting = False
 
 
 def _kill_all() -> None:
+    global _exiting
+    with _spawn_lock:
+        _exiting = True
     for w in list(_live):
         _kill(w)
 

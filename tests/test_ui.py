@@ -450,3 +450,4 @@ def test_a_panel_with_predictions_never_imports_torch() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.startswith("ok"), proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]  # nothing failed on the way out

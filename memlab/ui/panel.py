@@ -107,6 +107,11 @@ class Panel:
     progress. ``charts`` picks among ``memory``, ``throughput``, ``process``, ``history``,
     ``tradeoff``. ``history`` keeps the runs that ended ``ok`` or ``oom`` (an oom run's peak is
     what it reached); cancelled and failed runs are reported in the status line only.
+
+    Threads: the widgets are edited on the event loop the panel was built on (the kernel's),
+    never on the runner's threads; without a running loop (a script, pytest), on the thread
+    that built it, while that thread is in :meth:`wait`, :meth:`wait_prediction` or
+    :meth:`drain`.
     """
 
     def __init__(
