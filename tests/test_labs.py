@@ -376,8 +376,9 @@ def test_data_only_workload_steps() -> None:
 
 
 def test_jobs_module_does_not_import_torch() -> None:
-    """The module a kernel imports to name the lab workload leaves torch to the worker."""
-    code = "import sys, memlab.workloads.jobs; print('torch' in sys.modules)"
+    """The modules a kernel imports to name the lab workload and the labs' jobs leave torch to
+    the worker."""
+    code = "import sys, memlab.workloads.jobs, memlab.jobs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
 

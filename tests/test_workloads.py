@@ -257,9 +257,6 @@ def test_prepare_script(tmp_path: Path) -> None:
 
 # -- the layering: knobs depend on workloads, never the reverse -------------------------------
 WORKLOADS_DIR = ROOT / "memlab" / "workloads"
-# memlab/workloads/jobs.py is the labs' torch-side jobs (they build experiments, so they sit
-# above the knobs); it is not part of the workload layer.
-ABOVE_THE_KNOBS = {"jobs.py"}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -277,7 +274,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_no_workload_module_imports_the_knobs() -> None:
-    modules = sorted(p for p in WORKLOADS_DIR.glob("*.py") if p.name not in ABOVE_THE_KNOBS)
+    modules = sorted(WORKLOADS_DIR.glob("*.py"))
     assert {p.name for p in modules} >= {"__init__.py", "base.py", "builtin.py", "data.py"}
     for p in modules:
         bad = {
@@ -287,7 +284,7 @@ def test_no_workload_module_imports_the_knobs() -> None:
 
 
 def test_building_and_stepping_a_workload_never_loads_the_knobs() -> None:
-    names = [p.stem for p in WORKLOADS_DIR.glob("*.py") if p.name not in ABOVE_THE_KNOBS]
+    names = [p.stem for p in WORKLOADS_DIR.glob("*.py")]
     mods = ", ".join(f"memlab.workloads.{n}" for n in names if n != "__init__")
     code = (
         f"import sys, memlab.workloads, {mods}\n"

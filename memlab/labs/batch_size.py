@@ -85,7 +85,7 @@ def estimates_table(sweep: Sweep) -> pd.DataFrame:
     import pandas as pd
 
     from memlab import runner
-    from memlab.workloads import jobs
+    from memlab import jobs
 
     ests = runner.call(jobs.estimate_each, list(sweep.experiments))
     rows = [

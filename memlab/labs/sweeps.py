@@ -170,10 +170,10 @@ def accuracies(
 ) -> dict[str, float | None]:
     """Accuracy (0..1) on the real digits test split for each variant, after ``train_steps``
     steps of fp32 training and then the variant's knobs (pruning, precision...), computed on
-    CPU in one worker job (``memlab.workloads.jobs.evaluate_variants``). ``None`` where the
+    CPU in one worker job (``memlab.jobs.evaluate_variants``). ``None`` where the
     variant's knob cannot run here."""
     from memlab import runner
-    from memlab.workloads import jobs
+    from memlab import jobs
 
     got = runner.call(jobs.evaluate_variants, list(variants.items()), int(train_steps))
     return {label: acc for label, (acc, _why) in got.items()}

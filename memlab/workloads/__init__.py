@@ -13,10 +13,25 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from memlab.workloads.base import Batch, Workload, param_bytes_by_dtype
+from typing import Any
 
 if TYPE_CHECKING:
     from memlab.config import Experiment
+    from memlab.workloads.base import Batch, Workload, param_bytes_by_dtype
+
+# Loaded on first use (base.py imports torch): a notebook kernel names lab workloads such as
+# memlab.workloads.jobs.data_only, which imports this package, and must not import torch.
+_LAZY = ("Workload", "Batch", "param_bytes_by_dtype")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'memlab.workloads' has no attribute {name!r}")
+    from memlab.workloads import base
+
+    value = getattr(base, name)
+    globals()[name] = value
+    return value
 
 __all__ = ["Workload", "Batch", "build_workload", "param_bytes_by_dtype"]
 
@@ -31,6 +46,7 @@ def build_workload(
     A user factory is called as ``factory(exp, device)`` and must return a ``Workload``.
     """
     from memlab.config import ConfigError, Experiment
+    from memlab.workloads.base import Workload
 
     if not isinstance(exp, Experiment):
         raise TypeError(f"exp must be a memlab.Experiment, got {type(exp).__name__}")

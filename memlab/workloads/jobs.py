@@ -1,23 +1,20 @@
-"""Torch-side helpers of the labs: a workload factory, and jobs that ``memlab.runner.call``
-runs in a worker process (the notebook kernel never imports torch).
+"""Workloads the labs name in their experiments (``Experiment(workload=data_only)``).
 
-Each is a module-level function, so a worker finds it by its module path
-(``memlab.workloads.jobs:data_only`` in a stored experiment, or a pickled reference in a job).
-This module imports no torch at import time: torch is imported inside the functions, which only
-ever run in a worker.
+Each is a module-level factory, so a worker finds it by its module path
+(``memlab.workloads.jobs:data_only`` in a stored experiment). This module imports no torch at
+import time (torch is imported inside the factories, which only ever run in a worker), so a
+notebook kernel can name them without importing torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from memlab.config import Experiment
-    from memlab.estimator import Estimate
     from memlab.workloads.base import Workload
 
-__all__ = ["data_only", "evaluate_variants", "estimate_each"]
+__all__ = ["data_only"]
 
 
 def data_only(exp: Experiment, device: str) -> Workload:
@@ -37,48 +34,3 @@ def data_only(exp: Experiment, device: str) -> Workload:
     w.optimizer = None
     w.rebuild_optimizer()
     return w
-
-
-def evaluate_variants(
-    variants: Sequence[tuple[str, Experiment]], train_steps: int
-) -> dict[str, tuple[float | None, str | None]]:
-    """Accuracy on the real digits of each ``(label, experiment)``: every distinct (workload,
-    seed, batch size) is trained once in fp32 on CPU for ``train_steps`` steps, then each
-    variant loads those weights, applies its knobs and is evaluated (what
-    ``memlab.workloads.accuracy`` does, without training again for every variant). Returns
-    ``label -> (accuracy, None)``, or ``(None, reason)`` where the variant's knob cannot run."""
-    import torch
-
-    from memlab.knobs import KnobUnsupported, apply_knobs
-    from memlab.workloads import build_workload
-
-    trained: dict[tuple[str, int, int], dict[str, Any]] = {}
-    out: dict[str, tuple[float | None, str | None]] = {}
-    for label, exp in variants:
-        small = exp.replace(data="ram", data_size=exp.batch_size, num_workers=0, device="cpu")
-        key = (small.workload_name, small.seed, small.batch_size)
-        if key not in trained:
-            plain = small.replace(precision="fp32", mode="train", sparsity=0.0, checkpointing="off")
-            torch.manual_seed(plain.seed)
-            w = build_workload(plain, "cpu")
-            w.fit(train_steps, seed=plain.seed)
-            trained[key] = {k: v.detach().clone() for k, v in w.model.state_dict().items()}
-        torch.manual_seed(small.seed)
-        w = build_workload(small, "cpu")
-        w.model.load_state_dict(trained[key])
-        try:
-            apply_knobs(w, small)
-        except KnobUnsupported as e:
-            out[label] = (None, str(e))
-            continue
-        out[label] = (w.evaluate(), None)
-    return out
-
-
-def estimate_each(experiments: Sequence[Experiment]) -> list[Estimate]:
-    """``memlab.estimate`` of each experiment, in order, in one job (the worker imports torch
-    and builds the estimator's machinery once for all of them). An ``Estimate`` is plain data
-    (numbers and RunResults), so it comes back to the kernel without torch."""
-    from memlab.estimator import estimate
-
-    return [estimate(exp) for exp in experiments]
