@@ -84,8 +84,7 @@ def estimates_table(sweep: Sweep) -> pd.DataFrame:
     and measured peaks (MiB) and the estimate's error in percent of the measurement."""
     import pandas as pd
 
-    from memlab import runner
-    from memlab import jobs
+    from memlab import jobs, runner
 
     ests = runner.call(jobs.estimate_each, list(sweep.experiments))
     rows = [

@@ -172,8 +172,7 @@ def accuracies(
     steps of fp32 training and then the variant's knobs (pruning, precision...), computed on
     CPU in one worker job (``memlab.jobs.evaluate_variants``). ``None`` where the
     variant's knob cannot run here."""
-    from memlab import runner
-    from memlab import jobs
+    from memlab import jobs, runner
 
     got = runner.call(jobs.evaluate_variants, list(variants.items()), int(train_steps))
     return {label: acc for label, (acc, _why) in got.items()}

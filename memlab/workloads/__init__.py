@@ -11,9 +11,7 @@ builds a workload here and then applies the experiment's knobs to it.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from memlab.config import Experiment
@@ -32,6 +30,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(base, name)
     globals()[name] = value
     return value
+
 
 __all__ = ["Workload", "Batch", "build_workload", "param_bytes_by_dtype"]
 
