@@ -183,8 +183,9 @@ def attribute(
         uniq = np.unique(a_addr_all)
         m_addr = np.fromiter((m.addr for m in category_marks), np.int64, len(category_marks))
         m_idx = np.fromiter((m.idx for m in category_marks), np.int64, len(category_marks))
-        m_rank = np.fromiter((_PRIORITY.index(m.category) for m in category_marks), np.int64,
-                             len(category_marks))
+        m_rank = np.fromiter(
+            (_PRIORITY.index(m.category) for m in category_marks), np.int64, len(category_marks)
+        )
         pos = np.searchsorted(uniq, m_addr)
         known = (pos < len(uniq)) & (uniq[np.minimum(pos, len(uniq) - 1)] == m_addr)
         span = n + 1

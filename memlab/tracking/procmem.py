@@ -89,8 +89,9 @@ class _Hub:
         with self._cv:
             self._subs.append(s)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="memlab-procmem",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="memlab-procmem", daemon=True
+                )
                 self._thread.start()
             self._cv.notify_all()
 
@@ -112,8 +113,9 @@ class _Hub:
                 due = next_due.setdefault(id(s), now + s.interval_s)
                 if now >= due:
                     s.sample()
-                    next_due[id(s)] = due + s.interval_s if due + s.interval_s > now \
-                        else now + s.interval_s
+                    next_due[id(s)] = (
+                        due + s.interval_s if due + s.interval_s > now else now + s.interval_s
+                    )
             live = {id(s) for s in subs}
             for k in [k for k in next_due if k not in live]:
                 del next_due[k]
