@@ -603,7 +603,9 @@ def start(
     ``on_step(step)`` after each measured step, ``on_done(result)`` at the end, all on the
     handle's reader thread. ``rss_cap_bytes`` (default: 75% of RAM) is the hard cap past which
     the worker is killed. A worker started by :func:`warm_up` is used if one is ready; with
-    ``warm`` a new one is started once this run has ended, for the next run.
+    ``warm`` a new one is started once this run has ended, for the next run. The measured
+    block waits for a service job in progress (:func:`submit`) to end; jobs queued meanwhile
+    wait for the run (``timeout_s`` counts from the start, the wait included).
     """
     return RunHandle(
         experiment,
