@@ -22,8 +22,12 @@ from memlab.config import ConfigError, parse_bytes  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", choices=["mlp", "cnn", "transformer"], default="mlp",
-                   help="use this workload's input shape and the file name runs look for")
+    p.add_argument(
+        "--workload",
+        choices=["mlp", "cnn", "transformer"],
+        default="mlp",
+        help="use this workload's input shape and the file name runs look for",
+    )
     p.add_argument("--shape", type=int, nargs="+", help="input shape of one sample instead")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--samples", type=int, default=100_000, help="number of samples")

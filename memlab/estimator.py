@@ -171,8 +171,13 @@ def _run_steps(
     for _ in range(n):
         source = FakeSource()
         if runner_loop:
-            rec = Tracker(model, optimizer=optimizer, inputs=prev or (),
-                          sample_interval_s=None, _source=source)
+            rec = Tracker(
+                model,
+                optimizer=optimizer,
+                inputs=prev or (),
+                sample_interval_s=None,
+                _source=source,
+            )
             with _dispatch_mode(source), rec:
                 with rec.phase("data"):
                     x, y = next(batches)
@@ -181,8 +186,9 @@ def _run_steps(
             prev = (x, y)
         else:
             x, y = next(batches)
-            rec = Tracker(model, optimizer=optimizer, inputs=(x, y), sample_interval_s=None,
-                          _source=source)
+            rec = Tracker(
+                model, optimizer=optimizer, inputs=(x, y), sample_interval_s=None, _source=source
+            )
             with _dispatch_mode(source), rec:
                 step(x, y)
         del x, y
