@@ -27,12 +27,10 @@ lab: venv
 	exec $(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --ServerApp.port_retries=0 \
 		--no-browser --ServerApp.root_dir=labs --IdentityProvider.token=$$TOKEN $(ROOT_FLAG)
 
+# The tests execute every notebook in labs/ in smoke mode too (tests/test_lab_notebooks.py,
+# tests/test_no_compiler.py).
 test: venv
 	$(VPY) -m pytest -q
-	@if ls labs/*.ipynb >/dev/null 2>&1; then \
-		echo "MEMLAB_SMOKE=1 $(VPY) -m pytest -q --nbmake labs"; \
-		MEMLAB_SMOKE=1 $(VPY) -m pytest -q --nbmake labs; \
-	fi
 
 lint: venv
 	$(VENV)/bin/ruff check .

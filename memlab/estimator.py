@@ -11,9 +11,9 @@ when it dies; those are the allocation events. The step runs inside ``memlab.tra
 fake source, so phases, categories and modules come from the very code that measures real runs.
 
 A dispatch-level view misses buffers that kernels allocate and free inside one op (CPU
-convolution backward's column buffers, for one: the trap in DESIGN.md). ``memlab.estimate_ops``
-predicts them from shapes; each op's internal bytes are added as an allocation that lives while
-the op runs, on top of its outputs.
+convolution backward's column buffers, for one: ARCHITECTURE.md, "Known traps").
+``memlab.estimate_ops`` predicts them from shapes; each op's internal bytes are added as an
+allocation that lives while the op runs, on top of its outputs.
 """
 
 from __future__ import annotations

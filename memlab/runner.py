@@ -5,10 +5,11 @@
     handle.samples      # grows live: {"t", "tensor_bytes", "phase", "rss", "rss_anon", ...}
     handle.cancel(); handle.wait() -> RunResult
 
-Why a process per run (DESIGN.md, "Runner"): the notebook's own memory would pollute RSS, a
-crash or an out-of-memory must never take the kernel down, and each measurement should start
-from a fresh allocator. The worker is started with ``spawn`` (a forked copy of a kernel that
-has touched torch's thread pools is unsafe) and talks over a ``multiprocessing`` pipe.
+Why a process per run (ARCHITECTURE.md, "Process model"): the notebook's own memory would
+pollute RSS, a crash or an out-of-memory must never take the kernel down, and each measurement
+should start from a fresh allocator. The worker is started with ``spawn`` (a forked copy of a
+kernel that has touched torch's thread pools is unsafe) and talks over a ``multiprocessing``
+pipe.
 
 Every run ends with a status: ``ok``; ``oom`` (over ``budget_bytes`` of tracked memory, or
 killed past the hard RSS cap); ``error`` (an exception, or a worker that died: its last stderr
@@ -16,8 +17,8 @@ lines are in the message); ``cancelled``. The parent never waits on a dead or si
 
 Torch-side helpers that are not measured runs (an estimate, an accuracy check) go to one
 long-lived *service* worker through :func:`call` and :func:`submit`, so that torch is never
-imported into the notebook's kernel (DESIGN.md, "Process model"). One scheduler orders the two
-kinds of work: a job does not start while a run is in progress, and a run's measured block
+imported into the notebook's kernel (ARCHITECTURE.md, "Process model"). One scheduler orders
+the two kinds of work: a job does not start while a run is in progress, and a run's measured block
 does not begin while a job runs (a prediction must not take the cores a timed step is
 measured on); runs still get a fresh process each ("measure in a fresh process").
 """
@@ -643,7 +644,7 @@ def run(
 # The scheduler: service jobs and measured runs never overlap
 # ============================================================================================
 class _Scheduler:
-    """Orders the service worker's jobs and the measured runs (DESIGN.md, "Process model":
+    """Orders the service worker's jobs and the measured runs (ARCHITECTURE.md, "Process model":
     the view never slows the run it measures, and on a 2-core laptop an estimate beside a
     timed step would). A job starts only while no run is in progress; a run's measured block
     begins only while no job runs (its build and warm-up, which are not measured, may overlap

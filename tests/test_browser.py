@@ -1,5 +1,6 @@
 """A real browser: JupyterLab on loopback, headless Chromium, lab 00 run top to bottom, then the
-batch-size slider moved with the keyboard; the memory chart must change (DESIGN.md, "Tests").
+batch-size slider moved with the keyboard; the memory chart must change (ARCHITECTURE.md,
+"Tests and benchmarks").
 And workshop mode: Voila as ``make app`` serves it, a lab's page shows its charts with data,
 hides the code, and its Run button works. Neither page may fetch anything from the internet.
 

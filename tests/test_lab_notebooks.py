@@ -3,7 +3,7 @@ afterwards its kernel has never imported torch: measurement, estimates and accur
 in worker processes (ARCHITECTURE.md, "Process model").
 
 One execution per notebook, in a fresh kernel started from this interpreter (the repo's venv),
-with ``MEMLAB_SMOKE=1`` in its environment, as ``make test``'s nbmake step runs them.
+with ``MEMLAB_SMOKE=1`` in its environment.
 """
 
 from __future__ import annotations

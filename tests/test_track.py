@@ -452,7 +452,7 @@ def test_budget_stops_at_the_allocation_that_does_not_fit() -> None:
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux /proc")
 def test_process_memory_sees_a_big_tensor() -> None:
     """In a fresh process: in a long-lived one glibc may hand back memory it kept from earlier
-    tests, and RSS would not move (the trap DESIGN.md names)."""
+    tests, and RSS would not move (ARCHITECTURE.md, "Known traps")."""
     import json
     import subprocess
     import sys

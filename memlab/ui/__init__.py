@@ -4,7 +4,7 @@
     panel = Panel(knobs=["batch_size", "checkpointing"], experiment=Experiment(workload="cnn"))
     panel                                   # the knobs, Run/Stop, status line and charts
 
-This is the only part of memlab that imports ipywidgets (DESIGN.md, "Data flow"): measurement
+This is the only part of memlab that imports ipywidgets (ARCHITECTURE.md, "Layers"): measurement
 returns data, :mod:`memlab.plots` draws it, and this package only binds the two to widgets.
 """
 

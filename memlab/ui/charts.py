@@ -5,7 +5,8 @@ The figures come from :mod:`memlab.plots` (pure functions); this module only kee
 and feeds them: live samples while a run goes (accumulated, drawn at most ``max_fps`` times a
 second inside ``batch_update``), then the exact result when it ends. Every method here edits
 widgets, so it is called on the thread that owns them (the kernel's event loop: the panel's
-:class:`memlab.ui.dispatch.Dispatcher` hands the runner's callbacks over). DESIGN.md, "Labs".
+:class:`memlab.ui.dispatch.Dispatcher` hands the runner's callbacks over).
+ARCHITECTURE.md, "Process model".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``memlab.estimate`` runs on fake tensors (a fraction of a second; nothing of model size is
 allocated) as a job of the runner's service worker, so torch stays out of the kernel
-(DESIGN.md, "Process model") and an estimate never runs beside a measured step (the runner's
+(ARCHITECTURE.md, "Process model") and an estimate never runs beside a measured step (the runner's
 scheduler queues it behind a run in progress). The prediction is on screen before the learner
 presses Run; when the run ends, its measurement is overlaid on the prediction of the same
 settings, with the error in percent.
