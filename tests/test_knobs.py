@@ -309,6 +309,7 @@ def test_pruned_then_int8_keeps_the_zeros() -> None:
 _RSS_SCRIPT = textwrap.dedent(
     """
     import json, sys
+    import torch  # before the first reading: torch's own import is not the data's memory
     from memlab.config import Experiment
     from memlab.tracking.procmem import read_process_memory
     from memlab.workloads import build_workload
