@@ -152,7 +152,8 @@ class FieldSpec:
     offers by default (larger values are still valid); ``optional`` means ``None`` is allowed
     (for a ``bytes`` field: no limit). ``alias`` is the shorter name the CLI and the controls
     use (``budget`` for ``budget_bytes``). ``memory`` says whether the field decides a step's
-    tensor memory (``MEMORY_FIELDS``).
+    tensor memory (``MEMORY_FIELDS``); ``knob`` whether the lab panel offers a control for it
+    (``memlab.ui.KNOBS``).
     """
 
     name: str
@@ -168,6 +169,7 @@ class FieldSpec:
     optional: bool = False
     alias: str = ""
     memory: bool = False
+    knob: bool = False
 
     @property
     def option(self) -> str:
@@ -266,6 +268,7 @@ class Experiment:
         help="a built-in model, or module:function returning a Workload",
         choices=WORKLOADS,
         memory=True,
+        knob=True,
     )
     mode: str = _declare(
         "train",
@@ -274,6 +277,7 @@ class Experiment:
         help="train (forward, backward, optimizer) or inference (forward only)",
         choices=MODES,
         memory=True,
+        knob=True,
     )
     batch_size: int = _declare(
         32,
@@ -284,6 +288,7 @@ class Experiment:
         typical_max=1024,
         unit="samples",
         memory=True,
+        knob=True,
     )
     precision: str = _declare(
         "fp32",
@@ -292,6 +297,7 @@ class Experiment:
         help="what weights are stored in and arithmetic runs in (int8: inference only)",
         choices=PRECISIONS,
         memory=True,
+        knob=True,
     )
     checkpointing: str = _declare(
         "off",
@@ -300,6 +306,7 @@ class Experiment:
         help="which blocks recompute their activations in backward",
         choices=CHECKPOINTING,
         memory=True,
+        knob=True,
     )
     sparsity: float = _declare(
         0.0,
@@ -309,6 +316,7 @@ class Experiment:
         minimum=0.0,
         maximum=MAX_SPARSITY,
         memory=True,
+        knob=True,
     )
     sparse_storage: str = _declare(
         "mask",
@@ -317,6 +325,7 @@ class Experiment:
         help="pruned weights as dense masks or stored sparse (CSR)",
         choices=SPARSE_STORAGES,
         memory=True,
+        knob=True,
     )
     data: str = _declare(
         "ram",
@@ -324,6 +333,7 @@ class Experiment:
         group="data",
         help="the synthetic data set held in RAM or memory-mapped from disk",
         choices=DATA_SOURCES,
+        knob=True,
     )
     num_workers: int = _declare(
         0,
@@ -333,9 +343,10 @@ class Experiment:
         minimum=0,
         typical_max=8,
         unit="processes",
+        knob=True,
     )
     pin_memory: bool = _declare(
-        False, kind="bool", group="data", help="page-locked batches (faster to a GPU)"
+        False, kind="bool", group="data", help="page-locked batches (faster to a GPU)", knob=True
     )
     prefetch_factor: int = _declare(
         2,
@@ -345,6 +356,7 @@ class Experiment:
         minimum=1,
         typical_max=8,
         unit="batches",
+        knob=True,
     )
     data_size: int = _declare(
         2048,
@@ -381,6 +393,7 @@ class Experiment:
         optional=True,
         alias="budget",
         unit="bytes",
+        knob=True,
     )
     seed: int = _declare(0, kind="int", group="run", help="random seed for weights and data")
     # Not part of the experiment's identity: a user factory compares by name, not by object.

@@ -451,3 +451,30 @@ def test_a_panel_with_predictions_never_imports_torch() -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.startswith("ok"), proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]  # nothing failed on the way out
+
+
+def test_every_knob_derives_from_its_field_declaration() -> None:
+    """Which fields are knobs, their labels, options, ranges and tooltips come from
+    config.FIELDS: nothing about a field is restated in the controls."""
+    import ipywidgets as widgets
+
+    from memlab.config import FIELDS
+    from memlab.ui import KNOB_GROUPS, KNOBS
+    from memlab.ui.controls import build_controls, knob_field
+
+    declared = [s for s in FIELDS.values() if s.knob]
+    assert list(KNOBS) == [s.option for s in declared]
+    assert set(KNOB_GROUPS["data_loading"]) == {s.option for s in declared if s.group == "data"}
+    exp = Experiment()
+    built = build_controls(exp, KNOBS)
+    for name, w in built.items():
+        spec = FIELDS[knob_field(name)]
+        assert spec.label in w.description and w.tooltip == spec.help, name
+        if spec.kind in ("choice", "workload"):
+            assert [o if isinstance(o, str) else o[1] for o in w.options] == list(spec.choices)
+            assert w.value == getattr(exp, spec.name)
+        elif spec.kind in ("int", "float"):
+            assert w.min == (spec.minimum or 0)
+            assert w.max == (spec.maximum if spec.maximum is not None else spec.typical_max)
+        elif spec.kind == "bool":
+            assert isinstance(w, widgets.Checkbox)

@@ -1,7 +1,9 @@
 """Knob widgets bound to :class:`memlab.config.Experiment` fields, and smoke-mode sizes.
 
-Each knob is one widget whose value maps to one Experiment field (the budget is shown in MiB,
-the unit of every chart, and stored in bytes). Building an Experiment from the widgets goes
+Each knob is one widget whose value maps to one Experiment field; which fields are knobs, their
+labels, ranges, options and tooltips all come from the field declarations in
+``memlab.config.FIELDS`` (the budget is shown in MiB, the unit of every chart, and stored in
+bytes). Building an Experiment from the widgets goes
 through ``Experiment.replace``, so an invalid combination fails with the config's own readable
 ``ConfigError`` message, which the panel shows in its status line.
 """
@@ -15,18 +17,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from memlab.config import (
-    CHECKPOINTING,
-    DATA_SOURCES,
-    MAX_SPARSITY,
-    MIB,
-    MODES,
-    PRECISIONS,
-    SPARSE_STORAGES,
-    WORKLOADS,
-    ConfigError,
-    Experiment,
-)
+from memlab.config import FIELDS, MIB, ConfigError, Experiment, FieldSpec
 
 __all__ = [
     "KNOBS",
@@ -109,102 +100,80 @@ class _Knob:
     from_field: Callable[[Any], Any] = _identity
 
 
-def _workload_widget(exp: Experiment) -> widgets.ValueWidget:
-    options: list[tuple[str, Any]] = [(w, w) for w in WORKLOADS]
-    if not isinstance(exp.workload, str):
-        # A user factory: listed by its function name, selected by the object itself.
-        options.append((_factory_label(exp.workload), exp.workload))
-    return widgets.Dropdown(
-        options=options, value=exp.workload, description="workload", style=_STYLE
-    )
+# A choice with this many options or fewer is a row of toggle buttons; more, a dropdown.
+_MAX_TOGGLES = 2
 
 
-def _choice(
-    name: str, options: Sequence[str], *, toggle: bool = False
-) -> Callable[[Experiment], widgets.ValueWidget]:
+def _widget_maker(spec: FieldSpec) -> Callable[[Experiment], widgets.ValueWidget]:
+    """The widget for ``spec``'s kind, its range and labels from the declaration."""
+    common: dict[str, Any] = {"description": spec.label, "tooltip": spec.help, "style": _STYLE}
+
     def make(exp: Experiment) -> widgets.ValueWidget:
-        cls = widgets.ToggleButtons if toggle else widgets.Dropdown
-        return cls(
-            options=list(options),
-            value=getattr(exp, name),
-            description=name.replace("_", " "),
-            style={**_STYLE, "button_width": "auto"} if toggle else _STYLE,
-        )
-
-    return make
-
-
-def _int_slider(
-    name: str, lo: int, hi: int, label: str
-) -> Callable[[Experiment], widgets.ValueWidget]:
-    def make(exp: Experiment) -> widgets.ValueWidget:
-        v = int(getattr(exp, name))
+        value = getattr(exp, spec.name)
+        if spec.kind == "workload":
+            options: list[tuple[str, Any]] = [(w, w) for w in spec.choices]
+            if not isinstance(value, str):
+                # A user factory: listed by its function name, selected by the object itself.
+                options.append((_factory_label(value), value))
+            return widgets.Dropdown(options=options, value=value, **common)
+        if spec.kind == "choice":
+            if len(spec.choices) <= _MAX_TOGGLES:
+                style = {**_STYLE, "button_width": "auto"}
+                return widgets.ToggleButtons(
+                    options=list(spec.choices), value=value, **{**common, "style": style}
+                )
+            return widgets.Dropdown(options=list(spec.choices), value=value, **common)
+        if spec.kind == "bool":
+            return widgets.Checkbox(value=value, indent=False, **common)
+        if spec.kind == "bytes":  # shown in MiB, the unit of every chart; 0 = none
+            return widgets.BoundedFloatText(
+                value=_budget_to_mib(value),
+                min=0.0,
+                max=1e9,
+                step=10.0,
+                layout=widgets.Layout(width="220px"),
+                **{**common, "description": f"{spec.label} MiB (0 = none)"},
+            )
+        lo = spec.minimum if spec.minimum is not None else 0
+        hi = spec.maximum if spec.maximum is not None else spec.typical_max
+        if hi is None:
+            raise TypeError(f"field {spec.name!r} has no maximum or typical_max for a slider")
         # continuous_update=False: a dragged slider reports once, where it is let go.
-        return widgets.IntSlider(
-            value=v,
-            min=lo,
-            max=max(hi, v),
-            description=label,
+        if spec.kind == "int":
+            v = int(value)
+            return widgets.IntSlider(
+                value=v, min=int(lo), max=max(int(hi), v), continuous_update=False, **common
+            )
+        return widgets.FloatSlider(
+            value=float(value),
+            min=float(lo),
+            max=float(hi),
+            step=0.01,
+            readout_format=".2f",
             continuous_update=False,
-            style=_STYLE,
+            **common,
         )
 
     return make
 
 
-def _sparsity_widget(exp: Experiment) -> widgets.ValueWidget:
-    return widgets.FloatSlider(
-        value=exp.sparsity,
-        min=0.0,
-        max=MAX_SPARSITY,
-        step=0.01,
-        description="sparsity",
-        readout_format=".2f",
-        continuous_update=False,
-        style=_STYLE,
-    )
+def _knob(spec: FieldSpec) -> _Knob:
+    if spec.kind == "bytes":
+        return _Knob(spec.option, spec.name, _widget_maker(spec), _budget_to_bytes, _budget_to_mib)
+    return _Knob(spec.option, spec.name, _widget_maker(spec))
 
 
-def _budget_widget(exp: Experiment) -> widgets.ValueWidget:
-    return widgets.BoundedFloatText(
-        value=_budget_to_mib(exp.budget_bytes),
-        min=0.0,
-        max=1e9,
-        step=10.0,
-        description="budget MiB (0 = none)",
-        style=_STYLE,
-        layout=widgets.Layout(width="220px"),
-    )
-
-
-_KNOB_LIST: tuple[_Knob, ...] = (
-    _Knob("workload", "workload", _workload_widget),
-    _Knob("mode", "mode", _choice("mode", MODES, toggle=True)),
-    _Knob("batch_size", "batch_size", _int_slider("batch_size", 1, 1024, "batch size")),
-    _Knob("precision", "precision", _choice("precision", PRECISIONS)),
-    _Knob("checkpointing", "checkpointing", _choice("checkpointing", CHECKPOINTING)),
-    _Knob("sparsity", "sparsity", _sparsity_widget),
-    _Knob(
-        "sparse_storage", "sparse_storage", _choice("sparse_storage", SPARSE_STORAGES, toggle=True)
-    ),
-    _Knob("data", "data", _choice("data", DATA_SOURCES, toggle=True)),
-    _Knob("num_workers", "num_workers", _int_slider("num_workers", 0, 8, "workers")),
-    _Knob(
-        "pin_memory",
-        "pin_memory",
-        lambda exp: widgets.Checkbox(value=exp.pin_memory, description="pin memory", indent=False),
-    ),
-    _Knob("prefetch_factor", "prefetch_factor", _int_slider("prefetch_factor", 1, 8, "prefetch")),
-    _Knob("budget", "budget_bytes", _budget_widget, _budget_to_bytes, _budget_to_mib),
-)
+# Every field declared as a knob in config.FIELDS, in declaration order.
+_KNOB_LIST: tuple[_Knob, ...] = tuple(_knob(s) for s in FIELDS.values() if s.knob)
 
 #: Knob names in display order.
 KNOBS: tuple[str, ...] = tuple(k.name for k in _KNOB_LIST)
 _BY_NAME: dict[str, _Knob] = {k.name: k for k in _KNOB_LIST}
-#: Names that stand for several knobs (or for a knob under its field's name).
+#: Names that stand for several knobs (a field group's knobs) or for a knob under its field's
+#: name (``budget_bytes`` for ``budget``).
 KNOB_GROUPS: dict[str, tuple[str, ...]] = {
-    "data_loading": ("data", "num_workers", "pin_memory", "prefetch_factor"),
-    "budget_bytes": ("budget",),
+    "data_loading": tuple(k.name for k in _KNOB_LIST if FIELDS[k.field].group == "data"),
+    **{k.field: (k.name,) for k in _KNOB_LIST if k.field != k.name},
 }
 
 
