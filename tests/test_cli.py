@@ -12,8 +12,11 @@ import pytest
 
 pytest.importorskip("torch")
 
+
 from memlab import cli
 from memlab.config import FIELDS, ConfigError, Experiment
+
+from .experiments import every_field_changed
 
 REQUIRED = {
     "status",
@@ -149,25 +152,7 @@ def _argv(exp: Experiment) -> list[str]:
 
 
 def test_every_field_round_trips_through_the_command_line() -> None:
-    e = Experiment(
-        workload="transformer",
-        mode="inference",
-        batch_size=16,
-        precision="int8",
-        checkpointing="every-other-block",
-        sparsity=0.5,
-        sparse_storage="sparse",
-        data="memmap",
-        num_workers=2,
-        pin_memory=True,
-        prefetch_factor=4,
-        data_size=4096,
-        steps=7,
-        warmup=2,
-        device="cpu",
-        budget_bytes="1GiB",
-        seed=3,
-    )
+    e = every_field_changed()
     assert all(getattr(e, n) != s.default for n, s in FIELDS.items()), "change every field"
     ns = cli._parser().parse_args(["run", *_argv(e)])
     assert cli.experiment_from_args(ns) == e

@@ -27,6 +27,8 @@ from memlab.config import (
     parse_bytes,
 )
 
+from .experiments import every_field_changed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -185,25 +187,7 @@ def test_replace_revalidates() -> None:
 
 
 def test_dict_round_trip_is_json_safe() -> None:
-    e = Experiment(
-        workload="transformer",
-        mode="inference",
-        batch_size=16,
-        precision="int8",
-        checkpointing="every-other-block",
-        sparsity=0.5,
-        sparse_storage="sparse",
-        data="memmap",
-        num_workers=2,
-        pin_memory=True,
-        prefetch_factor=4,
-        data_size=4096,
-        steps=7,
-        warmup=2,
-        device="cpu",
-        budget_bytes="1GiB",
-        seed=3,
-    )
+    e = every_field_changed()
     d = json.loads(json.dumps(e.to_dict()))
     assert Experiment.from_dict(d) == e
     assert d["budget_bytes"] == 2**30
