@@ -478,3 +478,34 @@ def test_every_knob_derives_from_its_field_declaration() -> None:
             assert w.max == (spec.maximum if spec.maximum is not None else spec.typical_max)
         elif spec.kind == "bool":
             assert isinstance(w, widgets.Checkbox)
+
+
+def test_status_goes_forward_through_a_run() -> None:
+    """Building, then warming up, then measured steps, then done: once warm, the status never
+    says the workload is being built again (the measured block's first step says step 1)."""
+    exp = Experiment(workload=slow, batch_size=8, data_size=64, steps=3, warmup=1)
+    p = Panel(knobs=["batch_size"], experiment=exp, smoke=False, warm=False, predict=False)
+    seen: list[str] = []
+    p.status_line.observe(lambda ch: seen.append(p.status), names="value")
+    p.run()
+    result = p.wait(120)
+    assert result is not None and result.status == "ok"
+    stages = []
+    for s in seen:
+        stage = (
+            "build"
+            if "building" in s
+            else "warm"
+            if "warming" in s
+            else "step"
+            if s.startswith("running: step")
+            else "done"
+            if s.startswith("done")
+            else None
+        )
+        if stage and (not stages or stages[-1] != stage):
+            stages.append(stage)
+    assert stages[-1] == "done", seen
+    order = ["build", "warm", "step", "done"]
+    assert [order.index(s) for s in stages] == sorted(order.index(s) for s in stages), seen
+    p.close()

@@ -497,12 +497,15 @@ class Panel:
                 tensors = f" · tensors {format_bytes(h.samples[-1].get('tensor_bytes'))}"
             text = f"running: step {last['step']}/{self._progress_steps}{rate}{tensors}"
         else:
-            phase = (h.samples[-1] if h.samples else {}).get("phase")
-            text = (
-                "running: warming up (not measured)…"
-                if phase == "warmup"
-                else "running: building the workload…"
-            )
+            # The runner's samples say "setup" while it builds, "warmup" while it warms up;
+            # any other phase comes from the measured block, before its first step ended.
+            phase = (h.samples[-1] if h.samples else {}).get("phase", "setup")
+            if phase == "setup":
+                text = "running: building the workload…"
+            elif phase == "warmup":
+                text = "running: warming up (not measured)…"
+            else:
+                text = f"running: step 1/{self._progress_steps} (measuring)…"
         self._set_status(text, "running")
 
     def _on_done(self, gen: int, result: RunResult) -> None:
