@@ -1,0 +1,509 @@
+"""Measured runs: one fresh worker process per run, streaming what it measures while it runs.
+
+See ``memlab.runner`` for the picture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from memlab.config import Experiment
+from memlab.runner.procs import _POLL_S, _kill, _spawn, _stderr_tail, _Worker
+from memlab.runner.scheduler import _sched
+from memlab.timeline import RunResult
+from memlab.tracking import procmem
+
+SampleFn = Callable[[dict[str, Any]], None]
+StepFn = Callable[[dict[str, Any]], None]
+
+_CANCEL_GRACE_S = 0.5  # after this, a worker that has not stopped between steps is killed
+
+
+# ============================================================================================
+# Worker side
+# ============================================================================================
+class _Cancelled(Exception):
+    pass
+
+
+def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
+    """Entry point of the worker process: import torch, say ready, run one job, exit."""
+    import faulthandler
+    import sys
+
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 2)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives with the process
+    faulthandler.enable()  # a segfault prints the Python stack to stderr, for the parent
+    lock = threading.Lock()
+
+    def send(msg: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(msg)
+
+    try:
+        import torch  # noqa: F401  (the warm part: importing torch takes most of a start)
+
+        from memlab.tracking.sources import default_source
+
+        default_source()
+    except BaseException as e:  # noqa: BLE001 - report, never hang the parent
+        send(("fatal", f"worker could not start: {type(e).__name__}: {e}"))
+        return
+    send(("ready",))
+    msg = conn.recv()
+    if msg[0] != "run":
+        return
+    exp = _load_experiment(msg[1])
+
+    def gate() -> None:
+        """Wait for the parent's go before the measured block (no service job is running)."""
+        send(("gate",))
+        while not conn.poll(_POLL_S):
+            if cancel.is_set():
+                raise _Cancelled
+        if conn.recv()[0] != "go":  # pragma: no cover - the parent sends nothing else
+            raise RuntimeError("memlab worker: expected 'go' from the parent")
+
+    try:
+        result = _execute(exp, send, cancel, gate)
+    except _Cancelled:
+        result = RunResult(
+            peak_bytes=0,
+            peak_by_category={},
+            status="cancelled",
+            error="cancelled by the user before measuring began",
+            experiment=exp.to_dict(),
+        )
+    except BaseException as e:  # noqa: BLE001
+        result = RunResult(
+            peak_bytes=0,
+            peak_by_category={},
+            status="error",
+            error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}",
+            experiment=exp.to_dict(),
+        )
+    send(("result", result))
+    conn.close()
+
+
+def _load_experiment(payload: bytes) -> Experiment:
+
+    exp = pickle.loads(payload)
+    assert isinstance(exp, Experiment)
+    return exp
+
+
+def _dump_experiment(exp: Experiment) -> bytes:
+    """Pickle the experiment; a user factory defined in a notebook goes by value (cloudpickle)."""
+
+    try:
+        return pickle.dumps(exp)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        try:
+            import cloudpickle
+        except ImportError as e:  # pragma: no cover - cloudpickle is a dependency
+            raise ImportError(
+                "a workload defined in a notebook needs cloudpickle: pip install cloudpickle"
+            ) from e
+        return bytes(cloudpickle.dumps(exp))
+
+
+def _execute(
+    exp: Experiment,
+    send: Callable[[tuple[Any, ...]], None],
+    cancel: Any,
+    gate: Callable[[], None] = lambda: None,
+) -> RunResult:
+    """Build the workload, warm up, then measure ``exp.steps`` steps in one tracked block
+    (``gate()`` returns when the block may begin)."""
+    import torch
+
+    import memlab
+    from memlab.tracking.sources import default_source
+
+    t_job = time.monotonic_ns()
+    source = default_source()
+    live0 = source.live()
+    state: dict[str, Any] = {"phase": "setup", "step": 0, "offset": 0.0}
+
+    def setup_sample(t: float, row: dict[str, int | None]) -> None:
+        send(
+            (
+                "sample",
+                {
+                    "t": t,
+                    "tensor_bytes": source.live() - live0,
+                    "phase": state["phase"],
+                    "step": 0,
+                    **row,
+                },
+            )
+        )
+
+    # Samples stream from the moment the job arrives: the build and warm-up are visible too.
+    pre = procmem.ProcessSampler(0.01, t0_ns=t_job, on_sample=setup_sample).start()
+    try:
+        torch.manual_seed(exp.seed)
+        device = exp.resolved_device()
+        workload = _build(exp, device)
+        batches = workload.make_batches(exp.warmup + exp.steps)
+        state["phase"] = "warmup"
+        for _ in range(exp.warmup):
+            if cancel.is_set():
+                raise _Cancelled
+            x, y = next(batches)
+            workload.step(x, y)
+            # Nothing of the warm-up may live into the measured block: a tensor the block did
+            # not count at entry would free bytes the account never held (and loosen a budget).
+            del x, y
+        gc.collect()
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        sync()
+    finally:
+        pre.stop()
+    gate()
+
+    offset = (time.monotonic_ns() - t_job) / 1e9
+
+    def live_sample(t: float, s: dict[str, Any]) -> None:
+        send(("sample", {**s, "t": t + offset, "step": state["step"]}))
+
+    step_times: list[float] = []
+    status, error = "ok", None
+    rec = memlab.track(
+        workload.model,
+        optimizer=workload.optimizer,
+        on_sample=live_sample,
+        budget_bytes=exp.budget_bytes,
+    )
+    try:
+        with rec:
+            for i in range(exp.steps):
+                if cancel.is_set():
+                    raise _Cancelled
+                state["step"] = i + 1
+                t0 = time.perf_counter()
+                with rec.phase("data"):
+                    x, y = next(batches)
+                workload.step(x, y)
+                sync()
+                dt = time.perf_counter() - t0
+                step_times.append(dt)
+                rec.step(f"step {i + 1}")
+                send(
+                    (
+                        "step",
+                        {
+                            "step": i + 1,
+                            "time_s": dt,
+                            "samples": workload.samples_per_step,
+                            "t": (time.monotonic_ns() - t_job) / 1e9,
+                        },
+                    )
+                )
+    except _Cancelled:
+        status, error = "cancelled", "cancelled by the user"
+    except torch.OutOfMemoryError as e:
+        status, error = "oom", str(e).splitlines()[0]
+    except Exception as e:  # noqa: BLE001 - any failure of the user's code is a result
+        status, error = "error", f"{type(e).__name__}: {e}"
+    result = rec.result
+    assert result is not None
+    metrics = dict(getattr(workload, "metrics", {}) or {})
+    return dataclasses.replace(
+        result,
+        step_times_s=tuple(step_times),
+        samples_per_step=workload.samples_per_step,
+        status=status,
+        error=error,
+        experiment=exp.to_dict(),
+        metrics=metrics,
+        notes=tuple(result.notes) + tuple(getattr(workload, "notes", ())),
+    )
+
+
+def _build(exp: Experiment, device: str) -> Any:
+    from memlab.knobs import build_experiment
+
+    return build_experiment(exp, device)
+
+
+# ============================================================================================
+# Parent side
+# ============================================================================================
+_warm_lock = threading.Lock()
+_warm: _Worker | None = None
+
+
+def warm_up() -> None:
+    """Start a worker now (torch imported, recorder built) so the next run starts at once."""
+    global _warm
+    with _warm_lock:
+        if _warm is None or not _warm.process.is_alive():
+            _warm = _spawn(_worker_main, "memlab-worker")
+
+
+def shutdown_warm_worker() -> None:
+    """Stop the idle warm worker, if any."""
+    global _warm
+    with _warm_lock:
+        w, _warm = _warm, None
+    if w is not None:
+        _kill(w)
+
+
+def _take_worker(warm: bool) -> _Worker:
+    global _warm
+    if warm:
+        with _warm_lock:
+            w, _warm = _warm, None
+        if w is not None and w.process.is_alive():
+            return w
+    return _spawn(_worker_main, "memlab-worker")
+
+
+def _default_rss_cap() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total * 0.75)
+
+
+class RunHandle:
+    """A run in progress. ``samples`` and ``steps`` grow while it runs; ``result`` is set at
+    the end. Callbacks run on the handle's reader thread: keep them short."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        *,
+        on_sample: SampleFn | None = None,
+        on_step: StepFn | None = None,
+        on_done: Callable[[RunResult], None] | None = None,
+        rss_cap_bytes: int | None = None,
+        timeout_s: float | None = None,
+        use_warm: bool = True,
+        keep_warm: bool = False,
+    ) -> None:
+        if not isinstance(experiment, Experiment):
+            raise TypeError(
+                f"experiment must be a memlab.Experiment, got {type(experiment).__name__}"
+            )
+        self.experiment = experiment
+        self.samples: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []
+        self.result: RunResult | None = None
+        self.on_sample, self.on_step, self.on_done = on_sample, on_step, on_done
+        self.rss_cap_bytes = _default_rss_cap() if rss_cap_bytes is None else rss_cap_bytes
+        self.timeout_s = timeout_s
+        self.started_at = time.monotonic()
+        self._done = threading.Event()
+        self._cancel_at: float | None = None
+        self._payload = _dump_experiment(experiment)
+        self._worker = _take_worker(use_warm)
+        self._warm_next = keep_warm
+        self._gate_asked = False  # the worker waits for "go" before its measured block
+        _sched.run_started(self)
+        self._thread = threading.Thread(target=self._read, name="memlab-run-reader", daemon=True)
+        self._thread.start()
+
+    # -- public -------------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return "running" if self.result is None else self.result.status
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.process.pid  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop after the current step; it is killed if it has not within
+        half a second. The result's status is ``cancelled``."""
+        if not self._done.is_set() and self._cancel_at is None:
+            self._cancel_at = time.monotonic()
+            self._worker.cancel.set()
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run still going after {timeout} s (cancel() stops it)")
+        assert self.result is not None
+        return self.result
+
+    def __repr__(self) -> str:
+        return (
+            f"RunHandle({self.experiment.workload_name}, status={self.status!r}, "
+            f"samples={len(self.samples)}, steps={len(self.steps)})"
+        )
+
+    # -- reader thread ---------------------------------------------------------------------------
+    def _finish(self, result: RunResult) -> None:
+        if self.result is not None:
+            return
+        if result.experiment is None:
+            result = dataclasses.replace(result, experiment=self.experiment.to_dict())
+        self.result = result
+        _kill(self._worker)
+        _sched.run_ended(self)  # before on_done: a callback may queue a job (and wait for it)
+        self._done.set()
+        if self.on_done is not None:
+            self.on_done(result)
+        if self._warm_next:  # the next run's worker starts once this one no longer measures
+            warm_up()
+
+    def _failed(self, status: str, message: str) -> None:
+        self._finish(
+            RunResult(
+                peak_bytes=0,
+                peak_by_category={},
+                status=status,
+                error=message,
+                experiment=self.experiment.to_dict(),
+            )
+        )
+
+    def _read(self) -> None:
+        w = self._worker
+        sent = False
+        try:
+            while self.result is None:
+                if self._check_limits():
+                    return
+                if self._gate_asked and _sched.begin_measuring(self):
+                    self._gate_asked = False
+                    w.conn.send(("go",))
+                try:
+                    ready = w.conn.poll(_POLL_S)
+                except (OSError, EOFError):
+                    ready = True
+                if not ready:
+                    if not w.process.is_alive():
+                        self._died()
+                        return
+                    continue
+                try:
+                    msg = w.conn.recv()
+                except (EOFError, OSError):
+                    self._died()
+                    return
+                kind = msg[0]
+                if kind == "ready" and not sent:
+                    w.conn.send(("run", self._payload))
+                    sent = True
+                elif kind == "sample":
+                    self.samples.append(msg[1])
+                    if self.on_sample is not None:
+                        self.on_sample(msg[1])
+                elif kind == "step":
+                    self.steps.append(msg[1])
+                    if self.on_step is not None:
+                        self.on_step(msg[1])
+                elif kind == "gate":
+                    self._gate_asked = True  # answered above, once no service job runs
+                elif kind == "result":
+                    self._finish(msg[1])
+                elif kind == "fatal":
+                    self._failed("error", msg[1])
+        except BaseException as e:  # noqa: BLE001 - the reader must always end the run
+            self._failed("error", f"memlab runner failed: {type(e).__name__}: {e}")
+
+    def _check_limits(self) -> bool:
+        """Kill the worker for a cancel past its grace, the RSS cap, or the timeout."""
+        now = time.monotonic()
+        if self._cancel_at is not None and now - self._cancel_at > _CANCEL_GRACE_S:
+            self._failed("cancelled", "cancelled by the user (worker stopped mid-step)")
+            return True
+        if self.timeout_s is not None and now - self.started_at > self.timeout_s:
+            self._failed("error", f"timed out after {self.timeout_s} s")
+            return True
+        pid = self._worker.process.pid
+        if pid is not None and self._worker.process.is_alive():
+            try:
+                rss = procmem.read_process_memory(pid)["rss"]
+            except Exception:  # noqa: BLE001 - the process may be gone between the two calls
+                rss = None
+            if rss is not None and rss > self.rss_cap_bytes:
+                self._failed(
+                    "oom",
+                    f"worker killed: its RSS {rss} bytes passed the hard cap of "
+                    f"{self.rss_cap_bytes} bytes",
+                )
+                return True
+        return False
+
+    def _died(self) -> None:
+        w = self._worker
+        w.process.join(timeout=1)
+        code = w.process.exitcode
+        tail = _stderr_tail(w.stderr_path)
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if self._cancel_at is not None:
+            self._failed("cancelled", "cancelled by the user")
+            return
+        msg = f"worker died ({how})"
+        if tail:
+            msg += f"; its last stderr lines:\n{tail}"
+        self._failed("error", msg)
+
+
+def start(
+    experiment: Experiment,
+    *,
+    on_sample: SampleFn | None = None,
+    on_step: StepFn | None = None,
+    on_done: Callable[[RunResult], None] | None = None,
+    rss_cap_bytes: int | None = None,
+    timeout_s: float | None = None,
+    warm: bool = False,
+) -> RunHandle:
+    """Start ``experiment`` in a worker process and return at once.
+
+    ``on_sample(sample)`` is called for every streamed sample (about 100 a second),
+    ``on_step(step)`` after each measured step, ``on_done(result)`` at the end, all on the
+    handle's reader thread. ``rss_cap_bytes`` (default: 75% of RAM) is the hard cap past which
+    the worker is killed. A worker started by :func:`warm_up` is used if one is ready; with
+    ``warm`` a new one is started once this run has ended, for the next run. The measured
+    block waits for a service job in progress (:func:`submit`) to end; jobs queued meanwhile
+    wait for the run (``timeout_s`` counts from the start, the wait included).
+    """
+    return RunHandle(
+        experiment,
+        on_sample=on_sample,
+        on_step=on_step,
+        on_done=on_done,
+        rss_cap_bytes=rss_cap_bytes,
+        timeout_s=timeout_s,
+        use_warm=True,
+        keep_warm=warm,
+    )
+
+
+def run(
+    experiment: Experiment,
+    on_sample: SampleFn | None = None,
+    *,
+    rss_cap_bytes: int | None = None,
+    timeout_s: float | None = None,
+) -> RunResult:
+    """Run ``experiment`` in a fresh worker process and return its result (never raises for a
+    failed run: the result's ``status`` and ``error`` say what happened)."""
+    handle = RunHandle(
+        experiment,
+        on_sample=on_sample,
+        rss_cap_bytes=rss_cap_bytes,
+        timeout_s=timeout_s,
+        use_warm=True,
+        keep_warm=False,
+    )
+    return handle.wait()
