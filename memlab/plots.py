@@ -23,7 +23,6 @@ from memlab.timeline import CATEGORIES, PHASES, RunResult, Timeline, format_byte
 
 __all__ = [
     "CATEGORY_COLORS",
-    "MIB",
     "PHASE_COLORS",
     "downsample_indices",
     "memory_throughput_figure",

@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 import pytest
 
 from memlab import plots
+from memlab.config import MIB
 from memlab.plots import (
     CATEGORY_COLORS,
-    MIB,
     downsample_indices,
     memory_throughput_figure,
     module_activations_figure,

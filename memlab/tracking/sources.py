@@ -608,9 +608,7 @@ def default_source() -> EventSource:
         except _native.NativeBuildError as e:
             reason = str(e).splitlines()[0]
     warnings.warn(
-        f"memlab: {reason}; using the torch.profiler fallback: results stay exact, but the live "
-        "view and the budget see op outputs only, not op-internal buffers "
-        f"(set {ENV_VAR}=profiler to silence this)",
+        f"memlab: {reason}; {FALLBACK_NOTE} (set {ENV_VAR}=profiler to silence this)",
         RuntimeWarning,
         stacklevel=2,
     )
