@@ -24,6 +24,7 @@ __all__ = [
     "Timeline",
     "ProcessSeries",
     "RunResult",
+    "Timing",
     "format_bytes",
 ]
 
@@ -188,6 +189,57 @@ def _int_dict(d: Mapping[str, Any] | None) -> dict[str, int]:
     return {str(k): int(v) for k, v in (d or {}).items()}
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Whether a run's step times can be trusted, and the per-step figures that say so.
+
+    Measured in the run worker around each measured step (``memlab/timing.py``): the wall time,
+    the worker's CPU time (its children's included: DataLoader workers), and the share of the
+    machine's CPU that *other* processes used meanwhile (a browser redrawing charts, the
+    notebook kernel, a compile in another terminal). A step is *disturbed* when that share
+    passes ``threshold``; the run is ``steady`` when few enough of its steps are. ``note`` says
+    why in words, naming the busiest other processes when the run was not steady.
+
+    ``cpu_share`` is the worker's CPU time over wall time x ``threads`` (torch's intra-op
+    threads), median over steps: near 1 a step kept all its threads busy; low values mean it
+    waited (for the disk, for a core another process held, or on serial code).
+    """
+
+    steady: bool
+    cpu_share: float | None
+    disturbed_steps: int
+    note: str
+    threads: int | None = None
+    #: Median over steps of the share of the machine's CPU other processes used (0..1).
+    others_share: float | None = None
+    threshold: float | None = None
+    step_wall_s: tuple[float, ...] = ()
+    step_cpu_s: tuple[float, ...] = ()
+    step_others_share: tuple[float | None, ...] = ()
+    step_disturbed: tuple[bool, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step_wall_s", tuple(float(v) for v in self.step_wall_s))
+        object.__setattr__(self, "step_cpu_s", tuple(float(v) for v in self.step_cpu_s))
+        object.__setattr__(
+            self,
+            "step_others_share",
+            tuple(None if v is None else float(v) for v in self.step_others_share),
+        )
+        object.__setattr__(self, "step_disturbed", tuple(bool(v) for v in self.step_disturbed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Timing:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass(frozen=True, eq=False)
 class RunResult:
     """What a tracked block or a whole run measured. Pure data; renders itself.
@@ -222,6 +274,8 @@ class RunResult:
     #: Further figures a run measured, by name (accuracy, parameter bytes by dtype...).
     metrics: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Whether the step times can be trusted (a run's measured steps); None: not measured.
+    timing: Timing | None = None
 
     def __post_init__(self) -> None:
         for name in ("peak_by_category", "entry_by_category", "end_by_category"):
@@ -241,6 +295,8 @@ class RunResult:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
         if self.cuda is not None:
             object.__setattr__(self, "cuda", _int_dict(self.cuda))
+        if isinstance(self.timing, Mapping):
+            object.__setattr__(self, "timing", Timing.from_dict(self.timing))
 
     # -- derived figures -------------------------------------------------------------------
     @property
@@ -267,6 +323,9 @@ class RunResult:
                 if timeline:
                     d[f.name] = v.to_dict()
                 continue
+            if f.name == "timing":
+                d[f.name] = None if v is None else v.to_dict()
+                continue
             d[f.name] = (
                 dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
             )
@@ -285,6 +344,8 @@ class RunResult:
             kw["timeline"] = Timeline.from_dict(d["timeline"])
         if "process" in d:
             kw["process"] = ProcessSeries.from_dict(d["process"])
+        if d.get("timing") is not None:
+            kw["timing"] = Timing.from_dict(d["timing"])
         for k in ("step_times_s", "notes"):
             if k in kw:
                 kw[k] = tuple(kw[k])
@@ -315,6 +376,10 @@ class RunResult:
         thr = self.throughput_samples_per_s
         if thr is not None:
             rows.append(("throughput", f"{thr:.1f} samples/s"))
+        if self.timing is not None:
+            rows.append(
+                ("timing", ("steady: " if self.timing.steady else "DISTURBED: ") + self.timing.note)
+            )
         return rows
 
     def __repr__(self) -> str:
