@@ -270,7 +270,7 @@ def test_check_number_and_choice() -> None:
 
 def test_check_renders() -> None:
     c = Check(True, "fine <b>")
-    assert "&lt;b&gt;" in c._repr_html_() and repr(c).startswith("[RIGHT]")
+    assert "&lt;b&gt;" in c._repr_markdown_() and repr(c).startswith("[RIGHT]")
     assert bool(c) and not bool(Check(None, "x")) and not bool(Check(False, "x"))
 
 
