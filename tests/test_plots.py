@@ -27,7 +27,7 @@ from memlab.plots import (
     update_process,
     update_timeline,
 )
-from memlab.timeline import CATEGORIES, PHASES, ProcessSeries, RunResult, Timeline
+from memlab.timeline import CATEGORIES, PHASES, ProcessSeries, RunResult, Timeline, Timing
 
 P = {name: i for i, name in enumerate(PHASES)}
 
@@ -153,7 +153,10 @@ def test_timeline_phase_bands_and_step_lines() -> None:
     ]
     assert all(s.type == "rect" and s.yref == "paper" for s in _shapes(fig, "phase:"))
     labels = [a.text for a in fig.layout.annotations if (a.name or "").startswith("phase:")]
-    assert labels == ["data", "forward", "backward", "optimizer"]
+    # the optimizer's band has no width: no room for its label, so the subtitle names it
+    assert labels == ["data", "forward", "backward"]
+    assert "phase bands:" in fig.layout.title.subtitle.text
+    assert "optimizer" in fig.layout.title.subtitle.text
     # Phase marks are shown as bands; only the step marks become vertical lines.
     steps = _shapes(fig, "step:")
     assert [(s.x0, s.x1, s.name) for s in steps] == [(0.7, 0.7, "step:step"),
@@ -253,16 +256,51 @@ def test_peak_bars_heights_and_exact_deltas() -> None:
         assert list(tr.x) == ["b=8", "b=32", "b=2 (oom)"]
         heights = [r.peak_by_category[tr.name] for r in runs]
         np.testing.assert_array_equal(tr.y, np.asarray(heights) / MIB)
-        deltas = [h - runs[1].peak_by_category[tr.name] for h in heights]
-        assert list(tr.customdata) == deltas
+        deltas = [h - runs[1].peak_by_category[tr.name] for h in heights[:2]]
+        assert list(tr.customdata) == [*deltas, None]  # the oom run is not compared
         assert tr.hovertext[1] == "baseline"
+        assert tr.hovertext[2] == "not compared (oom)"
+        # the run that did not finish is faded and hatched
+        assert list(tr.marker.opacity) == [1.0, 1.0, 0.45]
+        assert list(tr.marker.pattern.shape) == ["", "", "x"]
     acts = {tr.name: tr for tr in fig.data}["activations"]
-    assert list(acts.customdata) == [-3000, 0, -3750]
+    assert list(acts.customdata) == [-3000, 0, None]
     assert acts.hovertext[0] == "-2.9 KiB vs b=32"
     ann = [a.text for a in fig.layout.annotations if a.name == "delta"]
     assert ann[1] == "4.1 KiB (baseline)"
     assert ann[0] == "1.2 KiB<br>-2.9 KiB (-71%)"
+    # what the oom run reached is shown, never as a saving (no minus sign, no percent)
+    assert ann[2] == "550 B reached<br>oom: not compared"
+    assert "did not finish" in fig.layout.title.subtitle.text
     assert [a.y for a in fig.layout.annotations] == [r.peak_bytes / MIB for r in runs]
+
+
+def test_peak_bars_compare_runs_only_within_their_mode() -> None:
+    def run(mode: str, acts: int, status: str = "ok") -> RunResult:
+        return _result(
+            {"parameters": 100, "activations": acts}, experiment={"mode": mode}, status=status
+        )
+
+    runs = [
+        run("train", 1000),
+        run("inference", 300),
+        run("inference", 200),
+        run("train", 1500),
+        _result({}, experiment={"mode": "train"}, status="error"),  # failed before measuring
+    ]
+    fig = peak_bars_figure(runs, labels=["#1", "#2", "#3", "#4", "#5"], hover=list("abcde"))
+    acts = {tr.name: tr for tr in fig.data}["activations"]
+    # inference runs against the first inference run, train runs against the first train run
+    assert list(acts.customdata) == [0, 0, -100, 500, None]
+    assert acts.hovertext[2] == "-100 B vs #2<br>c"
+    assert acts.hovertext[4] == "not compared (failed)<br>e"
+    ann = [a.text for a in fig.layout.annotations if a.name == "delta"]
+    assert ann[0] == "1.1 KiB (baseline, train)" and ann[1] == "400 B (baseline, inference)"
+    assert ann[4] == "failed: nothing measured"
+    assert list(acts.x)[4] == "#5 (failed)"
+    assert "compared only within their mode" in fig.layout.title.subtitle.text
+    with pytest.raises(ValueError):
+        peak_bars_figure(runs, hover=["one"])
 
 
 def test_peak_bars_labels_baseline_and_empty() -> None:
@@ -299,6 +337,121 @@ def test_memory_throughput_scatter_skips_unmeasured() -> None:
     assert none.layout.annotations[0].text == "no run with a measured throughput yet"
 
 
+def _timing(disturbed: tuple[bool, ...], share: float | None = 0.4) -> Timing:
+    return Timing(
+        steady=sum(disturbed) <= len(disturbed) // 4,
+        cpu_share=0.9,
+        disturbed_steps=sum(disturbed),
+        note="chromium used 40% of the CPU",
+        others_share=share,
+        step_disturbed=disturbed,
+        step_others_share=tuple(0.6 if d else 0.05 for d in disturbed),
+    )
+
+
+def test_memory_throughput_marks_unfinished_disturbed_and_modes() -> None:
+    timed = {"step_times_s": (0.1, 0.1), "samples_per_step": 10}
+    runs = [
+        _result(experiment={"mode": "train"}, **timed),
+        _result(experiment={"mode": "train"}, status="cancelled", **timed),
+        _result(experiment={"mode": "inference"}, **timed),
+        _result(experiment={"mode": "train"}, timing=_timing((True, True, True, False)), **timed),
+    ]
+    fig = memory_throughput_figure(runs, labels=["#1", "#2", "#3", "#4"])
+    (tr,) = fig.data
+    assert list(tr.customdata) == [0, 2, 3]  # the cancelled run is not a point
+    assert list(tr.marker.symbol) == ["circle", "diamond", "circle-open"]
+    assert tr.hovertext[2].startswith("timing disturbed: 3 of 4 steps")
+    sub = fig.layout.title.subtitle.text
+    assert "#2 (cancelled) (did not finish)" in sub
+    assert "inference" in sub and "open markers: timing disturbed" in sub
+
+
+def test_throughput_figure_marks_disturbed_steps() -> None:
+    fig = plots.throughput_figure([0.1, 0.2, 0.05], 10, disturbed=[False, True, False],
+                                  others_share=[0.02, 0.55, None])  # fmt: skip
+    by = {tr.name: tr for tr in fig.data}
+    np.testing.assert_allclose(by["samples/s"].y, [100.0, 50.0, 200.0])
+    np.testing.assert_allclose(by["step time (ms)"].y, [100.0, 200.0, 50.0])
+    dist = by[plots.DISTURBED_TRACE]
+    assert list(dist.x) == [2] and list(dist.y) == [200.0]
+    assert list(dist.hovertext) == ["other processes used 55% of the CPU"]
+    assert dist.showlegend is True and dist.marker.symbol == "x"
+    assert fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.dtick == 1
+    quiet = plots.throughput_figure([0.1, 0.1], [8, 8], disturbed=[False, False])
+    q = {tr.name: tr for tr in quiet.data}[plots.DISTURBED_TRACE]
+    assert len(q.x) == 0 and q.showlegend is False  # nothing alarming when steady
+    many = plots.throughput_figure([0.1] * 40, 8)
+    assert many.layout.xaxis.dtick == 4  # integer steps, about 10 ticks
+
+
+def test_timing_summary_and_throughput_title() -> None:
+    disturbed = _timing((True, True, True, True, True, False, False, False))
+    assert plots.timing_summary(disturbed) == (
+        "timing disturbed: 5 of 8 steps, other processes used 40% of the CPU"
+    )
+    assert plots.timing_summary(_timing((False, False))) == ""
+    assert plots.timing_summary(None) == ""
+    timed = {"step_times_s": (0.1, 0.1), "samples_per_step": 10}
+    steady = _result(timing=_timing((False, False)), **timed)
+    assert plots.throughput_title(steady) == "Throughput: median 100 samples/s, 100.0 ms/step"
+    title = plots.throughput_title(_result(timing=disturbed, **timed))
+    assert title.startswith("Throughput: median 100 samples/s") and "5 of 8 steps" in title
+    assert plots.throughput_title(_result(status="cancelled", **timed)) == (
+        "Throughput: run cancelled after 2 steps (partial)"
+    )
+    assert plots.throughput_title(_result(status="error")) == (
+        "Throughput: run failed, no step measured"
+    )
+
+
+def test_every_figure_fits_its_container_with_readable_ticks() -> None:
+    tl = _timeline()
+    runs = _three_runs()
+    figs = {
+        "timeline": timeline_figure(tl),
+        "bars": peak_bars_figure(runs),
+        "scatter": memory_throughput_figure(runs),
+        "modules": module_activations_figure(_result(activations_by_module={"a": 1})),
+        "process": process_memory_figure(_result(process=_process())),
+        "prediction": prediction_figure({"parameters": 1}),
+        "throughput": plots.throughput_figure([0.1], 1),
+    }
+    for name, fig in figs.items():
+        assert fig.layout.autosize is True and fig.layout.width is None, name
+        assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0, name
+        axis = fig.layout.xaxis if name == "modules" else fig.layout.yaxis
+        assert axis.tickformat == plots.MIB_FORMAT or name == "throughput", name
+    assert figs["throughput"].layout.yaxis.tickformat == plots.RATE_FORMAT
+    assert figs["timeline"].layout.xaxis.tickformat == plots.SECONDS_FORMAT
+
+
+def test_phase_labels_never_overlap() -> None:
+    # forward takes most of the time; backward and optimizer are slivers next to each other
+    t = np.array([0.0, 0.9, 0.95, 0.96, 0.97, 0.98, 1.0])
+    ph = [P[p] for p in ["forward", "forward", "backward", "optimizer", "backward",
+                         "optimizer", "optimizer"]]  # fmt: skip
+    fig = timeline_figure(Timeline(t=t, phase=ph, by_category={"other": np.arange(7)}))
+    labels = [a for a in fig.layout.annotations if (a.name or "").startswith("phase:")]
+    assert [a.text for a in labels] == ["forward"]
+    key = fig.layout.title.subtitle.text
+    assert "backward" in key and "optimizer" in key and "forward" not in key
+    # many bands of each phase: one label per phase at most, on its widest band, none closer
+    # than their texts need (6 px a character on a 400 px plot, the figure's assumption)
+    n = 40
+    t = np.linspace(0.0, 1.0, 4 * n)
+    ph = np.tile([P["data"], P["forward"], P["backward"], P["optimizer"]], n).repeat(1)
+    ph[80:120] = P["forward"]  # one wide forward band
+    fig = timeline_figure(Timeline(t=t, phase=ph, by_category={"other": np.zeros(4 * n)}))
+    labels = sorted(
+        (a for a in fig.layout.annotations if (a.name or "").startswith("phase:")),
+        key=lambda a: a.x,
+    )
+    assert [a.text for a in labels] == ["forward"]
+    for a, b in zip(labels, labels[1:], strict=False):
+        assert b.x - a.x >= (len(a.text) + len(b.text)) * 6 / 2 / 400
+
+
 # -- one run in detail ----------------------------------------------------------------------
 
 
@@ -318,6 +471,16 @@ def test_module_activations_top_and_rest() -> None:
     )
     with pytest.raises(ValueError):
         module_activations_figure(_result(), top=0)
+
+
+def test_module_activations_say_what_a_bar_counts() -> None:
+    acts = {"enc": 3 * 2**20, "enc.0": 5 * 2**20}  # a parent and its child
+    r = _result({"activations": 6 * 2**20}, activations_by_module=acts, peak_phase="backward")
+    sub = module_activations_figure(r).layout.title.subtitle.text
+    assert "children excluded" in sub and "do not overlap" in sub
+    assert "sum to 8.0 MiB" in sub  # the bars' sum, computed from the data
+    assert "activations at the peak (backward): 6.0 MiB" in sub
+    assert "freed some" in sub
 
 
 def _process() -> ProcessSeries:
@@ -373,6 +536,15 @@ def test_prediction_vs_measured() -> None:
     assert fig.layout.barmode == "group"
     assert fig.layout.title.text == "Predicted 12.0 MiB vs measured 10.0 MiB: error +20.0%"
     assert fig.data[1].hovertext[3] == "error +33.3%" and fig.data[1].hovertext[1] == "error n/a"
+
+
+def test_prediction_of_a_run_that_did_not_finish_has_no_error() -> None:
+    pred = {"parameters": 4 * 2**20, "activations": 8 * 2**20}
+    oom = _result({"parameters": 4 * 2**20, "activations": 2**20}, status="oom")
+    fig = prediction_figure(pred, oom)
+    assert [tr.name for tr in fig.data] == ["predicted", "measured (oom: partial)"]
+    assert "%" not in fig.layout.title.text and "no error computed" in fig.layout.title.text
+    assert set(fig.data[1].hovertext) == {"error n/a"}
 
 
 def test_prediction_alone_and_validation() -> None:
