@@ -131,11 +131,12 @@ def test_phase_seconds_sums_event_gaps() -> None:
 def test_explain_batch_size_is_built_from_the_numbers() -> None:
     text = batch_size.explain(_batch_sweep())
     assert "from 8 to 32 (4.00x)" in text
-    assert "**Grew with the batch:** activations, inputs, temporaries" in text
-    assert "**Stayed constant:** parameters, gradients, optimizer_state" in text
     per_sample = 100_000 + 4096 + 8000
     assert f"{per_sample / 1024:.1f} KiB per sample" in text
     assert "Throughput stayed about level" in text  # 32/(0.01*b/8) samples/s is flat
+    why = batch_size.why_growing(_batch_sweep())
+    assert "**Grew with the batch:** activations, inputs, temporaries" in why
+    assert "**Stayed constant:** parameters, gradients, optimizer_state" in why
 
 
 def test_explain_checkpointing_and_tour() -> None:
@@ -150,12 +151,13 @@ def test_explain_checkpointing_and_tour() -> None:
     )
     sweep = Sweep(labels, exps, results)
     text = checkpointing.explain(sweep, "off")
-    assert "2.0 MiB instead of 8.0 MiB (-75%)" in text
     assert "3.0 ms more per step (+30%)" in text
-    assert "Temporaries rose (1.0 MiB → 2.0 MiB)" in text
+    why = checkpointing.why_saving(sweep, "off")
+    assert "2.0 MiB instead of 8.0 MiB (-75%)" in why
+    assert "Temporaries rose (1.0 MiB → 2.0 MiB)" in why
     assert checkpointing.check_saving(0.75, sweep, "off", "every-block").ok is True
     assert checkpointing.check_saving(0.5, sweep, "off", "every-block").ok is False
-    text = tour.explain(sweep)
+    text = tour.why(sweep)
     assert "**every-block** lowered the peak" in text and "mostly through **activations**" in text
     assert tour.check_biggest_saving("every-block", sweep).ok is True
 
@@ -187,7 +189,8 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
     text = precision.explain(
         sweep, "fp32", accuracy=dict.fromkeys(labels, 0.9), inference_baseline="fp32 inference"
     )
-    assert "parameter bytes did not drop (4.0 MiB → 4.0 MiB)" in text
+    assert "parameter bytes did not drop" not in text  # exercise 2's answer: after the check
+    assert "parameter bytes did not drop (4.0 MiB → 4.0 MiB)" in precision.why_autocast(sweep)
     assert "parameters 4.0 MiB → 2.0 MiB (0.50x)" in text
     assert "1.0 MiB instead of 4.0 MiB (0.25x)" in text
     assert "outside PyTorch's tensor storage" in text  # the int8 peak is below the model
@@ -211,9 +214,11 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
             _result(sp[2], metrics=sm, parameters=6 * MIB),
         ),
     )
-    text = sparsity.explain(ssweep, "dense", accuracy={0.0: 0.9, 0.5: 0.88, 0.9: 0.7})
+    text = sparsity.explain(ssweep, "dense")
     assert "masking saves nothing" in text and "larger than dense" in text
-    assert "above **0.677 sparsity**" in text and "within 5 points of dense here: **0.5**" in text
+    assert "a sparsity above **0.677**" in sparsity.why_crossover(ssweep)
+    why_acc = sparsity.why_accuracy({0.0: 0.9, 0.5: 0.88, 0.9: 0.7})
+    assert "within 5 points of dense here: **0.5**" in why_acc
     assert sparsity.check_crossover(0.68, ssweep).ok is True
     assert sparsity.check_crossover(0.33, ssweep).ok is False
     assert sparsity.check_accuracy(0.5, {0.0: 0.9, 0.5: 0.88, 0.9: 0.7}).ok is True
@@ -235,9 +240,8 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
         metrics={"dataset_bytes": 64 * MIB},
     )
     dsweep = Sweep(("ram", "memmap"), (d, d.replace(data="memmap")), (ram, mm))
-    text = data_loading.explain(dsweep, "ram", "memmap")
+    text = data_loading.why_saving(dsweep, "ram", "memmap")
     assert "**64.0 MiB less** (100% of the data set's size)" in text
-    assert "first epoch ran" not in text  # no epochs given: nothing said about them
     row = {"rss_anon growth": 0, "rss_shmem growth": 0, "step ms": 1.0}
     epochs = {
         "memmap": [
@@ -245,11 +249,11 @@ def test_explain_precision_sparsity_and_data_loading() -> None:
             {**row, "epoch": 2, "rss_file growth": 0},
         ]
     }
-    text = data_loading.explain(dsweep, "ram", "memmap", epochs=epochs)
+    text = data_loading.why_epochs(epochs, "memmap", 64 * MIB)
     assert "file-backed RSS grew 64.0 MiB in the first epoch and 0 B at most" in text
     assert "grew while the first epoch ran and not after" in text
     epochs["memmap"][1]["rss_file growth"] = 60 * MIB  # growth later too: no such sentence
-    assert "first epoch ran" not in data_loading.explain(dsweep, "ram", "memmap", epochs)
+    assert "first epoch ran" not in data_loading.why_epochs(epochs, "memmap", 64 * MIB)
     assert data_loading.check_saving(60, dsweep, "ram", "memmap").ok is True
     assert data_loading.check_saving(10, dsweep, "ram", "memmap").ok is False
 

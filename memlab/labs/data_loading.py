@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from memlab.config import MIB
 from memlab.labs.analysis import RSS_SPLIT, epoch_profile, sample_values
-from memlab.labs.checks import Check, check_choice, check_number
+from memlab.labs.checks import Check, Exercise, check_choice, check_number
 from memlab.labs.sweeps import Sweep, run_sweep
 from memlab.labs.text import md_table, pct
 from memlab.timeline import format_bytes
@@ -26,9 +26,14 @@ __all__ = [
     "run_sweep",
     "epoch_profile",
     "epoch_profiles",
+    "Exercise",
     "explain",
+    "why_saving",
+    "why_epochs",
     "explain_workers",
     "epoch_figure",
+    "exercise_saving",
+    "exercise_first_epoch_part",
     "check_saving",
     "check_first_epoch_part",
 ]
@@ -60,89 +65,116 @@ def epoch_profiles(
     }
 
 
-def explain(
-    sweep: Sweep,
-    ram: str,
-    memmap: str,
-    epochs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-) -> str:
-    """RAM against memmap: anonymous and file-backed RSS peaks, the data set's size, and (if
-    given) the growth of each RSS part per epoch for several runs."""
+def explain(sweep: Sweep, ram: str, memmap: str) -> str:
+    """What you see, before the exercises: the data set's size and where to read each RSS part.
+    What memmap saved in anonymous memory is exercise 1's answer and which part grew in the
+    first epoch exercise 2's: ``why_saving`` and ``why_epochs`` say them once the learner has
+    tried."""
     r_ram, r_mm = sweep[ram], sweep[memmap]
     ds = float(r_ram.metrics.get("dataset_bytes", 0))
-    a_ram, a_mm = r_ram.rss_anon_peak_bytes, r_mm.rss_anon_peak_bytes
-    f_ram, f_mm = r_ram.rss_file_peak_bytes, r_mm.rss_file_peak_bytes
-    out = []
-    if a_ram is None or a_mm is None:
-        out.append(
+    if r_ram.rss_anon_peak_bytes is None or r_mm.rss_anon_peak_bytes is None:
+        return (
             "This platform does not split RSS into anonymous and file-backed parts, so "
             "the comparison below cannot be made here (the numbers are missing, not zero)."
         )
-    else:
-        saved = a_ram - a_mm
-        share = f" ({saved / ds:.0%} of the data set's size)" if ds else ""
-        out.append(
-            f"The data set's inputs take {format_bytes(ds)}. With **{ram}** the whole set is a "
-            f"tensor in anonymous memory: the anonymous RSS peak was {format_bytes(a_ram)}. With "
-            f"**{memmap}** it was {format_bytes(a_mm)}, **{format_bytes(saved)} "
-            f"{'less' if saved >= 0 else 'more'}**{share}."
-        )
-        if f_ram is not None and f_mm is not None:
-            out.append(
-                f"\nFile-backed RSS peaked at {format_bytes(f_mm)} with memmap against "
-                f"{format_bytes(f_ram)} with RAM ({'+' if f_mm >= f_ram else ''}"
-                f"{format_bytes(f_mm - f_ram)}): the pages of the file that batches touched are "
-                "mapped into the process, and the kernel may drop them again under pressure "
-                "(they can be re-read from the file), which it cannot do with anonymous memory."
-            )
-    if epochs:
-        out.append("\n**Epochs** (growth of each part while that epoch's steps ran):\n")
-        rows = [
-            (
-                label,
-                row["epoch"],
-                format_bytes(row.get("rss_anon growth")),
-                format_bytes(row.get("rss_file growth")),
-                format_bytes(row.get("rss_shmem growth")),
-                "n/a" if row.get("step ms") is None else f"{row['step ms']:.1f}",
-            )
-            for label, prof in epochs.items()
-            for row in prof
+    steps = [len(r.step_times_s) for r in (r_ram, r_mm)]
+    return "\n".join(
+        [
+            f"The data set's inputs take **{format_bytes(ds)}**. Both runs read the same "
+            f"batches ({steps[0]} and {steps[1]} measured steps); only where the data set lives "
+            f"differs: a tensor in this process's memory (**{ram}**) or a file mapped into it "
+            f"(**{memmap}**).",
+            "",
+            "- The table gives each run's peaks of anonymous (`RSS anon MiB`) and file-backed "
+            "(`RSS file MiB`) memory.",
+            "- The chart shows file-backed RSS while the measured steps ran, against epochs of "
+            "batches read; the panel's process-memory chart shows every part of a run over "
+            "time (switch it to memmap to see one).",
         ]
-        header = (
-            "run",
-            "epoch",
-            "anon growth",
-            "file-backed growth",
-            "shared growth",
-            "median ms/step",
+    )
+
+
+def why_saving(sweep: Sweep, ram: str, memmap: str) -> str:
+    """What memmap saved in anonymous RSS, and why (exercise 1's worked solution)."""
+    r_ram, r_mm = sweep[ram], sweep[memmap]
+    ds = float(r_ram.metrics.get("dataset_bytes", 0))
+    a_ram, a_mm = r_ram.rss_anon_peak_bytes, r_mm.rss_anon_peak_bytes
+    if a_ram is None or a_mm is None:
+        return "This platform does not report anonymous RSS; nothing to compare."
+    saved = a_ram - a_mm
+    share = f" ({saved / ds:.0%} of the data set's size)" if ds else ""
+    out = [
+        f"1. Anonymous RSS peaked at {format_bytes(a_ram)} with **{ram}** and at "
+        f"{format_bytes(a_mm)} with **{memmap}**: {format_bytes(a_ram)} − {format_bytes(a_mm)} = "
+        f"**{saved / MIB:.1f} MiB {'less' if saved >= 0 else 'more'}**{share}.",
+        f"2. Why: with {ram} the whole set is a tensor in anonymous memory (the heap); with "
+        f"{memmap} its bytes stay in the file, and only the pages that batches touch are "
+        "mapped in, as file-backed memory.",
+    ]
+    f_ram, f_mm = r_ram.rss_file_peak_bytes, r_mm.rss_file_peak_bytes
+    if f_ram is not None and f_mm is not None:
+        out.append(
+            f"3. File-backed RSS peaked at {format_bytes(f_mm)} with memmap against "
+            f"{format_bytes(f_ram)} with RAM ({'+' if f_mm >= f_ram else ''}"
+            f"{format_bytes(f_mm - f_ram)}): the kernel may drop those pages again under "
+            "pressure (they can be re-read from the file), which it cannot do with anonymous "
+            "memory."
         )
-        out.append(md_table(header, rows))
-        for label, prof in epochs.items():
-            if len(prof) < 2:
-                continue
-            g1 = prof[0].get("rss_file growth")
-            later = [
-                int(r["rss_file growth"]) for r in prof[1:] if r.get("rss_file growth") is not None
-            ]
-            if g1 is None or not later:
-                continue
+    return "\n".join(out)
+
+
+def why_epochs(
+    epochs: Mapping[str, Sequence[Mapping[str, Any]]], memmap: str, dataset_bytes: float
+) -> str:
+    """The growth of each RSS part per epoch for each run, and what the first pass over a
+    mapped file does (exercise 2's worked solution)."""
+    out = ["**Epochs** (growth of each part while that epoch's steps ran):\n"]
+    rows = [
+        (
+            label,
+            row["epoch"],
+            format_bytes(row.get("rss_anon growth")),
+            format_bytes(row.get("rss_file growth")),
+            format_bytes(row.get("rss_shmem growth")),
+            "n/a" if row.get("step ms") is None else f"{row['step ms']:.1f}",
+        )
+        for label, prof in epochs.items()
+        for row in prof
+    ]
+    header = (
+        "run",
+        "epoch",
+        "anon growth",
+        "file-backed growth",
+        "shared growth",
+        "median ms/step",
+    )
+    out.append(md_table(header, rows))
+    for label, prof in epochs.items():
+        if len(prof) < 2:
+            continue
+        g1 = prof[0].get("rss_file growth")
+        later = [
+            int(r["rss_file growth"]) for r in prof[1:] if r.get("rss_file growth") is not None
+        ]
+        if g1 is None or not later:
+            continue
+        out.append(
+            f"- **{label}**: file-backed RSS grew {format_bytes(g1)} in the first epoch and "
+            f"{format_bytes(max(later))} at most in a later one."
+        )
+    prof = list(epochs.get(memmap, ()))
+    if len(prof) >= 2:
+        first = int(prof[0].get("rss_file growth") or 0)
+        later_max = max(int(r.get("rss_file growth") or 0) for r in prof[1:])
+        if first > 4 * later_max and first > 0.5 * dataset_bytes:
             out.append(
-                f"- **{label}**: file-backed RSS grew {format_bytes(g1)} in the first epoch and "
-                f"{format_bytes(max(later))} at most in a later one."
+                f"\nWith **{memmap}**, file-backed memory grew while the first epoch ran "
+                "and not after: the first pass over a memory-mapped file faults its pages in "
+                "(from the page cache, or from disk if they are not cached), later epochs "
+                "find them already mapped."
             )
-        prof = list(epochs.get(memmap, ()))
-        if len(prof) >= 2:
-            first = int(prof[0].get("rss_file growth") or 0)
-            later_max = max(int(r.get("rss_file growth") or 0) for r in prof[1:])
-            if first > 4 * later_max and first > 0.5 * ds:
-                out.append(
-                    f"\nWith **{memmap}**, file-backed memory grew while the first epoch ran "
-                    "and not after: the first pass over a memory-mapped file faults its pages in "
-                    "(from the page cache, or from disk if they are not cached), later epochs "
-                    "find them already mapped."
-                )
-    return "\n".join(s for s in out if s)
+    return "\n".join(out)
 
 
 def explain_workers(sweep: Sweep, baseline: str, *, steps_per_epoch: int) -> str:
@@ -253,10 +285,44 @@ def check_first_epoch_part(answer: Any, profile: Sequence[Mapping[str, Any]]) ->
     first = profile[0]
     grew = {name: first.get(f"{p} growth") or 0 for p, name in PART_NAMES.items()}
     best = max(grew, key=lambda k: grew[k])
-    return check_choice(
-        answer,
-        best,
-        options=list(PART_NAMES.values()),
-        what="a part name",
-        explain=f"It grew {format_bytes(grew[best])} in the first epoch.",
+    return check_choice(answer, best, options=list(PART_NAMES.values()), what="a part name")
+
+
+def exercise_saving(sweep: Sweep, ram: str, memmap: str, id: str = "1") -> Exercise:
+    """Exercise 1: the anonymous RSS (MiB) that memmap saved against RAM."""
+    hints = (
+        f"Read the 'RSS anon MiB' column of the table for '{ram}' and '{memmap}'.",
+        f"The saving is the anonymous peak with {ram} minus the one with {memmap}, in MiB. "
+        "Compare it with the data set's size in the explanation: what did the RAM run hold "
+        "that the memmap run did not?",
+    )
+    return Exercise(
+        id,
+        "What memmap saved in anonymous memory",
+        lambda a: check_saving(a, sweep, ram, memmap),
+        hints=hints,
+        solution=lambda: why_saving(sweep, ram, memmap),
+    )
+
+
+def exercise_first_epoch_part(
+    epochs: Mapping[str, Sequence[Mapping[str, Any]]],
+    memmap: str,
+    *,
+    dataset_bytes: float,
+    id: str = "2",
+) -> Exercise:
+    """Exercise 2: which RSS part grew the most in the first epoch over the mapped file."""
+    hints = (
+        f"Switch the panel to {memmap} and watch its process-memory chart during the first "
+        "epoch, or read the chart 'File-backed RSS during the measured steps' above.",
+        "A mapped file's pages are brought in the first time a batch touches them, and they "
+        "stay mapped. Which part counts pages of a file, and which the heap?",
+    )
+    return Exercise(
+        id,
+        "Which part grows in the first epoch",
+        lambda a: check_first_epoch_part(a, epochs.get(memmap, ())),
+        hints=hints,
+        solution=lambda: why_epochs(epochs, memmap, dataset_bytes),
     )

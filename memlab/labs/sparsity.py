@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from memlab.config import MIB, SPARSE_STORAGES, Experiment
-from memlab.labs.checks import Check, check_choice, check_number
+from memlab.labs.checks import Check, Exercise, as_number, check_choice, check_number, todo
 from memlab.labs.sweeps import Sweep, accuracies, run_sweep
 from memlab.labs.text import md_table, pct
 from memlab.timeline import format_bytes
@@ -22,8 +22,13 @@ __all__ = [
     "run_sweep",
     "accuracy_by_sparsity",
     "crossover",
+    "Exercise",
     "explain",
+    "why_crossover",
+    "why_accuracy",
     "bytes_figure",
+    "exercise_crossover",
+    "exercise_accuracy",
     "check_crossover",
     "check_accuracy",
 ]
@@ -52,9 +57,10 @@ def accuracy_by_sparsity(
     return {s: got[f"{s:g}"] for s in levels}
 
 
-def explain(sweep: Sweep, dense: str, accuracy: Mapping[float, float | None] | None = None) -> str:
-    """Mask against sparse storage at each sparsity: parameter bytes, the CSR arithmetic and
-    the crossover, and accuracy against sparsity if given (keys: sparsity levels)."""
+def explain(sweep: Sweep, dense: str) -> str:
+    """What you see, before the exercises: mask against sparse storage at each sparsity,
+    parameter bytes and the CSR bytes of each run. Not the crossover (exercise 1's answer) nor
+    the accuracy verdict (exercise 2's): ``why_crossover`` and ``why_accuracy`` say them."""
     base = sweep[dense]
     p0 = base.peak_by_category.get("parameters", 0)
     rows = []
@@ -105,33 +111,59 @@ def explain(sweep: Sweep, dense: str, accuracy: Mapping[float, float | None] | N
             f"{format_bytes(dense_eq)}, {verdict} than dense; parameters {format_bytes(p0)} → "
             f"{format_bytes(p)} ({pct(p, p0)})."
         )
-    cross = crossover(sweep)
-    if cross is not None:
-        out.append(
-            f"- CSR stores a value (4 bytes) *and* a column index (8 bytes) per kept "
-            f"weight, so it only wins below a density of **{cross:.3f}**, i.e. above "
-            f"**{1 - cross:.3f} sparsity** for these layers."
-        )
-    if accuracy:
-        pts = sorted((s, a) for s, a in accuracy.items() if a is not None)
-        if pts:
-            a0 = dict(pts).get(0.0, pts[0][1])
-            desc = ", ".join(f"{s:g}: {a:.3f}" for s, a in pts)
-            out.append(
-                f"- Accuracy on the real digits by sparsity (magnitude pruning after "
-                f"training, no fine-tuning): {desc}."
-            )
-            ok = [s for s, a in pts if a >= a0 - 0.05]
-            if ok:
-                out.append(
-                    f"  The highest sparsity within 5 points of dense here: **{max(ok):g}**."
-                )
+    # The crossover is exercise 1's answer and the accuracy verdict exercise 2's: ``why_crossover``
+    # and ``why_accuracy`` say them once the learner has tried.
     return "\n".join(out)
 
 
-def bytes_figure(sweep: Sweep, dense: str) -> go.Figure:
+def why_crossover(sweep: Sweep) -> str:
+    """Why CSR wins only past a sparsity, and where (exercise 1's worked solution)."""
+    cross = crossover(sweep)
+    if cross is None:
+        return "No run stored weights sparse, so there is no crossover to compute."
+    return "\n".join(
+        [
+            "1. Dense fp32 stores 4 bytes per weight, kept or not.",
+            "2. CSR stores, per *kept* weight, its value (4 bytes, fp32) and its column index "
+            "(8 bytes, int64): 12 bytes, plus one row pointer per row.",
+            "3. CSR is smaller when 12 × density < 4, i.e. below a density of about 1/3. With "
+            f"the row pointers of these layers the runs computed a density of **{cross:.3f}**, "
+            f"i.e. a sparsity above **{1 - cross:.3f}**.",
+            "4. Check it against the sweep: a sparse run below that sparsity stores more bytes "
+            "than dense, one above it fewer.",
+        ]
+    )
+
+
+def why_accuracy(accuracy: Mapping[float, float | None], *, points: float = 5.0) -> str:
+    """Accuracy against sparsity, and the highest sparsity within ``points`` of dense
+    (exercise 2's worked solution)."""
+    pts = sorted((s, a) for s, a in accuracy.items() if a is not None)
+    if not pts:
+        return "No accuracy was measured."
+    a0 = dict(pts).get(0.0, pts[0][1])
+    rows = [(f"{s:g}", f"{a:.3f}", f"{(a - a0) * 100:+.1f}") for s, a in pts]
+    out = [
+        md_table(("sparsity", "accuracy", "points vs dense"), rows),
+        "",
+        f"Dense accuracy is {a0:.3f}; within {points:g} points means at least "
+        f"{a0 - points / 100:.3f}.",
+    ]
+    ok = [s for s, a in pts if a >= a0 - points / 100]
+    if ok:
+        out.append(
+            f"The highest sparsity within {points:g} points of dense here: **{max(ok):g}**. "
+            "Magnitude pruning removes the smallest weights first, so accuracy holds until the "
+            "pruning reaches weights that matter; fine-tuning after pruning would move the "
+            "limit further."
+        )
+    return "\n".join(out)
+
+
+def bytes_figure(sweep: Sweep, dense: str, *, show_crossover: bool = False) -> go.Figure:
     """Measured parameter bytes against sparsity, one line per storage, the dense baseline as a
-    horizontal line and the CSR crossover as a vertical one."""
+    horizontal line and, with ``show_crossover``, the CSR crossover as a vertical one (off by
+    default: it is exercise 1's answer)."""
     import plotly.graph_objects as go
 
     colors = dict(zip(SPARSE_STORAGES, ("#E45756", "#4C78A8"), strict=True))
@@ -159,7 +191,7 @@ def bytes_figure(sweep: Sweep, dense: str) -> go.Figure:
         line_color="#333333",
     )
     cross = crossover(sweep)
-    if cross is not None:
+    if show_crossover and cross is not None:
         fig.add_vline(
             x=1 - cross,
             line_dash="dash",
@@ -186,7 +218,7 @@ def check_crossover(answer: Any, sweep: Sweep) -> Check:
         1 - cross,
         abs_tol=0.03,
         what="a sparsity between 0 and 1",
-        explain="12 bytes per kept fp32 weight in CSR against 4 per weight dense.",
+        fraction=True,
     )
 
 
@@ -198,10 +230,57 @@ def check_accuracy(
     pts = {float(s): a for s, a in accuracy.items() if a is not None}
     if 0.0 not in pts:
         return Check(False, "The accuracy curve has no dense (sparsity 0) point.")
+    if answer is None:
+        return todo("a tested sparsity level")
+    levels = [f"{s:g}" for s in sorted(pts)]
+    x = as_number(answer, "a sparsity level")
+    if isinstance(x, Check):
+        return x
+    if x > 1 and f"{x / 100:g}" in levels:
+        return Check(
+            False,
+            f"{x:g} looks like a percent: the levels are fractions ({x / 100:g}).",
+            form_error=True,
+        )
     ok = [s for s, a in pts.items() if a >= pts[0.0] - points / 100]
-    return check_choice(
-        None if answer is None else f"{float(answer):g}",
-        f"{max(ok):g}",
-        options=[f"{s:g}" for s in sorted(pts)],
-        what="a tested sparsity level",
+    return check_choice(f"{x:g}", f"{max(ok):g}", options=levels, what="a tested sparsity level")
+
+
+def exercise_crossover(sweep: Sweep, id: str = "1") -> Exercise:
+    """Exercise 1: the sparsity above which CSR is smaller than dense."""
+    hints = (
+        "Look at the 'Linear weights (CSR)' column: at which tested sparsity does CSR take "
+        "fewer bytes than dense? The answer lies between a sparsity where it is larger and "
+        "one where it is smaller. In the chart, where does the sparse line cross the dense one?",
+        "Count bytes per weight: dense fp32 stores 4 for every weight; CSR stores a value "
+        "(4 bytes) and an int64 column index (8 bytes) for every kept weight. At which "
+        "density are the two equal?",
+    )
+    return Exercise(
+        id,
+        "The CSR crossover",
+        lambda a: check_crossover(a, sweep),
+        hints=hints,
+        solution=lambda: why_crossover(sweep),
+    )
+
+
+def exercise_accuracy(
+    accuracy: Mapping[float, float | None], *, points: float = 5.0, id: str = "2"
+) -> Exercise:
+    """Exercise 2: the highest tested sparsity within ``points`` of dense accuracy."""
+    a0 = accuracy.get(0.0)
+    floor = "" if a0 is None else f" (dense: {a0:.3f}, so at least {a0 - points / 100:.3f})"
+    hints = (
+        "Read the accuracy of each level in the `accuracy` table above, against the dense "
+        "one (sparsity 0).",
+        f"{points:g} percentage points is {points / 100:g} of accuracy{floor}: take the "
+        "highest level that stays at or above it.",
+    )
+    return Exercise(
+        id,
+        "How far can you prune",
+        lambda a: check_accuracy(a, accuracy, points=points),
+        hints=hints,
+        solution=lambda: why_accuracy(accuracy, points=points),
     )
