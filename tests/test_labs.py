@@ -477,3 +477,251 @@ def test_check_prediction_against_the_estimate_and_a_run() -> None:
     right = exercises.check_prediction(peak, exp)
     assert right.ok is True and "memlab.estimate predicted" in right.message
     assert exercises.check_prediction(peak * 2, exp).ok is False
+
+
+# -- exercises: graded hints, mistakes of form, the solution only after an attempt -----------------
+def _ckpt_sweep() -> Sweep:
+    base = Experiment(workload="transformer")
+    exps = (base, base.replace(checkpointing="every-block"))
+    return Sweep(
+        ("off", "every-block"),
+        exps,
+        (
+            _result(exps[0], steps=(0.010,) * 3, parameters=10, activations=8 * MIB),
+            _result(exps[1], steps=(0.013,) * 3, parameters=10, activations=2 * MIB),
+        ),
+    )
+
+
+def test_exercise_hint_ladder_then_solution() -> None:
+    ex = checkpointing.exercise_saving(_ckpt_sweep())  # the truth: 0.75 saved
+    assert ex.check(None).ok is None and ex.attempts == 0  # unanswered: no attempt
+    first = ex.check(0.5)
+    assert first.ok is False and first.hint == ex.hints[0] and not first.solution
+    assert "activations" in first.hint and "too low" in first.message
+    again = ex.check(0.5)  # the same answer again (the cell run twice) is one attempt
+    assert again.attempt == 1 and again.hint == ex.hints[0]
+    second = ex.check(0.25)
+    assert second.attempt == 2 and second.hint == ex.hints[1] and second.hint != first.hint
+    assert not second.solution and not ex.revealed
+    third = ex.check(0.3)
+    assert third.ok is False and not third.hint and ex.revealed
+    # The worked solution is computed from the runs: 8 MiB and 2 MiB of activations.
+    assert "(8.0 MiB − 2.0 MiB) / 8.0 MiB = **0.750**" in third.solution
+    assert "-75%" in third.solution  # the explanation kept back until now
+    md = third._repr_markdown_()
+    assert "attempt 3" in md and "Worked solution" in md and "0.750" in md
+
+
+def test_exercise_right_answer_shows_the_solution_and_reveal_needs_an_attempt() -> None:
+    ex = checkpointing.exercise_saving(_ckpt_sweep())
+    before = ex.reveal()
+    assert before.ok is None and not before.solution and "first" in before.message
+    right = ex.check(0.74)
+    assert right.ok is True and "0.750" in right.solution and right.attempt == 1
+    assert ex.reveal().solution == right.solution
+    wrong = checkpointing.exercise_saving(_ckpt_sweep())
+    wrong.check(0.1)
+    assert "0.750" in wrong.reveal().solution  # on request, after one attempt
+
+
+def test_mistakes_of_form_are_named_and_not_counted() -> None:
+    ex = checkpointing.exercise_saving(_ckpt_sweep())
+    pct_ = ex.check(75)
+    assert pct_.form_error and "75 looks like a percent" in pct_.message and "0.75" in pct_.message
+    text = ex.check("0.75")
+    assert text.form_error and "is a string" in text.message and "without quotes" in text.message
+    junk = ex.check("lots")
+    assert junk.form_error and "'lots'" in junk.message
+    assert ex.check(-0.5).form_error and ex.check(True).form_error and ex.check([0.7]).form_error
+    assert ex.attempts == 0 and not any(c.hint or c.solution for c in (pct_, text, junk))
+
+    # bytes (or KiB, GiB) where MiB are asked
+    d = Experiment(workload="mlp", data_size=1024)
+    ram = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=300 * MIB)
+    mm = RunResult(peak_bytes=1, peak_by_category={}, rss_anon_peak_bytes=240 * MIB)
+    dsweep = Sweep(("ram", "memmap"), (d, d.replace(data="memmap")), (ram, mm))
+    mib = data_loading.exercise_saving(dsweep, "ram", "memmap")
+    as_bytes = mib.check(60 * MIB)
+    assert as_bytes.form_error and "looks like bytes: answer in MiB" in as_bytes.message
+    assert "60 MiB" in as_bytes.message
+    assert "looks like GiB" in mib.check(0.06).message
+    assert mib.attempts == 0
+    assert mib.check(58).ok is True  # within 20% of 60 MiB
+
+    # a label that is not one of the options lists the options
+    tour_ex = tour.exercise_biggest_saving(_ckpt_sweep())
+    odd = tour_ex.check("fp16")
+    assert odd.form_error and "not one of the options" in odd.message
+    assert "'every-block'" in odd.message and tour_ex.attempts == 0
+    grew = batch_size.exercise_growing(_batch_sweep())
+    assert grew.check("activations").form_error  # a set is asked for
+    unknown = grew.check({"activation", "inputs"})
+    assert unknown.form_error and "activation: not one of the names" in unknown.message
+    assert "'temporaries'" in unknown.message
+
+    # a percent where a sparsity level is asked
+    acc = sparsity.exercise_accuracy({0.0: 0.9, 0.5: 0.88, 0.9: 0.7})
+    assert "90 looks like a percent" in acc.check(90).message and acc.attempts == 0
+    assert "not one of the options" in acc.check(0.7).message
+    assert acc.check(0.9).ok is False and acc.attempts == 1
+    assert acc.check(0.5).ok is True
+
+
+def test_explanations_before_the_check_do_not_state_the_answers() -> None:
+    # tour: which run saved the most (a label)
+    sweep = _ckpt_sweep()
+    ex = tour.exercise_biggest_saving(sweep)
+    assert "every-block" not in tour.explain(sweep)
+    assert "every-block" not in " ".join(h for h in ex.hints if isinstance(h, str))
+    assert ex.check("every-block").ok is True and "**every-block**" in ex.solution()
+
+    # batch size: which categories grew
+    bs = _batch_sweep()
+    text = batch_size.explain(bs)
+    assert not [c for c in ("activations", "inputs", "temporaries") if c in text], text
+    assert "**Grew with the batch:** activations, inputs, temporaries" in (
+        batch_size.exercise_growing(bs).solution()
+    )
+
+    # checkpointing: the fraction saved (0.75, -75%)
+    text = checkpointing.explain(sweep, "off")
+    assert "75" not in text  # neither 0.75 nor -75%
+
+    # precision: the category autocast changed the most
+    b = Experiment(workload="mlp")
+    exps = (b, b.replace(precision="amp-bf16"), b.replace(precision="bf16"))
+    psweep = Sweep(
+        ("fp32", "amp-bf16", "bf16"),
+        exps,
+        (
+            _result(exps[0], parameters=4 * MIB, activations=3 * MIB, temporaries=MIB),
+            _result(exps[1], parameters=4 * MIB, activations=2 * MIB, temporaries=5 * MIB),
+            _result(exps[2], parameters=2 * MIB, activations=3 * MIB, temporaries=MIB),
+        ),
+    )
+    text = precision.explain(psweep, "fp32")
+    assert "temporaries" not in text and "amp-bf16**" not in text
+    auto = precision.exercise_autocast(psweep)
+    assert auto.check("activations").ok is False  # moved by 1 MiB only
+    assert auto.check("temporaries").ok is True
+    assert "The biggest change was **temporaries** (+4.0 MiB)" in auto.solution()
+
+    # sparsity: the crossover (0.677) is neither in the text nor on the chart
+    sp = (b, b.replace(sparsity=0.5, sparse_storage="sparse"))
+    sm = {
+        "sparse_csr_bytes": 6 * MIB,
+        "sparse_dense_equivalent_bytes": 4 * MIB,
+        "sparse_density_crossover": 0.3229,
+    }
+    ssweep = Sweep(
+        ("dense", "sparse 0.5"),
+        sp,
+        (_result(sp[0], parameters=4 * MIB), _result(sp[1], metrics=sm, parameters=6 * MIB)),
+    )
+    text = sparsity.explain(ssweep, "dense")
+    assert not [v for v in ("0.677", "0.68", "0.323", "crossover") if v in text], text
+    fig = sparsity.bytes_figure(ssweep, "dense")
+    labels = [a.text for a in fig.layout.annotations]
+    assert labels == ["dense"], labels  # the dense line only, no crossover line
+    shown = sparsity.bytes_figure(ssweep, "dense", show_crossover=True)
+    assert "CSR crossover 0.68" in [a.text for a in shown.layout.annotations]
+    cross = sparsity.exercise_crossover(ssweep)
+    assert cross.check(0.5).ok is False and "0.677" not in cross.check(0.5).hint
+    assert cross.check(0.68).ok is True and "**0.677**" in cross.solution()
+
+    # data loading: what memmap saved (60 MiB) and the first epoch's growth
+    d = Experiment(workload="mlp", data_size=1024)
+    kw: dict[str, Any] = {"peak_bytes": 1, "peak_by_category": {}}
+    kw["metrics"] = {"dataset_bytes": 64 * MIB}
+    ram = RunResult(**kw, rss_anon_peak_bytes=300 * MIB, rss_file_peak_bytes=80 * MIB)
+    mm = RunResult(**kw, rss_anon_peak_bytes=240 * MIB, rss_file_peak_bytes=145 * MIB)
+    dsweep = Sweep(("ram", "memmap"), (d, d.replace(data="memmap")), (ram, mm))
+    text = data_loading.explain(dsweep, "ram", "memmap")
+    assert "60" not in text and "less" not in text and "first epoch" not in text, text
+    assert "64.0 MiB" in text  # what the learner needs: the data set's size
+    assert "**60.0 MiB less**" in data_loading.exercise_saving(dsweep, "ram", "memmap").solution()
+
+
+def test_largest_batch_exercise_hints_then_a_searched_solution() -> None:
+    asked: list[int] = []
+
+    def fake_run(exp: Experiment) -> RunResult:
+        asked.append(exp.batch_size)
+        return _result(exp, activations=1000 * exp.batch_size + 500)
+
+    base = Experiment(workload="transformer", data_size=64)
+    budget = 100_500  # batch 100 fits exactly: the answer is 96, 104 is over
+    bs = _batch_sweep()
+    ex = batch_size.exercise_largest_batch(bs, base, budget, multiple=8, run=fake_run)
+    assert ex.check(96.0).form_error and "int (96)" in ex.check(96.0).message
+    assert ex.check(99).form_error and asked == []  # not a multiple: nothing runs
+    low = ex.check(80)
+    assert low.ok is False and "Go higher" in low.message and "line" in low.hint
+    high = ex.check(112)
+    assert "Go lower" in high.message and high.hint == ex.hints[1] and not high.solution
+    n_runs = len(asked)
+    last = ex.check(104)
+    assert last.ok is False and last.solution and "**96**" in last.solution
+    assert "| 96 |" in last.solution and "| 104 |" in last.solution  # the runs behind it
+    assert len(asked) - n_runs <= 3  # runs are kept: each batch size measured once
+    assert sorted(asked) == sorted(set(asked))
+    # The line the solution starts from is the sweep's (computed, not hard-coded).
+    slope, fixed = batch_size.peak_line(bs)
+    assert f"**{(budget - fixed) / slope:.1f}** samples" in last.solution
+
+
+def test_panel_challenge_points_at_the_biggest_category_of_the_latest_run() -> None:
+    class FakePanel:
+        result: RunResult | None = None
+
+    sweep = _ckpt_sweep()
+    ex = tour.exercise_fit_batch(sweep, max_peak_bytes=5 * MIB, min_batch=64)
+    p = FakePanel()
+    assert ex.check(p).ok is None
+    exp = Experiment(workload="transformer", batch_size=32)
+    p.result = _result(exp, activations=8 * MIB)
+    small = ex.check(p)
+    assert small.form_error and "at least 64" in small.message and ex.attempts == 0
+    p.result = _result(exp.replace(batch_size=64), parameters=MIB, activations=16 * MIB)
+    over = ex.check(p)
+    assert over.ok is False and "biggest category at the peak was activations" in over.hint
+    assert "16.0 MiB" in over.hint
+    p.result = _result(exp.replace(batch_size=64, precision="bf16"), activations=12 * MIB)
+    assert "every-block: activations −6.0 MiB" in ex.check(p).hint  # the tour's numbers
+    p.result = _result(exp.replace(batch_size=64, checkpointing="every-block"), activations=MIB)
+    ok = ex.check(p)
+    assert ok.ok is True and "{'checkpointing': 'every-block'}" in ok.message and ok.solution
+
+
+def test_predicted_run_exercises_run_once_and_solve_from_the_runs() -> None:
+    runs: list[Experiment] = []
+
+    def fake_run(exp: Experiment) -> RunResult:
+        runs.append(exp)
+        return _result(exp, parameters=2 * MIB, activations=exp.batch_size * 100_000)
+
+    # lab 03, exercise 1: bf16 parameters predicted from the panel's fp32 run
+    b = Experiment(workload="mlp")
+    fp32 = _result(b, parameters=4 * MIB)
+    ex = precision.exercise_parameters(fp32, b.replace(precision="bf16"), run=fake_run)
+    assert ex.check(None).ok is None and runs == []  # nothing runs until an answer is given
+    assert "4.0 MiB" in ex.check(4).hint and len(runs) == 1
+    assert ex.check(2 * MIB).form_error  # bytes
+    right = ex.check(2.02)
+    assert right.ok is True and "**2.00 MiB**" in right.solution and len(runs) == 1
+
+    # lab 01, exercise 3: the peak at batch 48
+    bs = _batch_sweep()
+    pred = batch_size.exercise_prediction(
+        bs, Experiment(workload="transformer", batch_size=48), run=fake_run, estimate=lambda e: 5e6
+    )
+    truth = (2 * MIB + 48 * 100_000) / MIB
+    wrong = pred.check(truth * 2)
+    assert wrong.ok is False and "too high" in wrong.message and "line" in wrong.hint
+    assert f"{truth:.1f}" not in wrong.message + wrong.hint  # not the measured value
+    assert pred.check(truth * MIB).form_error
+    got = pred.check(truth)
+    slope, fixed = batch_size.peak_line(bs)
+    assert got.ok is True and f"**{(fixed + 48 * slope) / MIB:.1f} MiB**" in got.solution
+    assert f"{5e6 / MIB:.1f} MiB without running" in got.solution

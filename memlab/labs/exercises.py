@@ -72,6 +72,14 @@ class _BatchProbe:
         ``max_runs`` new runs did not settle it (or not even one multiple fits)."""
         m = self.multiple
         b = max(m, start - start % m)
+        # Start from what the learner's attempts measured already: the largest batch that fit
+        # below the smallest that did not (each run costs seconds).
+        over = [k for k in self.runs if not self.fits(k, budget)]
+        fit = [k for k in self.runs if self.fits(k, budget) and k < min(over, default=k + 1)]
+        if fit:
+            b = max(fit)
+        elif over:
+            b = min(b, min(over) - m) if min(over) > m else m
         before = len(self.runs)
         while len(self.runs) - before <= max_runs:
             if self.fits(b, budget):
