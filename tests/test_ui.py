@@ -22,7 +22,7 @@ pytest.importorskip("ipywidgets")
 
 from memlab.config import MIB, ConfigError, Experiment  # noqa: E402
 from memlab.runner import shutdown_service, shutdown_warm_worker  # noqa: E402
-from memlab.timeline import CATEGORIES  # noqa: E402
+from memlab.timeline import CATEGORIES, RunResult, Timing, format_bytes  # noqa: E402
 from memlab.ui import Panel, run_labels, smoke_experiment  # noqa: E402
 from memlab.ui.charts import LIVE_TRACE, LiveCharts  # noqa: E402
 from memlab.workloads import Workload  # noqa: E402
@@ -86,7 +86,7 @@ def test_memlab_import_does_not_import_ipywidgets() -> None:
 def test_knobs_limit_the_panel_and_others_keep_the_experiments_values() -> None:
     exp = Experiment(workload=tiny, batch_size=16, precision="amp-bf16", checkpointing="off")
     p = Panel(knobs=["batch_size"], experiment=exp, smoke=False, warm=False)
-    assert set(p.controls) == {"batch_size", "run", "stop"}
+    assert set(p.controls) == {"batch_size", "run", "stop", "baseline"}
     knob_box = p.widget.children[0]
     assert list(knob_box.children) == [p.controls["batch_size"]]
     p.controls["batch_size"].value = 48
@@ -101,6 +101,7 @@ def test_knobs_limit_the_panel_and_others_keep_the_experiments_values() -> None:
         "budget",
         "run",
         "stop",
+        "baseline",
     }
     loading.controls["budget"].value = 300  # MiB, the charts' unit
     assert loading.experiment.budget_bytes == 300 * MIB
@@ -186,8 +187,11 @@ def test_run_updates_figures_in_place_and_history_compares_runs() -> None:
     anon = r.process.parts["rss_anon"]
     assert anon is not None
     np.testing.assert_allclose(trace(proc, "anonymous").y, anon / MIB)
-    # live redraws were throttled to ~20 a second (+ the final flush)
-    assert 1 <= p._charts.redraws <= elapsed * 20 + 2
+    # live redraws were throttled: 4 a second at most before measuring, one per 2 s while
+    # measuring (+ the final flush)
+    assert 1 <= p._charts.redraws <= elapsed * 4 + 2
+    measured = [t for t, m in p._charts.redraw_log if m]
+    assert all(b - a >= 2.0 - 1e-3 for a, b in zip(measured, measured[1:], strict=False))
 
     p.controls["batch_size"].value = 256
     p.controls["run"].click()
@@ -225,7 +229,11 @@ def test_stop_cancels_a_slow_run() -> None:
     r = p.wait(30)
     assert r is not None and r.status == "cancelled"
     assert p.status.startswith("cancelled"), p.status
-    assert p.history == []  # a cancelled run is not compared against
+    assert p.history == []  # a cancelled run is not compared against...
+    assert p.runs == [r]  # ...but shown, marked
+    assert list(trace(p.figures["history"], "parameters").x) == ["#1 (cancelled)"]
+    assert "cancelled" in p.figures["memory"].layout.title.text
+    assert "cancelled" in p.figures["throughput"].layout.title.text
     assert p.controls["stop"].disabled
 
 
@@ -235,14 +243,20 @@ def test_oom_and_error_are_said_in_the_status_line() -> None:
     p.run()
     r = p.wait(120)
     assert r is not None and r.status == "oom"
-    assert p.status.startswith("out of memory") and "budget" in p.status
+    assert p.status.startswith("out of memory"), p.status
+    # the tiny model's weights alone are far above a 4 KiB budget: no batch size fits
+    budget = format_bytes(r.experiment["budget_bytes"])  # the knob's value (0.004 MiB)
+    assert "alone need" in p.status and f"{budget} budget" in p.status, p.status
+    assert "no batch size fits" in p.status and "lower the batch size" not in p.status
     assert len(p.history) == 1  # kept, with the peak it reached
     q = make_panel(broken)
     q.run()
     r = q.wait(120)
     assert r is not None and r.status == "error"
     assert q.status.startswith("error") and "broken on purpose" in q.status
-    assert q.history == []
+    assert q.history == [] and q.runs == [r]
+    for name in ("memory", "process", "throughput"):
+        assert "failed" in q.figures[name].layout.title.text, name
 
 
 def test_rapid_changes_with_auto_run_start_exactly_one_run() -> None:

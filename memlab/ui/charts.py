@@ -2,10 +2,18 @@
 page), updated in place.
 
 The figures come from :mod:`memlab.plots` (pure functions); this module only keeps them alive
-and feeds them: live samples while a run goes (accumulated, drawn at most ``max_fps`` times a
-second inside ``batch_update``), then the exact result when it ends. Every method here edits
-widgets, so it is called on the thread that owns them (the kernel's event loop: the panel's
-:class:`memlab.ui.dispatch.Dispatcher` hands the runner's callbacks over).
+and feeds them: live samples while a run goes (accumulated, drawn inside ``batch_update`` at
+most ``max_fps`` times a second while the run builds and warms up, and at most once every
+``quiet_redraw_s`` seconds while its measured block runs), then the exact result when it ends.
+
+Why quiet: on a 2-core laptop the browser shares the cores with the measured worker. Live
+redraws at up to 20 a second (the kernel serializing figure edits, the browser re-rendering
+plotly) made the panel's step time 6-8x the CLI's; capped at one a second it was 0.89x
+(issue 10). A redraw during the measured block is a disturbance of what it measures.
+
+Every method here edits widgets, so it is called on the thread that owns them (the kernel's
+event loop: the panel's :class:`memlab.ui.dispatch.Dispatcher` hands the runner's callbacks
+over).
 ARCHITECTURE.md, "Process model".
 """
 
@@ -19,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from typing import Any
 
+import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 import traitlets
@@ -27,7 +36,16 @@ from memlab import plots
 from memlab.config import MIB
 from memlab.timeline import PROCESS_PARTS, RunResult, format_bytes
 
-__all__ = ["CHARTS", "FigureWidget", "LiveCharts", "sync_figure", "sync_state"]
+__all__ = [
+    "CHARTS",
+    "DEFAULT_MAX_FPS",
+    "DEFAULT_QUIET_REDRAW_S",
+    "FigureWidget",
+    "LiveCharts",
+    "is_measuring",
+    "sync_figure",
+    "sync_state",
+]
 
 #: Chart names, in display order.
 CHARTS: tuple[str, ...] = (
@@ -41,8 +59,27 @@ CHARTS: tuple[str, ...] = (
 LIVE_TRACE = "tensor bytes (live)"
 _MAX_LIVE_POINTS = 2000
 _LIVE_TITLE = "Tensor memory (live total; by category at the end)"
-_HEIGHT = 340
-_MARGIN = {"l": 60, "r": 30, "t": 70, "b": 45}
+_HEIGHT = 380
+# The bottom margin is a floor: plotly grows it for the legend below the plot (margin.autoexpand).
+_MARGIN = {"l": 60, "r": 60, "t": 80, "b": 40}
+# plotly.js option: resize with the window (memlab's figure_widget.js also resizes a figure
+# when its cell changes width, which a window resize event does not cover).
+_CONFIG = {"responsive": True, "displaylogo": False}
+
+#: Live redraws a second while a run builds and warms up (not measured).
+DEFAULT_MAX_FPS = 4.0
+#: Seconds between live redraws while the measured block runs.
+DEFAULT_QUIET_REDRAW_S = 2.0
+_UNMEASURED_PHASES = ("setup", "warmup")
+
+
+def is_measuring(sample: Mapping[str, Any]) -> bool:
+    """Whether a runner sample comes from the measured block: its ``measuring`` flag, or (a
+    runner that sends none) a phase other than the build's ``setup`` and the ``warmup``."""
+    flag = sample.get("measuring")
+    if flag is not None:
+        return bool(flag)
+    return sample.get("phase", "setup") not in _UNMEASURED_PHASES
 
 
 class FigureWidget(go.FigureWidget):
@@ -130,71 +167,59 @@ def sync_figure(fw: go.FigureWidget, fig: go.Figure) -> None:
     sync_state(fw)
 
 
-def _throughput_figure() -> go.Figure:
-    fig = go.Figure(
-        [
-            go.Scatter(
-                x=[],
-                y=[],
-                name="samples/s",
-                mode="lines+markers",
-                line={"color": "#4C78A8"},
-                hovertemplate="step %{x}: %{y:.1f} samples/s<extra></extra>",
-            ),
-            go.Scatter(
-                x=[],
-                y=[],
-                name="step time (ms)",
-                mode="lines+markers",
-                yaxis="y2",
-                line={"color": "#E45756", "dash": "dot"},
-                hovertemplate="step %{x}: %{y:.2f} ms<extra></extra>",
-            ),
-        ]
-    )
-    fig.update_layout(
-        title={"text": "Throughput per step"},
-        xaxis={"title": {"text": "measured step"}, "rangemode": "tozero"},
-        yaxis={"title": {"text": "samples/s"}, "rangemode": "tozero"},
-        yaxis2={
-            "title": {"text": "step time (ms)"},
-            "overlaying": "y",
-            "side": "right",
-            "rangemode": "tozero",
-        },
-        legend={"orientation": "h", "y": -0.2},
-    )
-    return fig
-
-
 def _widget(fig: go.Figure) -> go.FigureWidget:
     fw = FigureWidget(fig)
-    fw.update_layout(height=_HEIGHT, margin=_MARGIN)
+    # No width: the figure takes its cell's (a fixed 700 px overflowed a 527 px cell).
+    fw.update_layout(height=_HEIGHT, margin=_MARGIN, autosize=True, width=None)
+    fw._config = dict(_CONFIG)
     return fw
+
+
+def _cell(fw: go.FigureWidget) -> widgets.Box:
+    """The grid cell around a figure: as wide as the grid's column and never wider
+    (``min_width=0`` lets a grid item shrink below its content's width)."""
+    return widgets.Box([fw], layout=widgets.Layout(width="100%", min_width="0", overflow="hidden"))
 
 
 class LiveCharts:
     """The FigureWidgets of one panel and the buffers that feed them during a run.
 
-    ``add_sample``/``add_step`` buffer, and redraw only when ``1 / max_fps`` seconds have
-    passed since the last redraw, so a burst of samples costs one redraw; with ``draw=False``
-    they only buffer (the panel redraws once per batch, :meth:`redraw_if_due`).
-    :meth:`next_draw_in` says when a buffered change is due. ``finish`` draws what is left and
-    then the exact result. Call on the thread that owns the widgets.
+    ``add_samples``/``add_step`` only buffer (a list extend: the least work per batch the
+    kernel can do); :meth:`redraw_if_due` draws what is buffered when the last redraw is old
+    enough: ``1 / max_fps`` seconds before the measured block (build, warm-up) and after the
+    run, ``quiet_redraw_s`` seconds while the block runs (the latest sample says which,
+    :func:`is_measuring`). :meth:`next_draw_in` says when a buffered change is due. ``finish``
+    draws the exact result, and every title says how the run ended. Call on the thread that
+    owns the widgets.
     """
 
-    def __init__(self, charts: Sequence[str] = CHARTS, *, max_fps: float = 20.0) -> None:
+    def __init__(
+        self,
+        charts: Sequence[str] = CHARTS,
+        *,
+        max_fps: float = DEFAULT_MAX_FPS,
+        quiet_redraw_s: float = DEFAULT_QUIET_REDRAW_S,
+    ) -> None:
         unknown = [c for c in charts if c not in CHARTS]
         if unknown:
             raise ValueError(f"charts must be among {', '.join(CHARTS)}, got {unknown}")
         if not isinstance(max_fps, (int, float)) or max_fps <= 0:
             raise ValueError(f"max_fps must be a positive number, got {max_fps!r}")
+        if not isinstance(quiet_redraw_s, (int, float)) or quiet_redraw_s < 0:
+            raise ValueError(f"quiet_redraw_s must be seconds >= 0, got {quiet_redraw_s!r}")
         self.min_interval_s = 1.0 / max_fps
+        self.quiet_redraw_s = float(quiet_redraw_s)
         self.figures: dict[str, go.FigureWidget] = {}
         for name in CHARTS:
             if name in charts:
                 self.figures[name] = _widget(self._initial(name))
+        #: chart name -> the grid cell holding its figure (what a panel lays out).
+        self.cells: dict[str, widgets.Box] = {n: _cell(fw) for n, fw in self.figures.items()}
         self.redraws = 0  # live redraws of the current run (for tests and the curious)
+        #: (time.monotonic(), measuring) of each live redraw of the current run.
+        self.redraw_log: list[tuple[float, bool]] = []
+        #: Whether the latest sample came from the measured block.
+        self.measuring = False
         self._last_draw = 0.0
         self._dirty = False
         self._samples: list[dict[str, Any]] = []
@@ -218,7 +243,7 @@ class LiveCharts:
         if name == "process":
             return plots.process_memory_figure(RunResult(peak_bytes=0, peak_by_category={}))
         if name == "throughput":
-            return _throughput_figure()
+            return plots.throughput_figure()
         if name == "history":
             return plots.peak_bars_figure([])
         if name == "prediction":
@@ -227,39 +252,74 @@ class LiveCharts:
             return fig
         return plots.memory_throughput_figure([])
 
+    # -- what is buffered (read on the owner thread) -----------------------------------------
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        """The current run's samples so far."""
+        return self._samples
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The current run's measured steps so far."""
+        return self._steps
+
     # -- a run starts -----------------------------------------------------------------------
-    def reset(self) -> None:
-        """Empty the live charts for a new run (history and trade-off charts stay)."""
+    def reset(self, run: int | None = None) -> None:
+        """Empty the live charts for a new run (history and trade-off charts stay); their
+        titles name the new run, so nothing of the previous run looks like this one's."""
         self._samples, self._steps = [], []
         self._dirty = False
+        self.measuring = False
         self.redraws = 0
+        self.redraw_log = []
         self._last_draw = 0.0
-        for name in ("memory", "process", "throughput"):
+        which = "the run" if run is None else f"run {run}"
+        titles = {
+            "memory": f"{_LIVE_TITLE}: {which} starting",
+            "process": f"Process memory (RSS): {which} starting",
+            "throughput": f"Throughput per step: {which} starting",
+        }
+        for name, title in titles.items():
             fw = self.figures.get(name)
             if fw is None:
                 continue
             with fw.batch_update():
                 for trace in fw.data:
                     trace.x, trace.y = [], []
+                fw.layout.title.text = title
+                fw.layout.title.subtitle.text = ""
                 if name == "memory":
                     fw.layout.shapes = []
                     fw.layout.annotations = []
-                    fw.layout.title.text = _LIVE_TITLE
-                    fw.layout.title.subtitle.text = ""
+                if name == "throughput":
+                    plots.update_throughput(fw, [], None)
             sync_state(fw)
 
     # -- live ---------------------------------------------------------------------------------
+    def add_samples(self, samples: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer a batch of runner samples (drawn by :meth:`redraw_if_due`)."""
+        if not samples:
+            return
+        self._samples.extend(dict(s) for s in samples)
+        self.measuring = is_measuring(samples[-1])
+        self._dirty = True
+
     def add_sample(self, sample: Mapping[str, Any], *, draw: bool = True) -> bool:
         """Buffer one runner sample; redraw if due (and ``draw``). Returns whether it redrew."""
-        self._samples.append(dict(sample))
-        self._dirty = True
+        self.add_samples([sample])
         return draw and self.redraw_if_due()
 
     def add_step(self, step: Mapping[str, Any], *, draw: bool = True) -> bool:
         """Buffer one measured step; redraw if due (and ``draw``). Returns whether it redrew."""
         self._steps.append(dict(step))
+        self.measuring = True  # a step ends inside the measured block
         self._dirty = True
         return draw and self.redraw_if_due()
+
+    @property
+    def interval_s(self) -> float:
+        """The shortest time between live redraws now (longer while measuring)."""
+        return max(self.min_interval_s, self.quiet_redraw_s if self.measuring else 0.0)
 
     def redraw_if_due(self) -> bool:
         """Draw what is buffered if it is not drawn yet and the last redraw is old enough."""
@@ -272,7 +332,7 @@ class LiveCharts:
         """Seconds until the buffered change is due to be drawn (0: now); None if none is."""
         if not self._dirty:
             return None
-        return max(0.0, self._last_draw + self.min_interval_s - time.monotonic())
+        return max(0.0, self._last_draw + self.interval_s - time.monotonic())
 
     def flush(self) -> None:
         """Draw whatever is buffered and not drawn yet."""
@@ -281,6 +341,7 @@ class LiveCharts:
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()
+        self.redraw_log.append((self._last_draw, self.measuring))
         self._dirty = False
         self.redraws += 1
         samples, steps = self._samples, self._steps
@@ -313,55 +374,83 @@ class LiveCharts:
                 plots.update_process(fw, t[idx], parts)
         fw = self.figures.get("throughput")
         if fw is not None and steps:
-            self._draw_steps(fw, [s["time_s"] for s in steps], [s.get("samples") for s in steps])
-
-    @staticmethod
-    def _draw_steps(
-        fw: go.FigureWidget, times: Sequence[float], samples: Sequence[int | None]
-    ) -> None:
-        dt = np.asarray(times, dtype=np.float64)
-        n = np.asarray([np.nan if s is None else s for s in samples], dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rate = np.where(dt > 0, n / dt, np.nan)
-        x = np.arange(1, len(dt) + 1)
-        with fw.batch_update():
-            fw.data[0].x, fw.data[0].y = x, rate
-            fw.data[1].x, fw.data[1].y = x, dt * 1e3
+            plots.update_throughput(
+                fw,
+                [s["time_s"] for s in steps],
+                [s.get("samples") for s in steps],
+                disturbed=[bool(s.get("disturbed")) for s in steps],
+                others_share=[s.get("others_share") for s in steps],
+            )
 
     # -- a run ends ---------------------------------------------------------------------------
-    def finish(self, result: RunResult) -> None:
-        """Final flush, then the exact result: categories replace the live total."""
+    def finish(self, result: RunResult, run: int | None = None, steps: int | None = None) -> None:
+        """Final flush, then the exact result: categories replace the live total. A run that
+        did not finish says so in every title (``run``: its number; ``steps``: how many were
+        planned), so nothing of it reads as a complete run."""
+        self.measuring = False  # the run has ended: this flush is not a live redraw
         self.flush()
+        status = result.status
+        which = "the run" if run is None else f"run {run}"
+        done = len(result.step_times_s)
+        of = f" of {steps}" if steps else ""
+        ended = {
+            "ok": "",
+            "oom": f"{which} out of memory after {done}{of} steps: partial",
+            "cancelled": f"{which} cancelled after {done}{of} steps: partial",
+            "error": f"{which} failed",
+        }[status]
         fw = self.figures.get("memory")
-        if fw is not None and len(result.timeline):
-            tl = result.timeline
-            plots.update_timeline(fw, tl.t, tl.by_category, phase=tl.phase, marks=tl.marks)
+        if fw is not None:
             with fw.batch_update():
-                for trace in fw.data:
-                    if trace.name == LIVE_TRACE:
-                        trace.x, trace.y = [], []
-                title = f"Tensor memory by category: peak {format_bytes(result.peak_bytes)}"
-                fw.layout.title.text = f"{title} in {result.peak_phase}"
+                if len(result.timeline):
+                    tl = result.timeline
+                    plots.update_timeline(fw, tl.t, tl.by_category, phase=tl.phase, marks=tl.marks)
+                    for trace in fw.data:
+                        if trace.name == LIVE_TRACE:
+                            trace.x, trace.y = [], []
+                    title = (
+                        f"Tensor memory by category: peak {format_bytes(result.peak_bytes)}"
+                        f" in {result.peak_phase}"
+                    )
+                    fw.layout.title.text = title if status == "ok" else f"{title} ({ended})"
+                elif status != "ok":
+                    live = any(len(t.x or ()) for t in fw.data if t.name == LIVE_TRACE)
+                    fw.layout.title.text = f"Tensor memory: {ended}: " + (
+                        "nothing measured (the line is its build)" if live else "nothing measured"
+                    )
             sync_state(fw)
         fw = self.figures.get("process")
-        if fw is not None and len(result.process):
-            # The pure figure names the parts this platform did not measure; show its note.
-            subtitle = plots.process_memory_figure(result).layout.title.subtitle.text
-            plots.update_process(fw, result.process.t, result.process.parts)
-            fw.layout.title.subtitle.text = subtitle or ""
+        if fw is not None:
+            with fw.batch_update():
+                if len(result.process):
+                    # The pure figure names the parts this platform did not measure.
+                    subtitle = plots.process_memory_figure(result).layout.title.subtitle.text
+                    plots.update_process(fw, result.process.t, result.process.parts)
+                    fw.layout.title.subtitle.text = subtitle or ""
+                title = "Process memory (RSS)"
+                fw.layout.title.text = title if status == "ok" else f"{title}: {ended}"
             sync_state(fw)
         fw = self.figures.get("throughput")
-        if fw is not None and result.step_times_s:
-            spp = result.samples_per_step
-            tp = result.throughput_samples_per_s
-            med = result.step_time_median_s
-            self._draw_steps(fw, result.step_times_s, [spp] * len(result.step_times_s))
-            fw.layout.title.text = (
-                "Throughput per step"
-                if tp is None or med is None
-                else f"Throughput: median {tp:.0f} samples/s, {med * 1e3:.1f} ms/step"
-            )
+        if fw is not None:
+            with fw.batch_update():
+                if result.step_times_s:
+                    timing = result.timing
+                    n = len(result.step_times_s)
+                    plots.update_throughput(
+                        fw,
+                        result.step_times_s,
+                        result.samples_per_step,
+                        disturbed=timing.step_disturbed[:n] if timing else self._flags(),
+                        others_share=timing.step_others_share[:n] if timing else self._shares(),
+                    )
+                fw.layout.title.text = plots.throughput_title(result)
             sync_state(fw)
+
+    def _flags(self) -> list[bool]:
+        return [bool(s.get("disturbed")) for s in self._steps]
+
+    def _shares(self) -> list[float | None]:
+        return [s.get("others_share") for s in self._steps]
 
     def show_prediction(
         self, predicted: Mapping[str, int] | None, result: RunResult | None, note: str
@@ -373,19 +462,26 @@ class LiveCharts:
             return
         if predicted is None:
             fig = plots.prediction_figure({})
-            fig.update_layout(title={"text": note})
+            fig.update_layout(title={"text": "No prediction", "subtitle": {"text": note}})
         else:
             fig = plots.prediction_figure(predicted, result)
             fig.update_layout(title={"subtitle": {"text": note}})
         sync_figure(fw, fig)
 
-    def show_history(self, results: Sequence[RunResult], labels: Sequence[str]) -> None:
-        """Redraw the comparison charts from the panel's history."""
+    def show_history(
+        self,
+        results: Sequence[RunResult],
+        labels: Sequence[str],
+        hover: Sequence[str] | None = None,
+    ) -> None:
+        """Redraw the comparison charts from the panel's runs (those that did not finish are
+        marked and never compared: :func:`memlab.plots.peak_bars_figure`)."""
         fw = self.figures.get("history")
         if fw is not None:
-            fig = plots.peak_bars_figure(results, labels=labels, baseline=0)
-            if results:
-                fig.layout.title.text = f"Peak memory by category (deltas vs {labels[0]})"
+            fig = plots.peak_bars_figure(results, labels=labels, baseline=0, hover=hover)
+            bases = [b for b in plots.run_baselines(results) if b is not None]
+            if bases:
+                fig.layout.title.text = f"Peak memory by category (deltas vs {labels[min(bases)]})"
             sync_figure(fw, fig)
         fw = self.figures.get("tradeoff")
         if fw is not None:

@@ -39,7 +39,32 @@ export default () => {
     },
     async render({ model, el }) {
       const plotlyWidget = await widget;
-      return plotlyWidget.render({ model, el });
+      // As wide as its cell, never wider: plotly sizes an autosized figure from its
+      // container, and one drawn before the cell had a width came out 700 px wide and
+      // overflowed a 527 px cell (legends and the right axis cut off).
+      el.style.width = "100%";
+      el.style.minWidth = "0";
+      const cleanup = await plotlyWidget.render({ model, el });
+      // plotly's `responsive` option resizes a figure on window resize events only; a cell
+      // also changes width when the sidebar opens or the figure is first attached. So: on a
+      // change of this element's width, one window resize event (next frame), which the
+      // figures' responsive handlers answer by refitting.
+      let width = el.getBoundingClientRect().width;
+      let frame = 0;
+      const observer = new ResizeObserver((entries) => {
+        const w = entries[entries.length - 1].contentRect.width;
+        if (w > 0 && Math.abs(w - width) >= 1) {
+          width = w;
+          cancelAnimationFrame(frame);
+          frame = requestAnimationFrame(() => window.dispatchEvent(new Event("resize")));
+        }
+      });
+      observer.observe(el);
+      return () => {
+        observer.disconnect();
+        cancelAnimationFrame(frame);
+        if (typeof cleanup === "function") cleanup();
+      };
     },
   };
 };

@@ -11,15 +11,23 @@ callbacks only hand their data to the panel's :class:`~memlab.ui.dispatch.Dispat
 widget edit happens on the kernel's event loop (or, without one, on the thread that built the
 panel, in :meth:`Panel.wait`). Nothing the learner does with a widget raises into the kernel:
 a bad combination, a failed start or a failed redraw is said in the status line.
+
+Quiet while measuring: the view must not slow the run it measures (the browser shares a
+laptop's 2 cores with the worker). Samples arrive in batches (``on_samples``) and a batch costs
+the kernel one list extend; while the measured block runs the charts redraw at most once every
+``quiet_redraw_s`` seconds and the status line at most about once a second (charts.py says
+what was measured).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import html
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +35,13 @@ import ipywidgets as widgets
 
 from memlab.config import ConfigError, Experiment
 from memlab.timeline import RunResult, format_bytes
-from memlab.ui.charts import CHARTS, LiveCharts
+from memlab.ui.charts import (
+    CHARTS,
+    DEFAULT_MAX_FPS,
+    DEFAULT_QUIET_REDRAW_S,
+    LiveCharts,
+    is_measuring,
+)
 from memlab.ui.controls import (
     build_controls,
     experiment_from_controls,
@@ -39,6 +53,14 @@ from memlab.ui.controls import (
     to_field,
 )
 from memlab.ui.dispatch import Dispatcher, Timer
+from memlab.ui.messages import (
+    DurationGuess,
+    final_message,
+    predict_duration,
+    run_hover,
+    run_labels,
+    short_value,
+)
 from memlab.ui.predict import Predictor
 
 if TYPE_CHECKING:
@@ -60,53 +82,69 @@ _COLORS = {
     "cancelled": "#6d4c41",
     "invalid": "#c62828",
 }
-_MAX_LABEL_FIELDS = 3
+# The status line changes at most this often while the measured block runs (a message to the
+# page each time); before it and after, as often as the charts redraw.
+_QUIET_STATUS_S = 1.0
+# How far a run has come; the status line only moves forward through these.
+_STARTING, _BUILDING, _WARMING, _MEASURING = range(4)
 
 
 @functools.cache
-def _label_fields() -> tuple[str, ...]:
-    """The fields a history label may name: the Experiment's own, in its order (config.py)."""
-    return tuple(f.name for f in dataclasses.fields(Experiment) if not f.name.startswith("_"))
+def _start_takes_batches() -> bool:
+    """Whether this memlab.runner.start takes ``on_samples`` (batches; the runner sends them
+    at each step end while measuring). Without it the panel batches per-sample callbacks
+    itself (:class:`_Inbox`), so the kernel's work per sample stays a list append."""
+    from memlab.runner import start
+
+    return "on_samples" in inspect.signature(start).parameters
 
 
-def _short(field: str, value: Any) -> str:
-    if field == "budget_bytes":
-        return "none" if value is None else format_bytes(value).replace(" ", "")
-    if field == "workload" and isinstance(value, str):
-        return value.rpartition(":")[2]
-    return str(value)
+class _Inbox:
+    """Samples handed from the runner's reader thread to the owner thread in batches: the
+    reader appends under a lock, and posts one delivery only when none is pending, so a burst
+    of samples costs the kernel one callback."""
 
+    def __init__(
+        self, post: Callable[[Callable[[], None]], None], deliver: Callable[[list[Any]], None]
+    ) -> None:
+        self._post, self._deliver = post, deliver
+        self._lock = threading.Lock()
+        self._items: list[Any] = []
+        self._posted = False
 
-def run_labels(results: Sequence[RunResult]) -> list[str]:
-    """``#k`` plus the settings in which run k differs from the first run (the baseline)."""
-    if not results:
-        return []
-    base = results[0].experiment or {}
-    labels = []
-    for i, r in enumerate(results):
-        exp = r.experiment or {}
-        diff = [
-            f"{f}={_short(f, exp[f])}"
-            for f in _label_fields()
-            if f in exp and exp[f] != base.get(f)
-        ]
-        if len(diff) > _MAX_LABEL_FIELDS:
-            diff = [*diff[:_MAX_LABEL_FIELDS], "…"]
-        labels.append(" ".join([f"#{i + 1}", ", ".join(diff)]).strip())
-    return labels
+    def put(self, items: Sequence[Any]) -> None:
+        with self._lock:
+            self._items.extend(items)
+            if self._posted:
+                return
+            self._posted = True
+        self._post(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._posted = False
+        if items:
+            self._deliver(items)
 
 
 class Panel:
-    """A control panel for one lab: knobs, Run/Stop, status line, live charts, history.
+    """A control panel for one lab: knobs, Run/Stop/Baseline, status line, live charts, history.
 
     ``knobs``: the knob names to show (``None``: all of :data:`memlab.ui.KNOBS`; the group
     ``"data_loading"`` stands for data, workers, pin memory and prefetch). Fields without a
-    knob keep ``experiment``'s values. ``smoke`` (default: env ``MEMLAB_SMOKE=1``) cuts runs to
-    2 steps, 1 warm-up step and a small data set. With ``auto_run`` a change of a knob starts a
-    run once the knobs have been still for ``debounce_s`` seconds, cancelling a run in
-    progress. ``charts`` picks among ``memory``, ``throughput``, ``process``, ``history``,
-    ``tradeoff``. ``history`` keeps the runs that ended ``ok`` or ``oom`` (an oom run's peak is
-    what it reached); cancelled and failed runs are reported in the status line only.
+    knob keep ``experiment``'s values; the Baseline button sets the knobs back to it. ``smoke``
+    (default: env ``MEMLAB_SMOKE=1``) cuts runs to 2 steps, 1 warm-up step and a small data
+    set. With ``auto_run`` a change of a knob starts a run once the knobs have been still for
+    ``debounce_s`` seconds, cancelling a run in progress, unless the run is predicted (from
+    the history) to take longer than ``long_run_s`` seconds: then the status line says so and
+    Run starts it. ``charts`` picks among ``memory``, ``throughput``, ``process``,
+    ``history``, ``tradeoff``. Live redraws: at most ``max_fps`` a second before the measured
+    block, at most one every ``quiet_redraw_s`` seconds while it runs.
+
+    ``runs`` keeps every run that ended (the history chart shows them all: a cancelled, failed
+    or oom run hatched, with its status, and never compared); ``history`` the runs that ended
+    ``ok`` or ``oom`` (an oom run's peak is what it reached).
 
     Threads: the widgets are edited on the event loop the panel was built on (the kernel's),
     never on the runner's threads; without a running loop (a script, pytest), on the thread
@@ -123,7 +161,9 @@ class Panel:
         auto_run: bool = False,
         debounce_s: float = 0.4,
         charts: Sequence[str] = CHARTS,
-        max_fps: float = 20.0,
+        max_fps: float = DEFAULT_MAX_FPS,
+        quiet_redraw_s: float = DEFAULT_QUIET_REDRAW_S,
+        long_run_s: float = 15.0,
         warm: bool = True,
         timeout_s: float | None = None,
         predict: bool = True,
@@ -134,10 +174,14 @@ class Panel:
             raise TypeError(
                 f"experiment must be a memlab.Experiment, got {type(experiment).__name__}"
             )
+        if not isinstance(long_run_s, (int, float)) or long_run_s <= 0:
+            raise ValueError(f"long_run_s must be a number of seconds > 0, got {long_run_s!r}")
         self._base = experiment
+        self._initial = experiment
         self.smoke = smoke_mode(smoke)
         self.auto_run = auto_run
         self.debounce_s = debounce_s
+        self.long_run_s = float(long_run_s)
         self.warm = warm
         self.timeout_s = timeout_s
         self.knobs: tuple[str, ...] = resolve_knobs(knobs)
@@ -158,25 +202,36 @@ class Panel:
         self._stop_button = widgets.Button(
             description="Stop", icon="stop", disabled=True, tooltip="Cancel the run in progress"
         )
-        #: name -> widget: every knob shown, plus the "run" and "stop" buttons.
+        self._baseline_button = widgets.Button(
+            description="Baseline",
+            icon="undo",
+            tooltip="Set the knobs back to this panel's first experiment",
+        )
+        #: name -> widget: every knob shown, plus the "run", "stop" and "baseline" buttons.
         self.controls: dict[str, widgets.Widget] = {
             **self._knob_widgets,
             "run": self._run_button,
             "stop": self._stop_button,
+            "baseline": self._baseline_button,
         }
         self.status_line = widgets.HTML(layout=widgets.Layout(margin="0 0 0 12px"))
-        self._charts = LiveCharts(charts, max_fps=max_fps)
+        self._charts = LiveCharts(charts, max_fps=max_fps, quiet_redraw_s=quiet_redraw_s)
         #: chart name -> its FigureWidget (updated in place).
         self.figures: dict[str, go.FigureWidget] = self._charts.figures
 
-        #: Finished runs (status ok or oom), oldest first; the first is the deltas' baseline.
+        #: Every run that ended, oldest first (what the history chart shows).
+        self.runs: list[RunResult] = []
+        #: The runs that ended ok or oom, oldest first.
         self.history: list[RunResult] = []
         #: The handle of the latest run started, and the result of the latest run finished.
         self.handle: RunHandle | None = None
         self.result: RunResult | None = None
         #: How many runs this panel started (auto runs included).
         self.runs_started = 0
+        #: Why the latest auto run did not start (a long predicted run), or None.
+        self.held_back: DurationGuess | None = None
 
+        self._setup_s: list[float | None] = []  # per run in self.runs: its build time
         self._gen = 0  # bumped per run; callbacks of an older run are ignored
         self._timer: Timer | None = None  # the debounced auto run
         self._redraw_timer: Timer | None = None  # a live redraw that was not due yet
@@ -184,7 +239,11 @@ class Panel:
         self._suspend = 0
         self._status_text = ""
         self._status_kind = "ready"
-        self._progress_steps = 0
+        self._planned: Experiment | None = None  # the experiment of the run in progress
+        self._stage = _STARTING  # how far the run in progress has come (forward only)
+        self._shown_step = 0
+        self._last_status = 0.0
+        self._progress_dirty = False
         self._stopping = False
 
         for w in self._knob_widgets.values():
@@ -192,16 +251,17 @@ class Panel:
         # Clicks arrive on the loop's thread; post() runs them there at once.
         self._run_button.on_click(lambda _b: self._ui.post(self._run_quietly))
         self._stop_button.on_click(lambda _b: self._ui.post(self.stop))
+        self._baseline_button.on_click(lambda _b: self._ui.post(self.back_to_baseline))
 
         knob_box = widgets.HBox(
             list(self._knob_widgets.values()), layout=widgets.Layout(flex_flow="row wrap")
         )
         buttons = widgets.HBox(
-            [self._run_button, self._stop_button, self.status_line],
+            [self._run_button, self._stop_button, self._baseline_button, self.status_line],
             layout=widgets.Layout(align_items="center"),
         )
         grid = widgets.GridBox(
-            list(self.figures.values()),
+            list(self._charts.cells.values()),
             layout=widgets.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))", width="100%"),
         )
         #: The ipywidgets container to display.
@@ -262,6 +322,11 @@ class Panel:
         self._after_change()
         return self
 
+    def back_to_baseline(self) -> None:
+        """Set every knob back to the experiment the panel was built with (one change: with
+        ``auto_run``, one run at most)."""
+        self.experiment = self._initial
+
     @property
     def status(self) -> str:
         """The status line as plain text."""
@@ -281,16 +346,25 @@ class Panel:
         self._gen += 1
         gen = self._gen
         self._idle = False
-        self._progress_steps = exp.steps
+        self._planned = exp
+        self._stage, self._shown_step = _STARTING, 0
+        self._progress_dirty = False
         self._stopping = False
+        self.held_back = None
         post = self._ui.post  # the callbacks run on the runner's reader thread: hand over only
+        inbox = _Inbox(post, partial(self._on_samples, gen))
         try:
-            self._charts.reset()
+            self._charts.reset(len(self.runs) + 1)
             from memlab.runner import start
 
+            feed: dict[str, Any] = (
+                {"on_samples": inbox.put}
+                if _start_takes_batches()
+                else {"on_sample": lambda s: inbox.put((s,))}
+            )
             handle = start(
                 exp,
-                on_sample=lambda s: post(partial(self._on_sample, gen, s)),
+                **feed,
                 on_step=lambda s: post(partial(self._on_step, gen, s)),
                 on_done=lambda r: post(partial(self._on_done, gen, r)),
                 warm=self.warm,
@@ -304,7 +378,7 @@ class Panel:
         self.handle = handle
         self.runs_started += 1
         self._stop_button.disabled = False
-        self._set_status(f"starting run {self.runs_started} ({self._describe(exp)})…", "running")
+        self._set_status(f"starting run {len(self.runs) + 1} ({self._describe(exp)})…", "running")
         return handle
 
     def _run_quietly(self) -> None:
@@ -334,13 +408,20 @@ class Panel:
         thread that owns the panel; the event loop does this by itself). How many ran."""
         return self._ui.drain()
 
+    def predict_duration(self, exp: Experiment | None = None) -> DurationGuess | None:
+        """How long ``exp`` (default: the current settings) is predicted to run, from the
+        finished run most like it (:func:`memlab.ui.messages.predict_duration`); None without
+        one."""
+        return predict_duration(exp or self.experiment, self.runs, self._setup_s)
+
     @property
     def prediction(self) -> Any:
         """The latest prediction (a :class:`memlab.Estimate`), or ``None``."""
         return None if self.predictor is None else self.predictor.latest
 
     def prediction_error_pct(self) -> float | None:
-        """(predicted - measured) / measured of the peak in %, once the predicted settings ran."""
+        """(predicted - measured) / measured of the peak in %, once the predicted settings ran
+        to the end (None for a run that did not finish)."""
         return None if self.predictor is None else self.predictor.error_pct()
 
     def wait_prediction(self, timeout: float | None = 60.0) -> Any:
@@ -352,6 +433,8 @@ class Panel:
     def clear_history(self) -> None:
         """Forget the earlier runs (the next run becomes the baseline)."""
         self.history.clear()
+        self.runs.clear()
+        self._setup_s.clear()
         self._charts.show_history([], [])
 
     def close(self) -> None:
@@ -366,6 +449,8 @@ class Panel:
             w.close()
         for fw in self.figures.values():
             fw.close()
+        for cell in self._charts.cells.values():
+            cell.close()
 
     # -- display ------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -394,10 +479,11 @@ class Panel:
     def _describe(self, exp: Experiment) -> str:
         fields = [knob_field(k) for k in self.knobs][:4] or ["workload", "batch_size"]
         values = {f: exp.workload_name if f == "workload" else getattr(exp, f) for f in fields}
-        return ", ".join(f"{f}={_short(f, v)}" for f, v in values.items())
+        return ", ".join(f"{f}={short_value(f, v)}" for f, v in values.items())
 
     def _set_status(self, text: str, kind: str) -> None:
         self._status_text, self._status_kind = text, kind
+        self._last_status = time.monotonic()
         lines = html.escape(text).splitlines() or [""]
         body = "<br>".join(lines[:12])
         self.status_line.value = f'<span style="color:{_COLORS.get(kind, "#333")}">{body}</span>'
@@ -441,7 +527,23 @@ class Panel:
             self._set_status(f"internal error: {type(e).__name__}: {e}", "error")
 
     def _fire(self) -> None:
+        """The debounced auto run: starts unless it is predicted to be long (then it waits
+        for Run, and the status line says how long and from which run)."""
         self._timer = None
+        try:
+            exp = self.experiment
+        except ConfigError as e:
+            self._set_status(str(e), "invalid")
+            return
+        guess = self.predict_duration(exp)
+        if guess is not None and guess.seconds > self.long_run_s:
+            self.held_back = guess
+            self._set_status(
+                f"this run is predicted to take ~{guess.seconds:.0f} s (from run #{guess.run}): "
+                "press Run to start it",
+                "ready",
+            )
+            return
         self.run()
 
     def _cancel_timer(self) -> None:
@@ -460,23 +562,36 @@ class Panel:
             self._set_status("the run in progress was cancelled: the settings changed", "cancelled")
 
     # Runner callbacks, handed over by the dispatcher: on the owner thread; never raising.
-    def _on_sample(self, gen: int, sample: Mapping[str, Any]) -> None:
+    def _on_samples(self, gen: int, samples: Sequence[Mapping[str, Any]]) -> None:
         if gen == self._gen:
-            self._charts.add_sample(sample, draw=False)  # drawn once per batch: _after_drain
+            self._charts.add_samples(samples)  # drawn once per batch at most: _after_drain
+            self._progress_dirty = True
 
     def _on_step(self, gen: int, step: Mapping[str, Any]) -> None:
         if gen == self._gen:
             self._charts.add_step(step, draw=False)
+            self._progress_dirty = True
+
+    def _status_interval(self) -> float:
+        return _QUIET_STATUS_S if self._charts.measuring else self._charts.min_interval_s
 
     def _after_drain(self) -> None:
-        """After a batch of callbacks: one redraw if due, else a timer for when it is."""
+        """After a batch of callbacks: one redraw and one status update if due, else a timer
+        for when they are."""
         try:
-            if self._charts.redraw_if_due():
-                self._show_progress()
-            elif self._redraw_timer is None:
-                due = self._charts.next_draw_in()
-                if due is not None:
-                    self._redraw_timer = self._ui.call_later(due, self._redraw_due)
+            if self._idle:
+                return
+            self._charts.redraw_if_due()
+            status_in = None
+            if self._progress_dirty:
+                status_in = self._last_status + self._status_interval() - time.monotonic()
+                if status_in <= 0:
+                    self._show_progress()
+                    status_in = None
+            if self._redraw_timer is None:
+                waits = [w for w in (self._charts.next_draw_in(), status_in) if w is not None]
+                if waits:
+                    self._redraw_timer = self._ui.call_later(min(waits), self._redraw_due)
         except Exception:  # noqa: BLE001
             _log.exception("memlab.ui: live update failed")
 
@@ -484,29 +599,47 @@ class Panel:
         self._redraw_timer = None  # the drain that ran this timer redraws (_after_drain)
 
     def _show_progress(self) -> None:
+        """The status line of the run in progress; it only moves forward: building ->
+        warming up (only with warm-up steps) -> step i/N -> done."""
+        self._progress_dirty = False
         h = self.handle
         if h is None or self._stopping or self._status_kind != "running" or h.done():
             return  # a "stopping…" or final message stays on screen
-        steps = h.steps
-        if steps:
-            last = steps[-1]
-            dt = float(last.get("time_s") or 0.0)
-            rate = f" · {last.get('samples', 0) / dt:.0f} samples/s" if dt > 0 else ""
-            tensors = ""
-            if h.samples:
-                tensors = f" · tensors {format_bytes(h.samples[-1].get('tensor_bytes'))}"
-            text = f"running: step {last['step']}/{self._progress_steps}{rate}{tensors}"
+        exp = self._planned
+        n_steps = exp.steps if exp is not None else 0
+        steps, samples = self._charts.steps, self._charts.samples
+        last = samples[-1] if samples else {}
+        if steps or (last and is_measuring(last)):
+            stage = _MEASURING
+        elif last.get("phase") == "warmup" and exp is not None and exp.warmup > 0:
+            stage = _WARMING
+        elif last:
+            stage = _BUILDING
         else:
-            # The runner's samples say "setup" while it builds, "warmup" while it warms up;
-            # any other phase comes from the measured block, before its first step ended.
-            phase = (h.samples[-1] if h.samples else {}).get("phase", "setup")
-            if phase == "setup":
-                text = "running: building the workload…"
-            elif phase == "warmup":
-                text = "running: warming up (not measured)…"
-            else:
-                text = f"running: step 1/{self._progress_steps} (measuring)…"
-        self._set_status(text, "running")
+            return
+        if stage < self._stage:
+            return  # never back (a late sample of an earlier phase)
+        self._stage = stage
+        if stage == _BUILDING:
+            text = "running: building the workload…"
+        elif stage == _WARMING:
+            text = f"running: warming up ({exp.warmup if exp else 0} steps, not measured)…"
+        elif steps:
+            n = max(int(s.get("step") or 0) for s in steps) or len(steps)
+            if n < self._shown_step:
+                return
+            self._shown_step = n
+            step = steps[-1]
+            dt = float(step.get("time_s") or 0.0)
+            rate = f" · {step.get('samples', 0) / dt:.0f} samples/s" if dt > 0 else ""
+            tensors = f" · tensors {format_bytes(last.get('tensor_bytes'))}" if last else ""
+            text = f"running: step {n}/{n_steps}{rate}{tensors}"
+        else:
+            if self._shown_step:
+                return
+            text = f"running: step 1/{n_steps} (measuring)…"
+        if text != self._status_text:
+            self._set_status(text, "running")
 
     def _on_done(self, gen: int, result: RunResult) -> None:
         if gen != self._gen:
@@ -514,15 +647,26 @@ class Panel:
         try:
             self.result = result
             self._stop_button.disabled = True
+            if self._redraw_timer is not None:
+                self._redraw_timer.cancel()
+                self._redraw_timer = None
+            self.runs.append(result)
+            self._setup_s.append(self._setup_time(result))
             if result.status in ("ok", "oom"):
                 self.history.append(result)
-            self._charts.finish(result)
-            if result.status in ("ok", "oom"):
-                self._charts.show_history(self.history, run_labels(self.history))
-                if self.predictor is not None:
-                    self.predictor.measured(result)
+            planned = self._planned.steps if self._planned is not None else None
+            self._charts.finish(result, len(self.runs), planned)
+            self._charts.show_history(self.runs, run_labels(self.runs), run_hover(self.runs))
+            estimate = None
+            if self.predictor is not None:
+                self.predictor.measured(result)
+                if result.experiment is not None:
+                    estimate = self.predictor.estimate_for(result.experiment)
             # Last: a page that waits for "done" then sees every chart already redrawn.
-            self._set_status(self._final_message(result), result.status)
+            text = final_message(
+                result, runs_shown=len(self.runs), steps=planned, estimate=estimate
+            )
+            self._set_status(text, result.status)
         except Exception as e:  # noqa: BLE001
             _log.exception("memlab.ui: drawing the result failed")
             self._set_status(
@@ -532,25 +676,18 @@ class Panel:
         finally:
             self._idle = True
 
-    def _final_message(self, r: RunResult) -> str:
-        done = len(r.step_times_s)
-        if r.status == "ok":
-            text = f"done: peak {format_bytes(r.peak_bytes)} of tensors in {r.peak_phase}"
-            tp, med = r.throughput_samples_per_s, r.step_time_median_s
-            if tp is not None and med is not None:
-                text += f", {tp:.0f} samples/s ({med * 1e3:.1f} ms/step)"
-            if r.rss_peak_bytes is not None:
-                text += f", process RSS peak {format_bytes(r.rss_peak_bytes)}"
-            return f"{text} · run {len(self.history)} in the history"
-        if r.status == "oom":
-            return (
-                f"out of memory after {done} of {self._progress_steps} steps: {r.error}. "
-                "Shown in the history with the peak it reached; lower the batch size or "
-                "raise the budget."
-            )
-        if r.status == "cancelled":
-            return (
-                f"cancelled after {done} of {self._progress_steps} steps "
-                f"({r.error or 'stopped by the user'})"
-            )
-        return f"error: the run failed: {r.error or 'no message'}"
+    def _setup_time(self, result: RunResult) -> float | None:
+        """Seconds from the job's start to its warm-up: the measured block began at the first
+        step's end time less its duration (both on the worker's clock), and the warm-up's
+        steps took about the median step each."""
+        steps = self._charts.steps
+        med = result.step_time_median_s
+        if not steps or med is None:
+            return None
+        first = steps[0]
+        try:
+            began = float(first["t"]) - float(first["time_s"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        warmup = int((result.experiment or {}).get("warmup") or 0)
+        return max(0.0, began - warmup * med)

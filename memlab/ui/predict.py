@@ -7,6 +7,11 @@ scheduler queues it behind a run in progress). The prediction is on screen befor
 presses Run; when the run ends, its measurement is overlaid on the prediction of the same
 settings, with the error in percent.
 
+When an estimate cannot be made, the chart says why in words (never an exception's repr); when
+it is known to be off for these settings (:func:`known_off_notes`), the note says by how much
+and why beside the prediction, so a large error after the run is explained, not silent. A run
+that did not finish is drawn beside the prediction without an error in %.
+
 Requests coalesce: one estimate at a time, and while it runs only the newest settings wait.
 Estimates are cached by the fields that decide a step's memory (``config.MEMORY_FIELDS``).
 Everything here runs on the panel's owner thread: the job's callback only hands the outcome to
@@ -22,7 +27,7 @@ from memlab.config import MEMORY_FIELDS, Experiment
 from memlab.timeline import RunResult, format_bytes
 from memlab.ui.dispatch import Dispatcher
 
-__all__ = ["Predictor", "prediction_key"]
+__all__ = ["Predictor", "known_off_notes", "no_prediction_note", "prediction_key"]
 
 # An estimate takes a second or two; one that hangs must not hold the service worker forever.
 _ESTIMATE_TIMEOUT_S = 300.0
@@ -34,6 +39,50 @@ def prediction_key(exp: Experiment | Mapping[str, Any]) -> tuple[Any, ...]:
     """What an estimate depends on: the values of ``config.MEMORY_FIELDS``."""
     d = exp.to_dict() if isinstance(exp, Experiment) else exp
     return tuple(d.get(f) for f in MEMORY_FIELDS)
+
+
+def no_prediction_note(error: BaseException) -> str:
+    """Why there is no prediction, in words. The estimator's own refusals
+    (``EstimateError``) are sentences already; anything else is a failure of the estimator,
+    said with its first line only (the traceback is in the log)."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    if type(error).__name__ == "EstimateError":
+        return f"no prediction: {first}"
+    if isinstance(error, TimeoutError):
+        return "no prediction: the estimate took too long (the run will still measure it)"
+    why = f" ({first})" if first else ""
+    return (
+        "no prediction for these settings: the estimator could not run them "
+        f"({type(error).__name__}{why}); press Run to measure them"
+    )
+
+
+def known_off_notes(exp: Experiment | Mapping[str, Any], est: Any = None) -> list[str]:
+    """Why the prediction of ``exp`` is known to be off, one sentence per cause (empty when
+    it is not known to be). The estimator's own ``notes`` that say so come first."""
+    d = exp.to_dict() if isinstance(exp, Experiment) else dict(exp)
+    notes = [n for n in getattr(est, "notes", ()) if n.startswith("estimate:")]
+    inputs = getattr(est, "peak_by_category", {}).get("inputs") if est is not None else None
+    if d.get("data") == "memmap":
+        size = f" (predicted: {format_bytes(inputs)})" if inputs else ""
+        notes.append(
+            "data=memmap: each batch is numpy memory that torch wraps (torch.from_numpy), not "
+            "allocated by torch, so the run does not count it as tensor bytes while the "
+            f"prediction does: expect the prediction to be higher by about the inputs{size}"
+        )
+    if d.get("precision") == "amp-fp16":
+        notes.append(
+            "precision=amp-fp16: the gradient scaler's steps depend on the data (it skips a "
+            "step whose gradients overflow, and on a CPU some ops fall back to fp32), which "
+            "fake tensors cannot follow: the optimizer phase and temporaries may be off"
+        )
+    if d.get("sparse_storage") == "sparse" and (d.get("sparsity") or 0) > 0:
+        if not any("sparse" in n for n in notes):
+            notes.append(
+                "sparse_storage=sparse: the CSR kernels' internal buffers are not modelled: "
+                "the prediction is low by what they hold"
+            )
+    return notes
 
 
 def _estimate_job(exp: Experiment) -> Any:
@@ -63,6 +112,8 @@ class Predictor:
         self.error: str | None = None
         #: Estimates asked of the service worker (cache hits and coalesced requests are not).
         self.jobs_submitted = 0
+        #: Why the prediction on screen is known to be off (:func:`known_off_notes`).
+        self.notes: list[str] = []
 
     # -- requests (owner thread) --------------------------------------------------------------
     def request(self, exp: Experiment) -> None:
@@ -105,13 +156,20 @@ class Predictor:
         return self._ui.pump(self.idle, timeout)
 
     def error_pct(self) -> float | None:
-        """(predicted - measured) / measured of the peak, for the prediction on screen."""
+        """(predicted - measured) / measured of the peak, for the prediction on screen; None
+        until a run of the same settings finished (a run that stopped early measured part of
+        a step: no error)."""
         if self._shown is None or self.latest is None:
             return None
         r = self._measured.get(self._shown)
-        if r is None or not r.peak_bytes:
+        if r is None or not r.peak_bytes or r.status != "ok":
             return None
         return 100.0 * (self.latest.peak_bytes / r.peak_bytes - 1.0)
+
+    def estimate_for(self, exp: Experiment | Mapping[str, Any]) -> Any:
+        """The cached prediction of ``exp``'s memory settings (an Estimate), or None."""
+        est = self._cache.get(prediction_key(exp))
+        return None if est is None or isinstance(est, str) else est
 
     # -- internals ----------------------------------------------------------------------------
     def _submit(self, key: tuple[Any, ...], exp: Experiment) -> None:
@@ -127,7 +185,7 @@ class Predictor:
             )
         except Exception as e:  # noqa: BLE001 - said on the chart, never raised
             self._job = None
-            self._cache[key] = f"no prediction for these settings: {type(e).__name__}: {e}"
+            self._cache[key] = no_prediction_note(e)
             self._present(key)
 
     def _landed(self, key: tuple[Any, ...], job: Any) -> None:
@@ -140,7 +198,7 @@ class Predictor:
         if error is None:
             self._cache[key] = job.result(timeout=0)
         else:
-            self._cache[key] = f"no prediction for these settings: {type(error).__name__}: {error}"
+            self._cache[key] = no_prediction_note(error)
         if self._want is None:
             return
         want_key, want_exp = self._want
@@ -153,7 +211,7 @@ class Predictor:
         est = self._cache[key]
         self._shown = key
         if isinstance(est, str):
-            self.latest, self.error = None, est
+            self.latest, self.error, self.notes = None, est, []
             self._draw(None, None, est)
             return
         self.latest, self.error = est, None
@@ -162,4 +220,12 @@ class Predictor:
             f"{format_bytes(est.first_step_peak_bytes)}, steady "
             f"{format_bytes(est.steady_peak_bytes)}"
         )
-        self._draw(est.peak_by_category, self._measured.get(key), note)
+        exp = self._want[1] if self._want is not None and self._want[0] == key else None
+        measured = self._measured.get(key)
+        if exp is None and measured is not None and measured.experiment is not None:
+            exp = Experiment.from_dict(dict(measured.experiment))
+        off = known_off_notes(exp, est) if exp is not None else []
+        if off:
+            note += "<br>known to be off: " + "<br>".join(off)
+        self.notes = off
+        self._draw(est.peak_by_category, measured, note)
