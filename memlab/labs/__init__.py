@@ -2,15 +2,19 @@
 
     from memlab.labs import checkpointing as lab
     sweep = lab.run_sweep({s: base.replace(checkpointing=s) for s in settings})
-    Markdown(lab.explain(sweep, baseline="off"))   # "what happened and why", from the runs
-    lab.check_saving(answer_1, sweep)              # an exercise, checked against the runs
+    Markdown(lab.explain(sweep, baseline="off"))   # what the runs show, no exercise's answer
+    ex1 = lab.exercise_saving(sweep)               # an exercise: keeps its attempts
+    ex1.check(answer_1)                            # graded hints, then the worked solution
 
 Lab modules: :mod:`tour`, :mod:`batch_size`, :mod:`checkpointing`, :mod:`precision`,
 :mod:`sparsity`, :mod:`data_loading`; each re-exports the shared pieces its notebook uses, so a
 notebook needs only its own lab module. Shared modules: :mod:`checks` (the answer-checking
-framework), :mod:`exercises` (checks several labs use, backed by real runs), :mod:`sweeps`
-(running experiments and keeping their results), :mod:`analysis` (pure functions of results)
-and :mod:`text` (Markdown helpers for the explanations).
+framework: ``Check``, ``Exercise``), :mod:`exercises` (exercises several labs use, backed by
+real runs), :mod:`sweeps` (running experiments and keeping their results), :mod:`analysis`
+(pure functions of results) and :mod:`text` (Markdown helpers for the explanations).
+
+No exercise's answer is on screen before the learner tries: each lab's ``explain`` says what
+the runs show, and the part that states an answer is that exercise's worked solution.
 
 Nothing here states a result it did not compute: every sentence that names a number or a
 direction is built from the runs passed in. No module of this package imports torch (jobs that

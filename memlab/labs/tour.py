@@ -45,7 +45,7 @@ def explain(sweep: Sweep) -> str:
         f"The baseline (**{sweep.labels[0]}**) peaked at **{format_bytes(base.peak_bytes)}** of "
         f"tensors, in the {base.peak_phase} phase. At that moment its bytes were: {split}.",
         "",
-        f"Each of the other {len(sweep) - 1} runs changes one knob. A knob can only save bytes "
+        "Every other run changes one knob. A knob can only save bytes "
         "in the categories it acts on: compare each run's bars with the baseline's, category "
         "by category, before you read the peaks.",
     ]
