@@ -266,6 +266,8 @@ class RunResult:
     rss_file_peak_bytes: int | None = None
     rss_hwm_bytes: int | None = None
     cuda: Mapping[str, int] | None = None
+    #: Wall time of each timed step: run untracked after the tracked ones, so the tracker's
+    #: cost is not in it (``memlab.runner``); what ``step_time_median_s`` reports.
     step_times_s: tuple[float, ...] = ()
     samples_per_step: int | None = None
     status: str = "ok"
@@ -274,6 +276,9 @@ class RunResult:
     #: Further figures a run measured, by name (accuracy, parameter bytes by dtype...).
     metrics: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Wall time of each step of the tracked block (the memory pass; the tracker's cost is in
+    #: it). As many as the steps that ran before an oom, a cancel or an error.
+    tracked_step_times_s: tuple[float, ...] = ()
     #: Whether the step times can be trusted (a run's measured steps); None: not measured.
     timing: Timing | None = None
 
@@ -289,6 +294,9 @@ class RunResult:
         object.__setattr__(self, "peak_by_phase", _int_dict(self.peak_by_phase))
         object.__setattr__(self, "activations_by_module", _int_dict(self.activations_by_module))
         object.__setattr__(self, "step_times_s", tuple(float(s) for s in self.step_times_s))
+        object.__setattr__(
+            self, "tracked_step_times_s", tuple(float(s) for s in self.tracked_step_times_s)
+        )
         object.__setattr__(self, "notes", tuple(str(s) for s in self.notes))
         object.__setattr__(self, "metrics", dict(self.metrics))
         if self.status not in STATUSES:
@@ -346,7 +354,7 @@ class RunResult:
             kw["process"] = ProcessSeries.from_dict(d["process"])
         if d.get("timing") is not None:
             kw["timing"] = Timing.from_dict(d["timing"])
-        for k in ("step_times_s", "notes"):
+        for k in ("step_times_s", "tracked_step_times_s", "notes"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         return cls(**kw)

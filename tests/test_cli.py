@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from typing import Any
@@ -29,6 +30,7 @@ REQUIRED = {
     "rss_file_peak_bytes",
     "step_time_s",
     "throughput_samples_per_s",
+    "timing",
 }
 
 
@@ -48,6 +50,12 @@ def test_run_json_has_every_figure() -> None:
     assert sum(d["peak_by_category"].values()) == d["peak_bytes"] > 0
     assert set(d["step_time_s"]) == {"median", "p95"}
     assert d["throughput_samples_per_s"] > 0
+    timing = d["timing"]
+    assert {"steady", "cpu_share", "disturbed_steps", "note"} <= set(timing)
+    assert isinstance(timing["steady"], bool) and isinstance(timing["note"], str)
+    assert 0 < timing["cpu_share"] and 0 <= timing["disturbed_steps"] <= 2
+    # the reported median is the timed steps' (untracked), which the JSON lists
+    assert d["step_time_s"]["median"] == pytest.approx(statistics.median(timing["step_wall_s"]))
 
 
 def test_run_table_is_readable() -> None:

@@ -97,7 +97,14 @@ def test_run_ok_streams_samples_and_steps() -> None:
     h = start(exp)
     r = h.wait(120)
     assert r.status == "ok", r.error
-    assert len(r.step_times_s) == 6 and len(h.steps) == 6
+    # 6 tracked steps (memory), then 6 untracked timed ones (speed), each streamed as it ends
+    assert len(r.step_times_s) == 6 and len(r.tracked_step_times_s) == 6
+    assert [(s["pass"], s["step"]) for s in h.steps] == [
+        *(("memory", i) for i in range(1, 7)),
+        *(("timing", i) for i in range(1, 7)),
+    ]
+    assert all({"cpu_s", "others_share", "disturbed"} <= set(s) for s in h.steps[6:])
+    assert r.timing is not None and len(r.timing.step_wall_s) == 6
     assert r.samples_per_step == 128 and r.throughput_samples_per_s is not None
     assert r.experiment is not None and r.experiment["batch_size"] == 128
     assert sum(r.peak_by_category.values()) == r.peak_bytes > 0

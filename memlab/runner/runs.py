@@ -23,6 +23,7 @@ from memlab.timeline import RunResult
 from memlab.tracking import procmem
 
 SampleFn = Callable[[dict[str, Any]], None]
+SamplesFn = Callable[[list[dict[str, Any]]], None]
 StepFn = Callable[[dict[str, Any]], None]
 
 _CANCEL_GRACE_S = 0.5  # after this, a worker that has not stopped between steps is killed
@@ -118,36 +119,83 @@ def _dump_experiment(exp: Experiment) -> bytes:
         return bytes(cloudpickle.dumps(exp))
 
 
+class _SampleStream:
+    """Samples go to the parent in batches, not one message per 10 ms beat.
+
+    Each message wakes the parent's reader thread, which hands it to the notebook's event loop:
+    at 100 messages a second that was a fifth of a core in the kernel, taken from the measured
+    worker on a 2-core laptop (issue 10). While the measured block runs, the batch goes at
+    each step's end (and at least every ``max_age_s``); before it, every ``max_age_s``.
+    """
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None], max_age_s: float) -> None:
+        self._send = send
+        self.max_age_s = max_age_s
+        self._buf: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def add(self, sample: dict[str, Any]) -> None:
+        with self._lock:
+            self._buf.append(sample)
+            if time.monotonic() - self._last >= self.max_age_s:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._last = time.monotonic()
+        if self._buf:
+            buf, self._buf = self._buf, []
+            self._send(("samples", buf))
+
+
+# A batch of samples goes at least this often (seconds): before the measured block (a live
+# chart of the build and warm-up), and inside it for steps longer than this.
+_SETUP_FLUSH_S = 0.1
+_MEASURE_FLUSH_S = 1.0
+
+
 def _execute(
     exp: Experiment,
     send: Callable[[tuple[Any, ...]], None],
     cancel: Any,
     gate: Callable[[], None] = lambda: None,
 ) -> RunResult:
-    """Build the workload, warm up, then measure ``exp.steps`` steps in one tracked block
-    (``gate()`` returns when the block may begin)."""
+    """Build the workload, warm up, then measure ``exp.steps`` steps in one tracked block (the
+    memory), then time ``exp.steps`` more steps untracked (the speed); ``gate()`` returns when
+    the measured part may begin.
+
+    Why two passes: the tracker's hooks and allocator wrapper cost 3-18% of a small model's
+    step (``benchmarks/overhead.py``), and a step time measured under it is not the step a user
+    would run. The timed steps run the same code right after, in the same process, with nothing
+    of memlab in them but the clocks read between steps (``memlab/timing.py``), which also say
+    whether other processes took the CPU meanwhile (``RunResult.timing``).
+    """
     import torch
 
     import memlab
+    from memlab import timing
     from memlab.tracking.sources import default_source
 
     t_job = time.monotonic_ns()
     source = default_source()
     live0 = source.live()
     state: dict[str, Any] = {"phase": "setup", "step": 0, "offset": 0.0}
+    stream = _SampleStream(send, _SETUP_FLUSH_S)
 
     def setup_sample(t: float, row: dict[str, int | None]) -> None:
-        send(
-            (
-                "sample",
-                {
-                    "t": t,
-                    "tensor_bytes": source.live() - live0,
-                    "phase": state["phase"],
-                    "step": 0,
-                    **row,
-                },
-            )
+        stream.add(
+            {
+                "t": t,
+                "tensor_bytes": source.live() - live0,
+                "phase": state["phase"],
+                "step": 0,
+                "measuring": False,
+                **row,
+            }
         )
 
     # Samples stream from the moment the job arrives: the build and warm-up are visible too.
@@ -156,7 +204,7 @@ def _execute(
         torch.manual_seed(exp.seed)
         device = exp.resolved_device()
         workload = _build(exp, device)
-        batches = workload.make_batches(exp.warmup + exp.steps)
+        batches = workload.make_batches(exp.warmup + 2 * exp.steps)
         state["phase"] = "warmup"
         for _ in range(exp.warmup):
             if cancel.is_set():
@@ -171,14 +219,19 @@ def _execute(
         sync()
     finally:
         pre.stop()
+        stream.flush()
     gate()
 
     offset = (time.monotonic_ns() - t_job) / 1e9
+    stream.max_age_s = _MEASURE_FLUSH_S
 
     def live_sample(t: float, s: dict[str, Any]) -> None:
-        send(("sample", {**s, "t": t + offset, "step": state["step"]}))
+        stream.add({**s, "t": t + offset, "step": state["step"], "measuring": True})
 
-    step_times: list[float] = []
+    def now_s() -> float:
+        return (time.monotonic_ns() - t_job) / 1e9
+
+    tracked_times: list[float] = []
     status, error = "ok", None
     rec = memlab.track(
         workload.model,
@@ -186,6 +239,7 @@ def _execute(
         on_sample=live_sample,
         budget_bytes=exp.budget_bytes,
     )
+    # -- pass 1: memory (tracked) ------------------------------------------------------------
     try:
         with rec:
             for i in range(exp.steps):
@@ -198,16 +252,20 @@ def _execute(
                 workload.step(x, y)
                 sync()
                 dt = time.perf_counter() - t0
-                step_times.append(dt)
+                tracked_times.append(dt)
                 rec.step(f"step {i + 1}")
+                del x, y
+                stream.flush()
                 send(
                     (
                         "step",
                         {
+                            "pass": "memory",
                             "step": i + 1,
+                            "of": exp.steps,
                             "time_s": dt,
                             "samples": workload.samples_per_step,
-                            "t": (time.monotonic_ns() - t_job) / 1e9,
+                            "t": now_s(),
                         },
                     )
                 )
@@ -217,19 +275,96 @@ def _execute(
         status, error = "oom", str(e).splitlines()[0]
     except Exception as e:  # noqa: BLE001 - any failure of the user's code is a result
         status, error = "error", f"{type(e).__name__}: {e}"
+    stream.flush()
     result = rec.result
     assert result is not None
+
+    # -- pass 2: speed (untracked, timed) ----------------------------------------------------
+    readings: list[timing.StepReading] = []
+    timing_result = None
+    if status == "ok":
+        clock = timing.StepClock(timing.children_cpu_s if exp.num_workers else None)
+        threads = torch.get_num_threads()
+        before = timing.process_snapshot()
+        t_before = time.perf_counter()
+        try:
+            for i in range(exp.steps):
+                if cancel.is_set():
+                    raise _Cancelled
+                clock.begin()
+                x, y = next(batches)
+                workload.step(x, y)
+                sync()
+                r = clock.end()
+                del x, y
+                readings.append(r)
+                share = timing.others_shares(
+                    [q.wall_s for q in readings],
+                    [q.cpu_s for q in readings],
+                    [q.busy_s for q in readings],
+                    clock.cpus,
+                    trailing=True,
+                )[-1]
+                send(
+                    (
+                        "step",
+                        {
+                            "pass": "timing",
+                            "step": i + 1,
+                            "of": exp.steps,
+                            "time_s": r.wall_s,
+                            "samples": workload.samples_per_step,
+                            "t": now_s(),
+                            **timing.step_payload(r, share),
+                        },
+                    )
+                )
+        except _Cancelled:
+            status, error = "cancelled", "cancelled by the user (while timing the steps)"
+        except Exception as e:  # noqa: BLE001
+            status, error = "error", f"{type(e).__name__}: {e} (while timing the steps)"
+        span = time.perf_counter() - t_before
+        after = timing.process_snapshot()
+        me = os.getpid()
+        kids = _children_pids()
+        busiest = timing.busiest_others(
+            before,
+            after,
+            span,
+            exclude=[me, *kids],
+            labels={os.getppid(): "the process that started this run"},
+        )
+        timing_result = timing.assess(
+            [q.wall_s for q in readings],
+            [q.cpu_s for q in readings],
+            [q.busy_s for q in readings],
+            cpus=clock.cpus,
+            threads=threads,
+            busiest=busiest,
+        )
     metrics = dict(getattr(workload, "metrics", {}) or {})
     return dataclasses.replace(
         result,
-        step_times_s=tuple(step_times),
+        step_times_s=tuple(q.wall_s for q in readings),
+        tracked_step_times_s=tuple(tracked_times),
         samples_per_step=workload.samples_per_step,
         status=status,
         error=error,
         experiment=exp.to_dict(),
         metrics=metrics,
         notes=tuple(result.notes) + tuple(getattr(workload, "notes", ())),
+        timing=timing_result,
     )
+
+
+def _children_pids() -> list[int]:
+    """The run worker's descendants (DataLoader workers are the run's own, not "others")."""
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process().children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _build(exp: Experiment, device: str) -> Any:
@@ -293,6 +428,7 @@ class RunHandle:
         timeout_s: float | None = None,
         use_warm: bool = True,
         keep_warm: bool = False,
+        on_samples: SamplesFn | None = None,
     ) -> None:
         if not isinstance(experiment, Experiment):
             raise TypeError(
@@ -303,6 +439,7 @@ class RunHandle:
         self.steps: list[dict[str, Any]] = []
         self.result: RunResult | None = None
         self.on_sample, self.on_step, self.on_done = on_sample, on_step, on_done
+        self.on_samples = on_samples
         self.rss_cap_bytes = _default_rss_cap() if rss_cap_bytes is None else rss_cap_bytes
         self.timeout_s = timeout_s
         self.started_at = time.monotonic()
@@ -401,10 +538,14 @@ class RunHandle:
                 if kind == "ready" and not sent:
                     w.conn.send(("run", self._payload))
                     sent = True
-                elif kind == "sample":
-                    self.samples.append(msg[1])
+                elif kind == "samples":
+                    batch = msg[1]
+                    self.samples.extend(batch)
+                    if self.on_samples is not None:
+                        self.on_samples(batch)
                     if self.on_sample is not None:
-                        self.on_sample(msg[1])
+                        for sample in batch:
+                            self.on_sample(sample)
                 elif kind == "step":
                     self.steps.append(msg[1])
                     if self.on_step is not None:
@@ -466,12 +607,17 @@ def start(
     rss_cap_bytes: int | None = None,
     timeout_s: float | None = None,
     warm: bool = False,
+    on_samples: SamplesFn | None = None,
 ) -> RunHandle:
     """Start ``experiment`` in a worker process and return at once.
 
-    ``on_sample(sample)`` is called for every streamed sample (about 100 a second),
-    ``on_step(step)`` after each measured step, ``on_done(result)`` at the end, all on the
-    handle's reader thread. ``rss_cap_bytes`` (default: 75% of RAM) is the hard cap past which
+    ``on_sample(sample)`` is called for every streamed sample (about 100 a second, sent in
+    batches: at each step's end while measuring), ``on_samples(batch)`` once per batch (a view
+    that redraws per batch does one piece of work instead of one per sample), ``on_step(step)``
+    after each step of both passes (``step["pass"]``: ``"memory"``, the tracked steps, then
+    ``"timing"``, the untracked timed ones, which carry ``cpu_s``, ``others_share`` and
+    ``disturbed``), ``on_done(result)`` at the end, all on the handle's reader thread.
+    ``rss_cap_bytes`` (default: 75% of RAM) is the hard cap past which
     the worker is killed. A worker started by :func:`warm_up` is used if one is ready; with
     ``warm`` a new one is started once this run has ended, for the next run. The measured
     block waits for a service job in progress (:func:`submit`) to end; jobs queued meanwhile
@@ -486,6 +632,7 @@ def start(
         timeout_s=timeout_s,
         use_warm=True,
         keep_warm=warm,
+        on_samples=on_samples,
     )
 
 
