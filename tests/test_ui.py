@@ -7,6 +7,7 @@ these tests need neither the built-in workloads nor the knobs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -319,7 +320,11 @@ def test_no_prediction_is_said_not_raised() -> None:
     panel.set(mode="inference", precision="int8")
     panel.wait_prediction(120)
     assert panel.prediction is None
-    assert "no prediction" in panel.figures["prediction"].layout.title.text
+    fig = panel.figures["prediction"]
+    assert fig.layout.title.text == "No prediction"
+    note = fig.layout.title.subtitle.text  # the estimator's reason, in words
+    assert note.startswith("no prediction: precision 'int8' cannot be estimated"), note
+    assert "Error" not in note
     panel.close()
 
 
@@ -523,3 +528,417 @@ def test_status_goes_forward_through_a_run() -> None:
     order = ["build", "warm", "step", "done"]
     assert [order.index(s) for s in stages] == sorted(order.index(s) for s in stages), seen
     p.close()
+
+
+# -- the panel against a fake runner (the contract of memlab.runner.start), no worker ---------
+
+
+class FakeRun:
+    """Stands in for a RunHandle: the test plays the runner's reader thread through the
+    callbacks ``start`` was given."""
+
+    def __init__(self, exp: Experiment, kw: dict[str, Any]) -> None:
+        self.experiment, self.kw = exp, kw
+        self.cancelled = False
+        self._done = False
+        self.steps: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def send(self, *samples: dict[str, Any]) -> None:
+        self.kw["on_samples"](list(samples))
+
+    def step(self, i: int, time_s: float = 0.01, **kw: Any) -> None:
+        self.kw["on_step"]({"step": i, "time_s": time_s, "samples": 32, "t": 1.0 + i, **kw})
+
+    def finish(self, result: RunResult) -> None:
+        self._done = True
+        self.kw["on_done"](result)
+
+
+@pytest.fixture
+def fake_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeRun]]:
+    import memlab.runner
+    from memlab.ui import panel as panel_mod
+
+    started: list[FakeRun] = []
+
+    def start(
+        exp: Experiment,
+        *,
+        on_sample: Any = None,
+        on_samples: Any = None,
+        on_step: Any = None,
+        on_done: Any = None,
+        warm: bool = False,
+        timeout_s: float | None = None,
+    ) -> FakeRun:
+        run = FakeRun(exp, {"on_samples": on_samples, "on_step": on_step, "on_done": on_done})
+        started.append(run)
+        return run
+
+    monkeypatch.setattr(memlab.runner, "start", start)
+    panel_mod._start_takes_batches.cache_clear()
+    yield started
+    panel_mod._start_takes_batches.cache_clear()
+
+
+def sample(t: float, phase: str, measuring: bool, nbytes: int = 2**20) -> dict[str, Any]:
+    return {"t": t, "tensor_bytes": nbytes, "phase": phase, "step": 0, "rss": 50 * 2**20,
+            "rss_anon": 40 * 2**20, "rss_file": 10 * 2**20, "rss_shmem": 0,
+            "rss_hwm": 50 * 2**20, "measuring": measuring}  # fmt: skip
+
+
+def result(exp: Experiment, status: str = "ok", steps: int = 3, **kw: Any) -> RunResult:
+    peaks = {"parameters": 2**20, "activations": 3 * 2**20}
+    kw.setdefault("step_times_s", (0.01,) * steps)
+    return RunResult(
+        peak_bytes=sum(peaks.values()),
+        peak_by_category=peaks,
+        samples_per_step=exp.batch_size,
+        status=status,
+        experiment=exp.to_dict(),
+        **kw,
+    )
+
+
+def fake_panel(**kw: Any) -> Panel:
+    kw.setdefault("warm", False)
+    kw.setdefault("predict", False)
+    kw.setdefault("smoke", False)
+    exp = Experiment(workload=tiny, batch_size=32, steps=8, warmup=2, device="cpu")
+    return Panel(knobs=["batch_size", "mode"], experiment=exp, **kw)
+
+
+def test_samples_come_in_batches_and_redraws_are_quiet_while_measuring(
+    fake_start: list[FakeRun],
+) -> None:
+    p = fake_panel(max_fps=50, quiet_redraw_s=0.5)
+    p.run()
+    (run,) = fake_start
+    assert run.kw["on_samples"] is not None  # the batched callback of the contract
+    # the reader thread hands a batch over: one delivery, applied on the owner thread
+    posted: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        run.send(*(sample(0.01 * i, "setup", False) for i in range(50)))
+        posted.append(threading.current_thread().name)
+        done.set()
+
+    threading.Thread(target=reader, name="reader").start()
+    assert done.wait(5)
+    assert p.drain() == 1  # 50 samples, one callback on the owner thread
+    assert len(p._charts.samples) == 50 and p._charts.redraws == 1
+    assert until(p, lambda: p.status == "running: building the workload…", timeout=2)
+    # in the measured block: a batch right after a redraw is not drawn until 0.5 s passed
+    run.send(sample(1.0, "forward", True))
+    run.send(sample(1.1, "forward", True))
+    run.step(1)
+    assert p._charts.measuring and p._charts.redraws == 1
+    wait = p._charts.next_draw_in()
+    assert wait is not None and 0.3 < wait <= 0.5
+    assert until(p, lambda: p._charts.redraws == 2, timeout=5)  # the timer drew it
+    run.send(sample(1.2, "forward", True))
+    assert until(p, lambda: p._charts.redraws == 3, timeout=5)
+    t_drawn = [t for t, _m in p._charts.redraw_log]
+    assert t_drawn[-1] - t_drawn[-2] >= 0.5 - 1e-3  # measuring: 0.5 s apart at least
+    # after the run: the normal rate again, and the final state drawn at once
+    run.finish(result(run.experiment, steps=1))
+    assert not p._charts.measuring and p.status.startswith("done")
+
+
+def test_status_only_moves_forward_and_says_warm_up_only_with_warm_up_steps(
+    fake_start: list[FakeRun],
+) -> None:
+    p = fake_panel(max_fps=1000, quiet_redraw_s=0)
+    seen: list[str] = []
+    p.status_line.observe(lambda _ch: seen.append(p.status), names="value")
+    p.run()
+    run = fake_start[-1]
+    run.send(sample(0.0, "setup", False))
+    run.send(sample(0.1, "warmup", False))
+    run.send(sample(0.2, "forward", True))
+    for i in (1, 2, 3):
+        run.step(i)
+        run.send(sample(0.2 + i, "backward", True))
+        time.sleep(0.01)
+        p.drain()
+    time.sleep(1.05)  # the status changes at most once a second while measuring
+    run.send(sample(9.0, "setup", False))  # a late sample of an earlier phase
+    p.drain()
+    assert p.status.startswith("running: step 3/8"), p.status
+    assert not any("building" in s for s in seen[seen.index(p.status) :])
+    stages = [s.split("…")[0] for s in seen if s.startswith("running")]
+    assert stages[0] == "running: building the workload"
+    assert stages[1] == "running: warming up (2 steps, not measured)"
+    assert stages[2].startswith("running: step")
+    # step numbers never go back, and while measuring the line changed about once a second
+    nums = [int(s.split("step ")[1].split("/")[0]) for s in stages[2:]]
+    assert nums == sorted(nums) and len(nums) <= 3
+    run.finish(result(run.experiment, steps=8))
+    assert p.status.startswith("done")
+    # no warm-up steps: never says "warming up"
+    q = fake_panel(max_fps=1000, quiet_redraw_s=0)
+    q.set(warmup=0)
+    seen.clear()
+    q.status_line.observe(lambda _ch: seen.append(q.status), names="value")
+    q.run()
+    run = fake_start[-1]
+    run.send(sample(0.0, "setup", False))
+    run.send(sample(0.1, "warmup", False))
+    run.send(sample(0.2, "forward", True))
+    # measuring: the line changes within about a second (a timer, not at every batch)
+    assert until(q, lambda: q.status.startswith("running: step 1/8"), timeout=3), q.status
+    assert not any("warming" in s for s in seen), seen
+
+
+def test_disturbed_timing_is_marked_on_the_chart_and_said_in_the_status(
+    fake_start: list[FakeRun],
+) -> None:
+    p = fake_panel()
+    p.run()
+    run = fake_start[-1]
+    flags = (True, False, True, True, True, False, True, False)
+    for i, f in enumerate(flags, 1):
+        run.step(i, disturbed=f, others_share=0.5 if f else 0.02)
+    p.drain()
+    p._charts.flush()
+    live = trace(p.figures["throughput"], "disturbed (other processes busy)")
+    assert list(live.x) == [i for i, f in enumerate(flags, 1) if f]
+    timing = Timing(
+        steady=False,
+        cpu_share=0.6,
+        disturbed_steps=5,
+        note="other processes used 40% of the CPU (chromium 35%)",
+        others_share=0.4,
+        step_disturbed=flags,
+        step_others_share=tuple(0.5 if f else 0.02 for f in flags),
+    )
+    run.finish(result(run.experiment, steps=8, timing=timing))
+    thr = p.figures["throughput"]
+    dist = trace(thr, "disturbed (other processes busy)")
+    assert list(dist.x) == [1, 3, 4, 5, 7] and dist.showlegend
+    assert "other processes used 50% of the CPU" in dist.hovertext[0]
+    assert "timing disturbed: 5 of 8 steps" in thr.layout.title.text
+    first, second = p.status.split("\n")
+    assert first.startswith("done") and "run 1 in the history" in first
+    assert second.startswith("timing disturbed: 5 of 8 steps, other processes used 40%")
+    assert "chromium 35%" in second  # the timing's note
+    # a steady run says nothing alarming
+    p.run()
+    run = fake_start[-1]
+    steady = dataclasses.replace(timing, steady=True, disturbed_steps=0,
+                                 step_disturbed=(False,) * 8)  # fmt: skip
+    run.finish(result(run.experiment, steps=8, timing=steady))
+    assert "disturbed" not in p.status and "disturbed" not in thr.layout.title.text
+    assert len(trace(thr, "disturbed (other processes busy)").x) == 0
+
+
+def test_no_stale_state_after_cancel_error_and_oom(fake_start: list[FakeRun]) -> None:
+    p = fake_panel(max_fps=1000, quiet_redraw_s=0)
+    p.run()
+    fake_start[-1].finish(result(fake_start[-1].experiment))
+    assert p.figures["memory"].layout.title.text.startswith("Tensor memory")
+    # run 2: cancelled after 2 of 8 steps
+    p.run()
+    run = fake_start[-1]
+    assert "run 2 starting" in p.figures["throughput"].layout.title.text
+    assert len(trace(p.figures["throughput"], "samples/s").x) == 0  # run 1's steps are gone
+    run.send(sample(0.0, "forward", True))
+    run.step(1)
+    run.step(2)
+    p.drain()
+    run.finish(result(run.experiment, status="cancelled", steps=2, error="cancelled by the user"))
+    for name in ("memory", "process", "throughput"):
+        title = p.figures[name].layout.title.text
+        assert "cancelled after 2" in title, (name, title)
+    assert "run 2 cancelled after 2 of 8 steps: partial" in p.figures["memory"].layout.title.text
+    assert p.status.startswith("cancelled after 2 of 8 steps")
+    # run 3: failed before measuring
+    p.run()
+    run = fake_start[-1]
+    run.send(sample(0.0, "setup", False))
+    run.finish(
+        RunResult(peak_bytes=0, peak_by_category={}, status="error",
+                  error="RuntimeError: boom", experiment=run.experiment.to_dict())
+    )  # fmt: skip
+    assert "run 3 failed" in p.figures["memory"].layout.title.text
+    assert "nothing measured" in p.figures["memory"].layout.title.text
+    assert "failed, no step measured" in p.figures["throughput"].layout.title.text
+    # the history shows all three, the two that did not finish marked and not compared
+    bars = p.figures["history"]
+    assert list(trace(bars, "parameters").x) == ["#1", "#2 (cancelled)", "#3 (failed)"]
+    assert list(trace(bars, "parameters").customdata) == [0, None, None]
+    assert list(trace(bars, "parameters").marker.pattern.shape) == ["", "x", "x"]
+    notes = [a.text for a in bars.layout.annotations if a.name == "delta"]
+    assert "not compared" in notes[1] and notes[2] == "failed: nothing measured"
+    assert p.history == [p.runs[0]] and len(p.runs) == 3
+    # the trade-off chart has only the finished run
+    assert list(p.figures["tradeoff"].data[0].customdata) == [0]
+
+
+def test_runs_of_another_mode_are_not_compared_and_labels_stay_short(
+    fake_start: list[FakeRun],
+) -> None:
+    p = fake_panel()
+    for changes in ({}, {"mode": "inference"}, {"mode": "inference", "batch_size": 64}):
+        p.set(**changes)
+        p.run()
+        fake_start[-1].finish(result(fake_start[-1].experiment))
+    labels = list(trace(p.figures["history"], "parameters").x)
+    assert labels == ["#1", "#2 mode=inference", "#3 mode=inference, batch_size=64"]
+    acts = trace(p.figures["history"], "activations")
+    assert list(acts.customdata) == [0, 0, 0]  # #3 against #2, the inference baseline
+    assert "vs #2 mode=inference" in acts.hovertext[2]
+    assert "batch_size=64" in acts.hovertext[2] and "precision=fp32" in acts.hovertext[2]
+    assert "within their mode" in p.figures["history"].layout.title.subtitle.text
+
+
+def test_a_long_predicted_auto_run_waits_for_run(fake_start: list[FakeRun]) -> None:
+    p = fake_panel(auto_run=True, debounce_s=0.0, long_run_s=15)
+    # no history: nothing to predict from, the auto run starts
+    p.set(batch_size=32)
+    assert until(p, lambda: len(fake_start) == 1, timeout=5)
+    run = fake_start[-1]
+    run.step(1, time_s=0.5)  # steps end at t = 2.0 s: the block began at 1.5 s
+    p.drain()
+    # 0.5 s per step of 32 samples; 2 warm-up steps took ~1 s of the 1.5 s before the block
+    run.finish(result(run.experiment, steps=8, step_times_s=(0.5,) * 8))
+    assert p._setup_s == [pytest.approx(0.5)]
+    guess = p.predict_duration(p.experiment.replace(batch_size=128))
+    assert guess is not None and guess.run == 1
+    assert guess.seconds == pytest.approx(0.5 / 32 * 128 * (8 + 2) + 0.5)
+    p.set(batch_size=128)  # predicted ~20.5 s: held back
+    time.sleep(0.05)
+    p.drain()
+    assert len(fake_start) == 1
+    assert p.status == "this run is predicted to take ~20 s (from run #1): press Run to start it"
+    assert p.held_back is not None
+    p.controls["run"].click()  # pressing Run always runs
+    assert len(fake_start) == 2 and fake_start[-1].experiment.batch_size == 128
+    p.stop()
+
+
+def test_back_to_baseline_sets_the_knobs_back(fake_start: list[FakeRun]) -> None:
+    p = fake_panel()
+    p.controls["batch_size"].value = 200
+    p.controls["mode"].value = "inference"
+    p.drain()
+    assert p.experiment.batch_size == 200
+    p.controls["baseline"].click()
+    assert p.controls["batch_size"].value == 32 and p.controls["mode"].value == "train"
+    assert p.experiment.batch_size == 32 and p.experiment.mode == "train"
+
+
+def test_charts_fit_their_grid_cell() -> None:
+    p = fake_panel()
+    grid = p.widget.children[2]
+    assert grid.layout.grid_template_columns == "repeat(2, minmax(0, 1fr))"
+    for cell, fw in zip(grid.children, p.figures.values(), strict=True):
+        assert cell.children == (fw,)
+        assert cell.layout.width == "100%" and cell.layout.min_width == "0"
+        assert fw.layout.width is None and fw.layout.autosize is True
+        assert fw._config["responsive"] is True
+        assert fw.layout.legend.orientation == "h"
+        assert fw._widget_layout.get("width") is None  # what a page attaching later gets
+
+
+def test_prediction_notes_are_words() -> None:
+    from types import SimpleNamespace
+
+    from memlab.estimator import EstimateError
+    from memlab.ui.dispatch import Dispatcher
+    from memlab.ui.predict import Predictor, known_off_notes, no_prediction_note, prediction_key
+
+    int8 = EstimateError("precision 'int8' cannot be estimated: dynamic quantization packs ...")
+    assert no_prediction_note(int8).startswith("no prediction: precision 'int8' cannot be")
+    assert "EstimateError" not in no_prediction_note(int8)
+    other = no_prediction_note(ValueError("shape mismatch\nTraceback ..."))
+    assert "could not run them (ValueError (shape mismatch))" in other
+    assert "Traceback" not in other
+    base = Experiment(workload="mlp", batch_size=8)
+    assert known_off_notes(base) == []
+    est = SimpleNamespace(notes=("estimate: the sparse CSR product's buffers ...",),
+                          peak_by_category={"inputs": 3 * 2**20})  # fmt: skip
+    memmap = known_off_notes(base.replace(data="memmap"), est)
+    assert any("data=memmap" in n and "3.0 MiB" in n for n in memmap)
+    assert any("amp-fp16" in n for n in known_off_notes(base.replace(precision="amp-fp16")))
+    # the note is drawn beside the prediction; a run that did not finish gets no % error
+    drawn: list[tuple[Any, Any, str]] = []
+    pred = Predictor(lambda p, r, n: drawn.append((p, r, n)), Dispatcher())
+    exp = base.replace(data="memmap")
+    fake = SimpleNamespace(peak_bytes=4 * 2**20, peak_by_category={"inputs": 2**20},
+                           elapsed_s=0.1, first_step_peak_bytes=1, steady_peak_bytes=1,
+                           notes=())  # fmt: skip
+    pred._cache[prediction_key(exp)] = fake
+    pred.request(exp)
+    assert "known to be off" in drawn[-1][2] and "data=memmap" in drawn[-1][2]
+    oom = RunResult(peak_bytes=2**20, peak_by_category={"inputs": 2**20}, status="oom",
+                    experiment=exp.to_dict())  # fmt: skip
+    pred.measured(oom)
+    assert drawn[-1][1] is oom and pred.error_pct() is None
+    ok = dataclasses.replace(oom, status="ok")
+    pred.measured(ok)
+    assert pred.error_pct() == pytest.approx(300.0)
+
+
+def test_budget_messages_speak_mib_and_name_the_budget() -> None:
+    from memlab.ui.messages import oom_message
+
+    exp = Experiment(workload="mlp", batch_size=64, steps=8, budget_bytes=300 * MIB)
+    params = {"parameters": 20 * MIB, "optimizer_state": 40 * MIB, "gradients": 20 * MIB}
+
+    def oom(**kw: Any) -> RunResult:
+        peaks = {**params, "activations": 250 * MIB}
+        kw.setdefault("entry_by_category", {**params, "gradients": 0})
+        return RunResult(peak_bytes=sum(peaks.values()), peak_by_category=peaks, status="oom",
+                         experiment=exp.to_dict(), step_times_s=(0.1, 0.1), **kw)  # fmt: skip
+
+    # the step's tensors passed the budget: lower the batch size
+    error = (
+        f"OutOfMemoryError: memlab budget exceeded: the block's peak of {330 * MIB} bytes "
+        f"passed the budget of {300 * MIB} bytes"
+    )
+    text = oom_message(oom(error=error))
+    assert text.startswith("out of memory after 2 of 8 steps")
+    assert "the 300.0 MiB budget you set" in text and "Lower the batch size" in text
+    assert "bytes" not in text.replace("tensor memory", "")
+    # the model alone needs more than the budget: no batch size fits
+    small = dataclasses.replace(oom(), experiment=exp.replace(budget_bytes=50 * MIB).to_dict())
+    text = oom_message(small)
+    assert "parameters, gradients and optimizer state alone need 80.0 MiB" in text
+    assert "more than the 50.0 MiB budget: no batch size fits" in text
+    assert "Lower the batch size" not in text
+    # the prediction says so before anything was measured
+    est = type("Est", (), {"peak_by_category": {**params, "parameters": 2 * 2**30}})()
+    empty = RunResult(peak_bytes=0, peak_by_category={}, status="oom",
+                      experiment=small.experiment)  # fmt: skip
+    assert "alone need 2.1 GiB" in oom_message(empty, estimate=est)
+    # memlab's RSS cap killed the worker: that limit is not the budget, said so
+    cap = oom(error=f"worker killed: its RSS {6 * 2**30} bytes passed the hard cap of "
+                    f"{int(5.5 * 2**30)} bytes")  # fmt: skip
+    text = oom_message(cap)
+    assert "reached 6.0 GiB, past memlab's hard cap of 5.5 GiB" in text
+    assert "not the budget (the 300.0 MiB budget you set)" in text
+
+
+def test_run_hover_has_the_full_settings_and_labels_the_differences() -> None:
+    from memlab.ui.messages import run_hover
+
+    exp = Experiment(workload="mlp", batch_size=32)
+    runs = [
+        RunResult(peak_bytes=1, peak_by_category={"other": 1}, experiment=exp.to_dict()),
+        RunResult(peak_bytes=1, peak_by_category={"other": 1}, status="error", error="boom\nx",
+                  experiment=exp.replace(batch_size=64, precision="bf16",
+                                         checkpointing="every-block").to_dict()),
+    ]  # fmt: skip
+    assert run_labels(runs) == ["#1", "#2 batch_size=64, precision=bf16, …"]
+    hover = run_hover(runs)
+    assert hover[1].startswith("error: boom<br>")
+    assert "checkpointing=every-block" in hover[1] and "workload=mlp" in hover[0]
