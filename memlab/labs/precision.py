@@ -90,20 +90,17 @@ def explain(
     base = sweep[baseline]
     p0 = base.peak_by_category.get("parameters", 0)
     for label, e, r in sweep.runs():
-        if r is base or e.mode != "train":
+        # What autocast changed is exercise 2's answer (``why_autocast``): not said here.
+        if r is base or e.mode != "train" or e.precision.startswith("amp"):
             continue
         p = r.peak_by_category.get("parameters", 0)
-        if e.precision.startswith("amp"):
-            # What autocast changed is exercise 2's answer (``why_autocast``).
-            continue
-        else:
-            why = (
-                f"weights stored in {e.precision}: parameters {format_bytes(p0)} → "
-                f"{format_bytes(p)} ({times(p, p0)}), and the gradients and optimizer state "
-                f"follow them ({format_bytes(base.peak_by_category.get('optimizer_state', 0))} "
-                f"→ {format_bytes(r.peak_by_category.get('optimizer_state', 0))} of optimizer "
-                "state)"
-            )
+        why = (
+            f"weights stored in {e.precision}: parameters {format_bytes(p0)} → "
+            f"{format_bytes(p)} ({times(p, p0)}), and the gradients and optimizer state "
+            f"follow them ({format_bytes(base.peak_by_category.get('optimizer_state', 0))} "
+            f"→ {format_bytes(r.peak_by_category.get('optimizer_state', 0))} of optimizer "
+            "state)"
+        )
         speed = _speed(r.throughput_samples_per_s, base.throughput_samples_per_s)
         out.append(f"- **{label}**: {why}{speed}.")
     if inference_baseline is not None:
