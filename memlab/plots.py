@@ -32,6 +32,8 @@ __all__ = [
     "phase_bands",
     "prediction_figure",
     "process_memory_figure",
+    "run_baselines",
+    "steps_done",
     "throughput_figure",
     "throughput_title",
     "timeline_figure",
@@ -712,12 +714,18 @@ def timing_summary(timing: Timing | None) -> str:
     return text
 
 
+def steps_done(result: RunResult) -> int:
+    """How many of a run's steps completed: its tracked (memory) steps where it has them
+    (the runner times as many untracked steps only after all of them), else its timed ones."""
+    return len(result.tracked_step_times_s) or len(result.step_times_s)
+
+
 def throughput_title(result: RunResult) -> str:
     """The throughput chart's title for a finished run: the median rate and step time, and
     whether the timing was disturbed (with the timing's note); why there is none otherwise."""
     tp, med = result.throughput_samples_per_s, result.step_time_median_s
     if result.status != "ok":
-        done = len(result.step_times_s)
+        done = steps_done(result)
         word = _STATUS_WORD[result.status]
         if not done:
             return f"Throughput: run {word}, no step measured"

@@ -764,12 +764,13 @@ def test_no_stale_state_after_cancel_error_and_oom(fake_start: list[FakeRun]) ->
     p.run()
     run = fake_start[-1]
     run.send(sample(0.0, "setup", False))
+    p._charts.flush()  # its build is on the memory chart (this run's, and said so below)
     run.finish(
         RunResult(peak_bytes=0, peak_by_category={}, status="error",
                   error="RuntimeError: boom", experiment=run.experiment.to_dict())
     )  # fmt: skip
     assert "run 3 failed" in p.figures["memory"].layout.title.text
-    assert "nothing measured" in p.figures["memory"].layout.title.text
+    assert "nothing measured (the line is its build)" in p.figures["memory"].layout.title.text
     assert "failed, no step measured" in p.figures["throughput"].layout.title.text
     # the history shows all three, the two that did not finish marked and not compared
     bars = p.figures["history"]
@@ -942,3 +943,43 @@ def test_run_hover_has_the_full_settings_and_labels_the_differences() -> None:
     hover = run_hover(runs)
     assert hover[1].startswith("error: boom<br>")
     assert "checkpointing=every-block" in hover[1] and "workload=mlp" in hover[0]
+
+
+def test_memory_pass_then_timing_pass(fake_start: list[FakeRun]) -> None:
+    """The runner measures memory in tracked steps, then times as many untracked steps: the
+    throughput chart shows the timed ones only, and the status goes forward through both."""
+    p = fake_panel(max_fps=1000, quiet_redraw_s=0)
+    seen: list[str] = []
+    p.status_line.observe(lambda _ch: seen.append(p.status), names="value")
+    p.run()
+    run = fake_start[-1]
+    run.send(sample(0.0, "forward", True))
+    for i in (1, 2):
+        run.step(i, time_s=0.02, **{"pass": "memory"})
+        time.sleep(1.01)  # past the once-a-second status limit while measuring
+        p.drain()
+    assert p.status.startswith("running: step 2/8, measuring memory (tracked)"), p.status
+    assert len(trace(p.figures["throughput"], "samples/s").x) == 0
+    run.step(1, time_s=0.01, **{"pass": "timing"})
+    time.sleep(1.01)
+    p.drain()
+    p._charts.flush()
+    assert p.status.startswith("running: step 1/8, timing (untracked)"), p.status
+    np.testing.assert_allclose(trace(p.figures["throughput"], "samples/s").y, [3200.0])
+    steps = [s for s in seen if s.startswith("running: step")]
+    assert [s.split(",")[1].split(" ·")[0].strip() for s in steps[-3:]] == [
+        "measuring memory (tracked)",
+        "measuring memory (tracked)",
+        "timing (untracked)",
+    ]
+    # a run cancelled in the memory pass: its steps are the tracked ones
+    run.finish(result(run.experiment, status="cancelled", steps=0,
+                      tracked_step_times_s=(0.02, 0.02)))  # fmt: skip
+    assert p.status.startswith("cancelled after 2 of 8 steps"), p.status
+    # the duration of a two-pass run counts both passes
+    ok = result(run.experiment, steps=8, tracked_step_times_s=(0.02,) * 8)
+    from memlab.ui.messages import predict_duration
+
+    guess = predict_duration(run.experiment, [ok])
+    assert guess is not None
+    assert guess.seconds == pytest.approx(0.01 * (8 + 2) + 0.02 * 8)

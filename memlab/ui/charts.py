@@ -224,6 +224,7 @@ class LiveCharts:
         self._dirty = False
         self._samples: list[dict[str, Any]] = []
         self._steps: list[dict[str, Any]] = []
+        self._memory_steps: list[dict[str, Any]] = []
 
     @staticmethod
     def _initial(name: str) -> go.Figure:
@@ -260,14 +261,20 @@ class LiveCharts:
 
     @property
     def steps(self) -> list[dict[str, Any]]:
-        """The current run's measured steps so far."""
+        """The current run's timed steps so far (the throughput chart's)."""
         return self._steps
+
+    @property
+    def memory_steps(self) -> list[dict[str, Any]]:
+        """The current run's tracked steps so far (the memory pass: ``step["pass"] ==
+        "memory"``; their times include the tracker's cost, so they are not the throughput)."""
+        return self._memory_steps
 
     # -- a run starts -----------------------------------------------------------------------
     def reset(self, run: int | None = None) -> None:
         """Empty the live charts for a new run (history and trade-off charts stay); their
         titles name the new run, so nothing of the previous run looks like this one's."""
-        self._samples, self._steps = [], []
+        self._samples, self._steps, self._memory_steps = [], [], []
         self._dirty = False
         self.measuring = False
         self.redraws = 0
@@ -310,9 +317,16 @@ class LiveCharts:
         return draw and self.redraw_if_due()
 
     def add_step(self, step: Mapping[str, Any], *, draw: bool = True) -> bool:
-        """Buffer one measured step; redraw if due (and ``draw``). Returns whether it redrew."""
+        """Buffer one step; redraw if due (and ``draw``). Returns whether it redrew.
+
+        The runner measures memory in tracked steps (``pass: "memory"``), then speed in as
+        many untracked ones (``pass: "timing"``): only those are the throughput (a step
+        without a pass is taken as timed)."""
+        self.measuring = True  # a step ends inside the measured part of the run
+        if step.get("pass") == "memory":
+            self._memory_steps.append(dict(step))
+            return False
         self._steps.append(dict(step))
-        self.measuring = True  # a step ends inside the measured block
         self._dirty = True
         return draw and self.redraw_if_due()
 
@@ -391,7 +405,7 @@ class LiveCharts:
         self.flush()
         status = result.status
         which = "the run" if run is None else f"run {run}"
-        done = len(result.step_times_s)
+        done = plots.steps_done(result)
         of = f" of {steps}" if steps else ""
         ended = {
             "ok": "",
@@ -414,7 +428,9 @@ class LiveCharts:
                     )
                     fw.layout.title.text = title if status == "ok" else f"{title} ({ended})"
                 elif status != "ok":
-                    live = any(len(t.x or ()) for t in fw.data if t.name == LIVE_TRACE)
+                    live = any(
+                        t.x is not None and len(t.x) for t in fw.data if t.name == LIVE_TRACE
+                    )
                     fw.layout.title.text = f"Tensor memory: {ended}: " + (
                         "nothing measured (the line is its build)" if live else "nothing measured"
                     )

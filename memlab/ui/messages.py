@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memlab.config import Experiment
-from memlab.plots import run_baselines, timing_summary
+from memlab.plots import run_baselines, steps_done, timing_summary
 from memlab.timeline import RunResult, format_bytes
 
 __all__ = [
@@ -108,7 +108,8 @@ def run_hover(results: Sequence[RunResult]) -> list[str]:
             for k in range(0, len(items), _HOVER_FIELDS_PER_LINE)
         ]
         if r.status != "ok":
-            lines.insert(0, f"{r.status}: {humanize_bytes((r.error or '').splitlines()[0])}")
+            first = ((r.error or "").splitlines() or ["no message"])[0]
+            lines.insert(0, f"{r.status}: {humanize_bytes(first)}")
         out.append("<br>".join(lines))
     return out
 
@@ -166,7 +167,7 @@ def oom_message(result: RunResult, *, steps: int | None = None, estimate: Any = 
     exp = result.experiment or {}
     budget = exp.get("budget_bytes")
     planned = _planned_steps(result, steps)
-    done = len(result.step_times_s)
+    done = steps_done(result)
     when = f"after {done} of {planned} steps" if planned else f"after {done} steps"
     error = humanize_bytes((result.error or "").splitlines()[0] if result.error else "")
     your_budget = f"the {format_bytes(budget)} budget you set" if budget else "no budget was set"
@@ -213,7 +214,7 @@ def final_message(
     """The status line once a run has ended. ``runs_shown``: runs in the history chart."""
     r = result
     planned = _planned_steps(r, steps)
-    done = len(r.step_times_s)
+    done = steps_done(r)
     if r.status == "ok":
         text = f"done: peak {format_bytes(r.peak_bytes)} of tensors in {r.peak_phase}"
         tp, med = r.throughput_samples_per_s, r.step_time_median_s
@@ -252,9 +253,11 @@ def predict_duration(
     exp: Experiment, runs: Sequence[RunResult], setup_s: Sequence[float | None] = ()
 ) -> DurationGuess | None:
     """Predict how long ``exp`` will run, from the finished run most like it: that run's
-    measured time per sample x ``exp``'s samples per step x (steps + warm-up steps), plus
-    that run's setup time (``setup_s[k]``: building the workload, before its warm-up; 0 where
-    unknown). None without a finished, timed run of the same workload and mode.
+    measured time per sample x ``exp``'s samples per step x (warm-up steps + steps), plus the
+    tracked steps at their own measured speed where the runner measured memory in a pass of
+    its own, plus that run's setup time (``setup_s[k]``: building the workload, before its
+    warm-up; 0 where unknown). None without a finished, timed run of the same workload and
+    mode.
 
     "Most like": the fewest differing settings (steps, warm-up, seed and data size aside),
     then the nearest batch size, then the latest.
@@ -290,4 +293,7 @@ def predict_duration(
     samples = r.samples_per_step * exp.batch_size / max(int(e.get("batch_size") or 1), 1)
     setup = setup_s[k] if k < len(setup_s) and setup_s[k] is not None else 0.0
     seconds = per_sample * samples * (exp.steps + exp.warmup) + float(setup or 0.0)
+    if r.tracked_step_times_s:  # the memory pass: as many steps again, under the tracker
+        tracked = sorted(r.tracked_step_times_s)[len(r.tracked_step_times_s) // 2]
+        seconds += tracked / r.samples_per_step * samples * exp.steps
     return DurationGuess(seconds=seconds, run=k + 1)

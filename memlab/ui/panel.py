@@ -85,8 +85,10 @@ _COLORS = {
 # The status line changes at most this often while the measured block runs (a message to the
 # page each time); before it and after, as often as the charts redraw.
 _QUIET_STATUS_S = 1.0
-# How far a run has come; the status line only moves forward through these.
-_STARTING, _BUILDING, _WARMING, _MEASURING = range(4)
+# How far a run has come; the status line only moves forward through these. The runner
+# measures memory in tracked steps, then times as many untracked steps (step["pass"]).
+_STARTING, _BUILDING, _WARMING, _MEMORY, _TIMING = range(5)
+_PASS_WORDS = {"memory": ", measuring memory (tracked)", "timing": ", timing (untracked)"}
 
 
 @functools.cache
@@ -600,44 +602,45 @@ class Panel:
 
     def _show_progress(self) -> None:
         """The status line of the run in progress; it only moves forward: building ->
-        warming up (only with warm-up steps) -> step i/N -> done."""
+        warming up (only with warm-up steps) -> step i/N of the memory pass -> step i/N of
+        the timing pass -> done."""
         self._progress_dirty = False
         h = self.handle
         if h is None or self._stopping or self._status_kind != "running" or h.done():
             return  # a "stopping…" or final message stays on screen
         exp = self._planned
         n_steps = exp.steps if exp is not None else 0
-        steps, samples = self._charts.steps, self._charts.samples
+        timed, tracked = self._charts.steps, self._charts.memory_steps
+        samples = self._charts.samples
         last = samples[-1] if samples else {}
-        if steps or (last and is_measuring(last)):
-            stage = _MEASURING
+        steps = timed or tracked
+        if timed:
+            stage = _TIMING
+        elif tracked or (last and is_measuring(last)):
+            stage = _MEMORY
         elif last.get("phase") == "warmup" and exp is not None and exp.warmup > 0:
             stage = _WARMING
         elif last:
             stage = _BUILDING
         else:
             return
-        if stage < self._stage:
+        n = max(int(s.get("step") or 0) for s in steps) if steps else 0
+        if (stage, n) < (self._stage, self._shown_step):
             return  # never back (a late sample of an earlier phase)
-        self._stage = stage
         if stage == _BUILDING:
             text = "running: building the workload…"
         elif stage == _WARMING:
             text = f"running: warming up ({exp.warmup if exp else 0} steps, not measured)…"
         elif steps:
-            n = max(int(s.get("step") or 0) for s in steps) or len(steps)
-            if n < self._shown_step:
-                return
-            self._shown_step = n
             step = steps[-1]
             dt = float(step.get("time_s") or 0.0)
             rate = f" · {step.get('samples', 0) / dt:.0f} samples/s" if dt > 0 else ""
             tensors = f" · tensors {format_bytes(last.get('tensor_bytes'))}" if last else ""
-            text = f"running: step {n}/{n_steps}{rate}{tensors}"
+            how = _PASS_WORDS.get(str(step.get("pass")), "")
+            text = f"running: step {n}/{n_steps}{how}{rate}{tensors}"
         else:
-            if self._shown_step:
-                return
             text = f"running: step 1/{n_steps} (measuring)…"
+        self._stage, self._shown_step = stage, n
         if text != self._status_text:
             self._set_status(text, "running")
 
@@ -680,7 +683,7 @@ class Panel:
         """Seconds from the job's start to its warm-up: the measured block began at the first
         step's end time less its duration (both on the worker's clock), and the warm-up's
         steps took about the median step each."""
-        steps = self._charts.steps
+        steps = self._charts.memory_steps or self._charts.steps
         med = result.step_time_median_s
         if not steps or med is None:
             return None
