@@ -3,52 +3,56 @@ batch-size slider moved with the keyboard; the memory chart must change (ARCHITE
 "Tests and benchmarks").
 And workshop mode: Voila as ``make app`` serves it, a lab's page shows its charts with data,
 hides the code, and its Run button works. Neither page may fetch anything from the internet.
+In both, every chart of the panel fits its grid cell at 1280x800 (in JupyterLab with the left
+sidebar open) and at 1920 px wide.
 
 Chromium is Debian's (``/usr/bin/chromium``; ``.ci/run`` installs it), driven by Python
 playwright with ``executable_path`` (``playwright install`` is never needed). Without a
 Chromium the test skips, except in CI (``CI`` set), where a missing browser is a failure.
 The lab runs in smoke mode (``MEMLAB_SMOKE=1``), so Run All takes about a minute on 2 cores.
-Screenshots go to ``test-artifacts/`` (``browser-00_tour.png``, ``voila-05_data_loading.png``).
+Screenshots go to ``test-artifacts/`` (``browser-00_tour.png``, ``voila-05_data_loading.png``,
+and the 1280x800 views ``browser-00_tour-1280-sidebar.png``, ``voila-05_data_loading-1280.png``).
+The harness (servers, Chromium, status line, the fit check) is in ``tests/browser.py``, shared
+with ``benchmarks/live.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tests.browser import (
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    DONE,
+    ROOT,
+    BrowserUnavailable,
+    chart_fit_problems,
+    chromium,
+    jupyterlab,
+    load_playwright,
+    open_and_run,
+    shutdown_kernels,
+    sidebar_open,
+    status_text,
+    voila,
+)
+
 # Past pytest's default per-test timeout: a slow machine may need the retry after a long Run All.
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 LAB = "00_tour.ipynb"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # Generous: Run All of lab 00 in smoke mode is ~1 minute on an idle 2-core machine.
-SERVER_START_S = 90
 RUN_ALL_S = 420
 RUN_S = 180
+# A student's laptop screen (the issue's "1280x800 with the sidebar open"), and a wide monitor.
+LAPTOP = {"width": 1280, "height": 800}
+WIDE = {"width": 1920, "height": 1080}
 
 
 def _unavailable(reason: str) -> None:
@@ -58,119 +62,13 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _chromium() -> str:
-    candidates = [
-        os.environ.get("MEMLAB_CHROMIUM"),
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ]
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    _unavailable(
-        "no Chromium binary (looked for /usr/bin/chromium, chromium on PATH, "
-        "$MEMLAB_CHROMIUM); install Debian's chromium to run the browser test"
-    )
-    raise AssertionError("unreachable")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _api(base: str, token: str, path: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(
-        f"{base}{path}", method=method, headers={"Authorization": f"token {token}"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        body = resp.read()
-    return json.loads(body) if body else None
-
-
-def _write_settings(settings: Path) -> None:
-    """User settings for this server only: every cell attached to the DOM (no windowing, so
-    prompts and outputs can be read), and no news or update checks (nothing from the internet)."""
-    files = {
-        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
-            "fetchNews": "false",
-            "checkForUpdates": False,
-        },
-    }
-    for rel, value in files.items():
-        p = settings / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(value))
-
-
-@contextlib.contextmanager
-def _serve(
-    name: str,
-    cmd: list[str],
-    *,
-    cwd: Path,
-    env: dict[str, str],
-    ready_url: str,
-    log_path: Path,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server, wait until ``ready_url`` answers, and always stop it: the server gets
-    SIGTERM (it shuts its kernels down), and whatever it started that is still alive after 20 s
-    (kernels, memlab workers) is killed by process id."""
-    import psutil
-
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    children: dict[int, psutil.Process] = {}
-
-    def remember_children() -> None:
-        try:
-            for c in psutil.Process(proc.pid).children(recursive=True):
-                children.setdefault(c.pid, c)
-        except psutil.Error:
-            pass
-
+def _browser() -> tuple[str, Any]:
+    """Chromium's path and playwright's ``sync_playwright``, or skip (fail in CI)."""
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
-                )
-            try:
-                urllib.request.urlopen(ready_url, timeout=10).close()
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{name} did not answer in {SERVER_START_S} s:\n"
-                        f"{log_path.read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.5)
-        yield proc
-        remember_children()
-    finally:
-        remember_children()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        # Kernels run in sessions of their own (jupyter_client), so by pid, not by group.
-        _gone, alive = psutil.wait_procs(list(children.values()), timeout=5)
-        for c in alive:
-            try:
-                c.kill()
-            except psutil.Error:
-                pass
-        log.close()
+        return chromium(), load_playwright()
+    except BrowserUnavailable as e:
+        _unavailable(str(e))
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -181,52 +79,8 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     root = tmp / "labs"
     root.mkdir()
     shutil.copy(ROOT / "labs" / LAB, root / LAB)
-    settings = tmp / "settings"
-    _write_settings(settings)
-    port = _free_port()
-    token = os.urandom(24).hex()
-    env = {
-        **os.environ,
-        "MEMLAB_SMOKE": "1",
-        "JUPYTERLAB_SETTINGS_DIR": str(settings),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
-        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.root_dir={root}",
-        f"--IdentityProvider.token={token}",
-        "--LabApp.news_url=None",
-    ]
-    if hasattr(os, "getuid") and os.getuid() == 0:
-        cmd.append("--allow-root")  # containers and CI run as root; Jupyter refuses without it
-    base = f"http://127.0.0.1:{port}"
-    with _serve(
-        "JupyterLab",
-        cmd,
-        cwd=root,
-        env=env,
-        ready_url=f"{base}/api/status?token={token}",
-        log_path=tmp / "server.log",
-    ):
-        try:
-            yield base, token
-        finally:
-            _shutdown_kernels(base, token)
-
-
-def _shutdown_kernels(base: str, token: str) -> None:
-    try:
-        for k in _api(base, token, "/api/kernels") or []:
-            _api(base, token, f"/api/kernels/{k['id']}", method="DELETE")
-    except (urllib.error.URLError, OSError, ValueError):
-        pass
+    with jupyterlab(root, tmp, {**os.environ, "MEMLAB_SMOKE": "1"}) as server:
+        yield server
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -248,11 +102,6 @@ _CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).m
 _PANEL_CHARTS_TITLED_JS = _CHARTS_JS.replace(
     "'.js-plotly-plot'", "'.widget-gridbox .js-plotly-plot'"
 )
-# The status line of a finished run (memlab/ui/panel.py, Panel._final_message).
-_DONE = re.compile(
-    r"done: peak (?P<peak>.+?) of tensors in (?P<phase>\w+), (?P<rate>\d+) "
-    r"samples/s \((?P<ms>[\d.]+) ms/step\).* run (?P<runs>\d+) in the history"
-)
 
 
 def _panel_charts(page: Any) -> dict[str, Any]:
@@ -270,7 +119,7 @@ def _charts_disagree(page: Any, status: str, before: dict[str, Any] | None) -> l
     earlier run while the status line moves on, so each is checked, not just one. Titles and
     the history's run count come from the status line; the process chart has no figure in the
     status line, so it must have changed since ``before`` (the charts of the previous run)."""
-    m = _DONE.search(status)
+    m = DONE.search(status)
     if m is None:
         return [f"the status line is not a finished run: {status!r}"]
     charts = _panel_charts(page)
@@ -313,92 +162,6 @@ def _points(chart: dict[str, Any] | None) -> int:
     return 0 if chart is None else sum(len(t["y"]) for t in chart["traces"])
 
 
-def _status_text(page: Any) -> str:
-    texts = page.locator(".widget-html-content").all_inner_texts()
-    found = [
-        t
-        for t in texts
-        if t.strip().startswith(
-            (
-                "done",
-                "running",
-                "starting",
-                "ready",
-                "error",
-                "out of memory",
-                "cancelled",
-                "the run",
-            )
-        )
-    ]
-    return found[-1] if found else ""
-
-
-def _wait_kernel_idle(page: Any, timeout_s: float) -> None:
-    """Until the kernel says idle and no cell is waiting to run ([*])."""
-    deadline = time.monotonic() + timeout_s
-    idle_since = None
-    while time.monotonic() < deadline:
-        state = page.evaluate("""() => {
-          const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-          const prompts = Array.from(document.querySelectorAll(
-              '.jp-CodeCell .jp-InputArea-prompt')).map(p => p.textContent.trim());
-          return {status: ind ? ind.getAttribute('data-status') : null, prompts};
-        }""")
-        busy = any("*" in p for p in state["prompts"]) or state["status"] not in ("idle", None)
-        if not busy:
-            idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since > 2.0:  # idle for a moment, not between two cells
-                return
-        else:
-            idle_since = None
-        page.wait_for_timeout(500)
-    raise TimeoutError(f"the kernel was not idle after {timeout_s} s")
-
-
-def _execution_started(page: Any, timeout_s: float) -> bool:
-    """Whether some code cell shows it is queued, running or has run ([*] or [n])."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
-        if any("*" in p or any(ch.isdigit() for ch in p) for p in prompts):
-            return True
-        page.wait_for_timeout(500)
-    return False
-
-
-def _errors(page: Any) -> list[str]:
-    return page.locator('[data-mime-type="application/vnd.jupyter.error"]').all_inner_texts()
-
-
-def _run_all(page: Any) -> None:
-    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
-
-
-def _open_and_run(page: Any, base: str, token: str) -> None:
-    page.goto(f"{base}/lab/tree/{LAB}?token={token}", timeout=120_000)
-    page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
-    # The kernel starts with the notebook; wait until it is ready before running.
-    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
-        timeout=120_000
-    )
-    # Run All can go through the cells without running any when the kernel connection is not
-    # quite ready though the indicator already says idle (seen in CI: every prompt stayed
-    # "[ ]:"); nothing ran, so asking again is safe.
-    for _ in range(3):
-        _run_all(page)
-        if _execution_started(page, timeout_s=30):
-            break
-    else:
-        raise AssertionError("Run All did not start running any cell (asked 3 times)")
-    _wait_kernel_idle(page, RUN_ALL_S)
-    errors = _errors(page)
-    assert not errors, "a cell failed:\n" + "\n".join(e[-2000:] for e in errors)
-    prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
-    assert prompts and all(p.strip() not in ("[ ]:", "") for p in prompts), prompts
-
-
 def _move_batch_slider(page: Any) -> tuple[str, str]:
     slider = page.locator(".widget-slider", has_text="batch size").first
     slider.scroll_into_view_if_needed()
@@ -412,8 +175,40 @@ def _move_batch_slider(page: Any) -> tuple[str, str]:
     return before, readout.inner_text().strip()
 
 
-def _flow(page: Any, base: str, token: str) -> None:
-    _open_and_run(page, base, token)
+def _fit_settled(page: Any, settle_s: float = 6.0) -> list[str]:
+    """The charts' fit problems once they have had time to follow a resize (plotly relayouts
+    an autosized figure on the window's resize event, debounced): polled until none, or the
+    last problems found after ``settle_s``."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        page.wait_for_timeout(500)
+        problems, _items = chart_fit_problems(page)
+        if not problems or time.monotonic() > deadline:
+            return problems
+
+
+def _check_fit(page: Any, stem: str, *, sidebar: bool) -> list[str]:
+    """Charts fit their grid cell (issue 10, point 4) at a laptop's 1280x800 (with JupyterLab's
+    left sidebar open: the narrowest cell a student sees) and on a wide screen; the problems
+    (empty: every chart fits). The laptop view is kept as ``<stem>-1280[-sidebar].png``."""
+    problems: list[str] = []
+    page.set_viewport_size(LAPTOP)
+    if sidebar and not sidebar_open(page):
+        problems.append("JupyterLab's left sidebar did not open")
+    page.locator(".widget-gridbox").first.scroll_into_view_if_needed()
+    problems += _fit_settled(page)
+    # Aligned to the grid's top, so the shot shows the first row of charts whole.
+    page.locator(".widget-gridbox").first.evaluate("el => el.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"{stem}-1280{'-sidebar' if sidebar else ''}.png"))
+    page.set_viewport_size(WIDE)
+    problems += _fit_settled(page)
+    page.set_viewport_size(LAPTOP)
+    return problems
+
+
+def _flow(page: Any, base: str, token: str, fit: list[str]) -> None:
+    open_and_run(page, base, token, LAB, RUN_ALL_S)
     page.wait_for_function(
         """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
              .some(gd => gd.layout && gd.layout.title && String(gd.layout.title.text || '')
@@ -422,7 +217,7 @@ def _flow(page: Any, base: str, token: str) -> None:
     )
     before = _memory_chart(page)
     assert _points(before) > 0, f"the memory chart has no data after Run All: {before}"
-    status_before = _status_text(page)
+    status_before = status_text(page)
     assert status_before.startswith("done"), status_before
     panel_before = _panel_charts(page)
 
@@ -432,7 +227,7 @@ def _flow(page: Any, base: str, token: str) -> None:
     after, status = before, status_before
     while time.monotonic() < deadline:
         page.wait_for_timeout(500)
-        status = _status_text(page)
+        status = status_text(page)
         after = _memory_chart(page)
         if status.startswith("done") and status != status_before and after != before:
             break
@@ -441,6 +236,8 @@ def _flow(page: Any, base: str, token: str) -> None:
     )
     assert after != before and _points(after) > 0, "the memory chart did not change"
     _wait_charts_show(page, status, panel_before)
+    # Every chart has data and a history of two runs now: the widest legends and labels.
+    fit += _check_fit(page, "browser-00_tour", sidebar=True)
     page.wait_for_timeout(1000)
     final = _memory_chart(page)
 
@@ -466,20 +263,17 @@ def _flow(page: Any, base: str, token: str) -> None:
     assert reloaded == final, "after a reload the memory chart is not the latest run's"
 
 
-def _playwright() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install playwright)")
-        raise
-    return sync_playwright
-
-
-def _in_browser(base: str, flow: Any, shot_name: str, *, on_retry: Any = None) -> None:
-    """Run ``flow(page)`` in headless Chromium, once more from a fresh page if it fails; write
-    the screenshot; fail if the page fetched anything from outside this machine."""
-    exe = _chromium()
-    sync_playwright = _playwright()
+def _in_browser(
+    base: str,
+    flow: Callable[[Any], None],
+    shot_name: str,
+    *,
+    on_retry: Callable[[], None] | None = None,
+) -> None:
+    """Run ``flow(page)`` in headless Chromium (a 1280x800 page), once more from a fresh page
+    if it fails; write the screenshot; fail if the page fetched anything from outside this
+    machine."""
+    exe, sync_playwright = _browser()
     from playwright.sync_api import Error as PlaywrightError
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -490,7 +284,7 @@ def _in_browser(base: str, flow: Any, shot_name: str, *, on_retry: Any = None) -
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
         try:
             for attempt in (1, 2):  # retry once, from a fresh page (and kernel)
-                context = browser.new_context(viewport={"width": 1500, "height": 1100})
+                context = browser.new_context(viewport=LAPTOP)
                 page = context.new_page()
                 page.on(
                     "request", lambda r: None if r.url.startswith(local) else external.append(r.url)
@@ -517,14 +311,28 @@ def _in_browser(base: str, flow: Any, shot_name: str, *, on_retry: Any = None) -
     assert not external, f"the page fetched from outside this machine: {external[:5]}"
 
 
+def _assert_fit(fit: list[str]) -> None:
+    # After the flow, not inside it: a chart that does not fit is the same on a second try,
+    # so it must not cost a retry (a second Run All), and the rest of the flow still runs.
+    assert not fit, "charts overflow their grid cell (screenshots in test-artifacts/):\n" + (
+        "\n".join(fit)
+    )
+
+
 def test_lab00_in_jupyterlab(lab_server: tuple[str, str]) -> None:
+    """Lab 00 run top to bottom; the batch slider starts a run that changes the charts; the
+    charts fit their cells at 1280x800 with the sidebar open and at 1920 px; a reload shows
+    the latest run."""
     base, token = lab_server
+    fit: list[str] = []
 
     def flow(page: Any) -> None:
-        _flow(page, base, token)
+        fit.clear()  # a retry measures again
+        _flow(page, base, token, fit)
         page.locator(".widget-slider", has_text="batch size").first.scroll_into_view_if_needed()
 
-    _in_browser(base, flow, "browser-00_tour.png", on_retry=lambda: _shutdown_kernels(base, token))
+    _in_browser(base, flow, "browser-00_tour.png", on_retry=lambda: shutdown_kernels(base, token))
+    _assert_fit(fit)
 
 
 # -- workshop mode: Voila --------------------------------------------------------------------
@@ -540,48 +348,23 @@ def voila_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     root = tmp / "labs"
     root.mkdir()
     shutil.copy(ROOT / "labs" / VOILA_LAB, root / VOILA_LAB)
-    port = _free_port()
-    token = os.urandom(24).hex()
-    env = {
-        **os.environ,
-        "MEMLAB_SMOKE": "1",
-        "JUPYTER_PATH": str(ROOT / "share" / "jupyter"),
-        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "voila",
-        str(root),
-        "--Voila.ip=127.0.0.1",
-        f"--port={port}",
-        "--Voila.port_retries=0",
-        "--no-browser",
-        f"--token={token}",
-    ]
-    base = f"http://127.0.0.1:{port}"
-    # cwd: the checkout, where Voila reads voila.json (template "memlab"), as `make app` does.
-    with _serve(
-        "Voila",
-        cmd,
-        cwd=ROOT,
-        env=env,
-        ready_url=f"{base}/voila/tree?token={token}",
-        log_path=tmp / "voila.log",
-    ):
-        yield base, token
+    with voila(root, tmp, {**os.environ, "MEMLAB_SMOKE": "1"}) as server:
+        yield server
 
 
 def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
     """The served page shows the panel with its charts in their latest state (the run the lab
     made while the page was built), hides the code, and its Run button starts a run that
-    changes the charts; nothing comes from the internet (the check in _in_browser)."""
+    changes the charts; the charts fit their cells at 1280x800 and at 1920 px; nothing comes
+    from the internet (the check in _in_browser)."""
     base, token = voila_server
+    fit: list[str] = []
 
     def charts(page: Any) -> list[Any]:
         return list(page.evaluate(_PANEL_CHARTS_TITLED_JS))
 
     def flow(page: Any) -> None:
+        fit.clear()
         # Voila runs the whole notebook while it sends the page; the load event comes after.
         page.goto(f"{base}/voila/render/{VOILA_LAB}?token={token}", timeout=RUN_ALL_S * 1000)
         page.locator(".widget-gridbox .js-plotly-plot").first.wait_for(timeout=120_000)
@@ -590,7 +373,7 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
             timeout=60_000,
         )
         assert page.locator(".jp-InputArea-editor").count() == 0, "code is shown"
-        status = _status_text(page)
+        status = status_text(page)
         assert status.startswith("done"), status
         before = charts(page)
         assert any(len(t["y"]) > 0 for chart in before for t in chart["traces"]), (
@@ -600,15 +383,17 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
         panel_before = _panel_charts(page)
         page.get_by_role("button", name="Run").first.click()
         deadline = time.monotonic() + RUN_S
-        now = _status_text(page)
+        now = status_text(page)
         while time.monotonic() < deadline:
             page.wait_for_timeout(500)
-            now = _status_text(page)
+            now = status_text(page)
             if now.startswith("done") and now != status and charts(page) != before:
                 break
         assert now.startswith("done") and now != status, f"no new run finished: {now!r}"
         assert charts(page) != before, "the charts did not change after Run"
         _wait_charts_show(page, now, panel_before)
+        fit.extend(_check_fit(page, "voila-05_data_loading", sidebar=False))
         page.locator(".widget-gridbox").first.scroll_into_view_if_needed()
 
     _in_browser(base, flow, "voila-05_data_loading.png")
+    _assert_fit(fit)
