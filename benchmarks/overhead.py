@@ -1,12 +1,17 @@
-"""What memlab.track costs: step time tracked vs plain, vs torch.profiler and vs MemTracker.
+"""What memlab.track costs: step time tracked vs plain, vs torch.profiler and vs MemTracker;
+and whether that cost stays out of the step time memlab reports.
 
-    python benchmarks/overhead.py [--rounds 15]
+    python benchmarks/overhead.py [--rounds 15] [--run-rounds 5]
 
 Each round runs one step of every variant, in a rotating order, so slow drifts of the machine
 (thermal, other processes) hit every variant alike; we report medians with min-max and the
 median of the per-round ratio to plain. The per-op fixed cost comes from a loop of tiny ops,
 where the op itself costs a few microseconds. Targets (issue 2): <= 1.03x step time on the three
 models, <= 5 us per op. This script prints; no test times anything.
+
+The last table (issue 10) compares the step time ``memlab.run`` reports (its untracked timed
+steps, in the run worker) with the same workload's plain step timed in this process, and
+shows the tracked steps' time beside it: the reported/plain ratio must stay within 3%.
 """
 
 from __future__ import annotations
@@ -91,7 +96,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--ops", type=int, default=20_000, help="tiny ops in the per-op loop")
+    ap.add_argument("--run-rounds", type=int, default=5, help="rounds of the reported-time table")
+    ap.add_argument("--only-reported", action="store_true", help="print only the last table")
     args = ap.parse_args()
+    if args.only_reported:
+        reported_vs_plain(args.run_rounds)
+        return
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds\n")
     print(f"{'model':<18} {'variant':<11} {'median ms':>10} {'min-max ms':>16} {'x plain':>8}")
@@ -173,6 +183,68 @@ def main() -> None:
     for k in ("memlab", "memlab+rss", "profiler"):
         extra = (statistics.median(times[k]) - plain) / args.ops * 1e6
         print(f"  {k:<11} adds {extra:6.2f} us per op")
+    print()
+    reported_vs_plain(args.run_rounds)
+
+
+def _plain_median(factory: Any, exp: Any, steps: int) -> float:
+    """The workload's step, timed in this process with nothing of memlab around it."""
+    w = factory(exp, "cpu")
+    batches = w.make_batches(exp.warmup + steps)
+    for _ in range(exp.warmup):
+        w.step(*next(batches))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        x, y = next(batches)
+        w.step(x, y)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def reported_vs_plain(rounds: int, steps: int = 10) -> None:
+    """memlab.run's reported median step vs the plain step, per workload, interleaved."""
+    from benchmarks._workloads import TEST_WORKLOADS
+    from memlab.config import Experiment
+    from memlab.knobs import build_experiment
+
+    cases: list[tuple[str, Any, Any]] = [
+        (name, Experiment(workload=fn, steps=steps, warmup=2), fn)
+        for name, fn in TEST_WORKLOADS.items()
+    ]
+    for name in ("mlp", "cnn", "transformer"):
+        exp = Experiment(workload=name, steps=steps, warmup=2)
+        cases.append((f"memlab {name}", exp, build_experiment))
+    print(
+        f"step time memlab.run reports vs the plain step ({rounds} rounds of {steps} steps, "
+        "medians; ratios are medians of per-round ratios):"
+    )
+    print(
+        f"{'workload':<18} {'plain ms':>9} {'reported ms':>12} {'x plain':>8} "
+        f"{'tracked ms':>11} {'x plain':>8}  timing"
+    )
+    for name, exp, factory in cases:
+        plain, reported, tracked, steady = [], [], [], []
+        for r in range(rounds):
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for which in order:
+                if which == 0:
+                    plain.append(_plain_median(factory, exp, steps))
+                else:
+                    res = memlab.run(exp)
+                    if res.status != "ok" or res.step_time_median_s is None:
+                        raise SystemExit(f"{name}: the run failed: {res.error}")
+                    reported.append(res.step_time_median_s)
+                    tracked.append(statistics.median(res.tracked_step_times_s))
+                    steady.append(bool(res.timing and res.timing.steady))
+        rr = statistics.median(a / b for a, b in zip(reported, plain, strict=True))
+        tr = statistics.median(a / b for a, b in zip(tracked, plain, strict=True))
+        print(
+            f"{name:<18} {statistics.median(plain) * 1e3:>9.2f} "
+            f"{statistics.median(reported) * 1e3:>12.2f} {rr:>8.3f} "
+            f"{statistics.median(tracked) * 1e3:>11.2f} {tr:>8.3f}  "
+            f"{sum(steady)}/{len(steady)} runs steady"
+        )
 
 
 if __name__ == "__main__":
