@@ -399,7 +399,9 @@ def test_on_an_event_loop_the_loop_edits_the_charts_while_the_run_goes() -> None
     awaits (nothing calls wait())."""
 
     async def cell() -> tuple[Panel, list[str], int]:
-        p = make_panel(paced, auto_run=True, debounce_s=0.2, predict=False)
+        # quiet_redraw_s: a redraw while measuring, at most every 0.1 s (a run of 8 paced
+        # steps is over before the default 2 s)
+        p = make_panel(paced, auto_run=True, debounce_s=0.2, predict=False, quiet_redraw_s=0.1)
         p.set(steps=8)
         senders = record_senders(p)
         p.controls["batch_size"].value = 16  # an auto run, 0.2 s after the last change
