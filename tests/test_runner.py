@@ -168,6 +168,9 @@ def test_cancel_within_1s() -> None:
 def test_rss_cap_kills_the_worker_as_oom() -> None:
     r = run(Experiment(workload=hog), rss_cap_bytes=1_000_000_000, timeout_s=120)
     assert r.status == "oom" and "hard cap" in (r.error or "")
+    # the same figures as numbers, for a message that words them (memlab/ui/messages.py)
+    assert r.metrics["rss_cap_bytes"] == 1_000_000_000
+    assert r.metrics["rss_at_kill_bytes"] > 1_000_000_000
     no_zombies()
 
 

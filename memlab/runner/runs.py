@@ -499,7 +499,7 @@ class RunHandle:
         if self._warm_next:  # the next run's worker starts once this one no longer measures
             warm_up()
 
-    def _failed(self, status: str, message: str) -> None:
+    def _failed(self, status: str, message: str, metrics: dict[str, Any] | None = None) -> None:
         self._finish(
             RunResult(
                 peak_bytes=0,
@@ -507,6 +507,7 @@ class RunHandle:
                 status=status,
                 error=message,
                 experiment=self.experiment.to_dict(),
+                metrics=metrics or {},
             )
         )
 
@@ -579,6 +580,7 @@ class RunHandle:
                     "oom",
                     f"worker killed: its RSS {rss} bytes passed the hard cap of "
                     f"{self.rss_cap_bytes} bytes",
+                    {"rss_cap_bytes": self.rss_cap_bytes, "rss_at_kill_bytes": rss},
                 )
                 return True
         return False

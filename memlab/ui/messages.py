@@ -180,8 +180,10 @@ def oom_message(result: RunResult, *, steps: int | None = None, estimate: Any = 
             "make the model smaller (a lower precision, sparse weights)."
         )
     if "hard cap" in (result.error or ""):
-        nums = [int(m) for m in _BYTES.findall(result.error or "")]
-        rss, cap = (nums + [None, None])[:2]
+        rss, cap = result.metrics.get("rss_at_kill_bytes"), result.metrics.get("rss_cap_bytes")
+        if rss is None or cap is None:  # a result from before the runner gave them as numbers
+            nums = [int(m) for m in _BYTES.findall(result.error or "")]
+            rss, cap = (nums + [None, None])[:2]
         return (
             f"out of memory {when}: the worker's process memory (RSS) reached "
             f"{format_bytes(rss)}, past memlab's hard cap of {format_bytes(cap)} (75% of this "
