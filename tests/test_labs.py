@@ -725,3 +725,14 @@ def test_predicted_run_exercises_run_once_and_solve_from_the_runs() -> None:
     slope, fixed = batch_size.peak_line(bs)
     assert got.ok is True and f"**{(fixed + 48 * slope) / MIB:.1f} MiB**" in got.solution
     assert f"{5e6 / MIB:.1f} MiB without running" in got.solution
+
+
+def test_a_wrong_number_does_not_leak_the_truth_through_its_tolerance() -> None:
+    # 5% of 16.1 MiB in MiB would be 0.805, from which the truth follows: say 5% instead.
+    wrong = checks.check_number(30, 16.1, rel_tol=0.05, unit="MiB")
+    assert (
+        wrong.ok is False and "more than 5% off" in wrong.message and "0.805" not in wrong.message
+    )
+    assert "more than 0.05 off" in checks.check_number(0.5, 0.75, abs_tol=0.05).message
+    big = checks.check_number(30 * MIB, 30.0, rel_tol=0.1, unit="MiB")
+    assert big.form_error and big.message.startswith(f"{30 * MIB} looks like bytes")

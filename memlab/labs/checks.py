@@ -112,6 +112,11 @@ def as_number(answer: Any, what: str = "a number") -> float | Check:
 _MIB_MIXUPS = ((MIB, "bytes"), (1024.0, "KiB"), (1 / 1024, "GiB"))
 
 
+def _fmt(x: float) -> str:
+    """A number as the learner would write it: ``0.75``, ``120``, ``31457280`` (not 3.1e+07)."""
+    return f"{x:.0f}" if abs(x) >= 1e6 and float(x).is_integer() else f"{x:g}"
+
+
 def _close(a: float, b: float, factor: float = 4.0) -> bool:
     """``a`` and ``b`` within ``factor`` of each other (both positive)."""
     return a > 0 and b > 0 and 1 / factor <= a / b <= factor
@@ -149,18 +154,18 @@ def check_number(
         for factor, name in _MIB_MIXUPS:
             if _close(x / factor, truth):
                 return _form(
-                    f"{x:g} looks like {name}: answer in MiB ({x:g} {name} = {x / factor:.4g} MiB)."
+                    f"{_fmt(x)} looks like {name}: answer in MiB ({_fmt(x)} {name} = "
+                    f"{x / factor:.4g} MiB)."
                 )
-    tol = 0.0
-    if rel_tol is not None:
-        tol = max(tol, abs(truth) * rel_tol)
-    if abs_tol is not None:
-        tol = max(tol, abs_tol)
+    rel = 0.0 if rel_tol is None else abs(truth) * rel_tol
+    tol = max(rel, abs_tol or 0.0)
     if abs(x - truth) <= tol:
-        msg = f"{x:g}{u} is within {tol:.3g}{u} of the measured {truth:.4g}{u}."
+        msg = f"{_fmt(x)}{u} is within {tol:.3g}{u} of the measured {truth:.4g}{u}."
         return Check(True, f"{msg} {explain}".strip())
     direction = "too high" if x > truth else "too low"
-    return Check(False, f"{x:g}{u} is {direction} (more than {tol:.3g}{u} off).")
+    # A relative tolerance in the unit would tell the truth (tol / rel_tol): say it in percent.
+    off = f"{rel_tol:.0%}" if rel_tol is not None and rel >= (abs_tol or 0.0) else f"{tol:.3g}{u}"
+    return Check(False, f"{_fmt(x)}{u} is {direction} (more than {off} off).")
 
 
 def _norm(s: Any) -> str:
