@@ -363,6 +363,18 @@ def estimate_experiment(exp: Any) -> Estimate:
             "estimate: the sparse CSR product's internal buffers (torch.sparse.mm, "
             "sampled_addmm) are not modelled; the prediction is low by what they hold"
         )
+    if exp.data == "memmap":
+        notes.append(
+            "estimate: data=memmap: each batch is numpy memory that torch wraps "
+            "(torch.from_numpy), not allocated by torch, so a run does not count it as tensor "
+            "bytes while the prediction does: expect the prediction higher by about the inputs"
+        )
+    if exp.precision == "amp-fp16":
+        notes.append(
+            "estimate: precision=amp-fp16: the gradient scaler's steps depend on the data (it "
+            "skips a step whose gradients overflow), which fake tensors cannot follow: the "
+            "optimizer phase and temporaries may be off"
+        )
     return _combine(results, time.perf_counter() - t0, tuple(notes))
 
 

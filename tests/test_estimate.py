@@ -187,3 +187,20 @@ def test_user_model_precisions_are_configs_and_the_rest_are_refused() -> None:
     for p in set(PRECISIONS) - set(USER_MODEL_PRECISIONS):
         with pytest.raises(ValueError, match=f"precision must be one of fp32, .* got '{p}'"):
             estimate(mlp, CASES["mlp"][1], precision=p)
+
+
+@pytest.mark.slow
+def test_memmap_estimate_says_why_it_is_off_by_the_inputs() -> None:
+    """A memmap batch is numpy memory torch wraps: the run does not count it, the prediction
+    does. The note says so, and the difference is the inputs (measured, not assumed)."""
+    from memlab import Experiment, estimate, run
+
+    exp = Experiment(workload="mlp", batch_size=64, data="memmap", steps=2, warmup=1)
+    est = estimate(exp)
+    assert any("data=memmap" in n for n in est.notes), est.notes
+    r = run(exp)
+    assert r.status == "ok", r.error
+    assert r.peak_by_category["inputs"] == 0 < est.peak_by_category["inputs"]
+    gap = est.peak_bytes - r.peak_bytes
+    assert gap == pytest.approx(est.peak_by_category["inputs"], rel=0.05), (gap, est)
+    assert not any("memmap" in n for n in estimate(exp.replace(data="ram")).notes)

@@ -63,14 +63,15 @@ def known_off_notes(exp: Experiment | Mapping[str, Any], est: Any = None) -> lis
     d = exp.to_dict() if isinstance(exp, Experiment) else dict(exp)
     notes = [n for n in getattr(est, "notes", ()) if n.startswith("estimate:")]
     inputs = getattr(est, "peak_by_category", {}).get("inputs") if est is not None else None
-    if d.get("data") == "memmap":
+    said = " ".join(notes)  # the estimator's own notes name their cause (data=..., ...)
+    if d.get("data") == "memmap" and "data=memmap" not in said:
         size = f" (predicted: {format_bytes(inputs)})" if inputs else ""
         notes.append(
             "data=memmap: each batch is numpy memory that torch wraps (torch.from_numpy), not "
             "allocated by torch, so the run does not count it as tensor bytes while the "
             f"prediction does: expect the prediction to be higher by about the inputs{size}"
         )
-    if d.get("precision") == "amp-fp16":
+    if d.get("precision") == "amp-fp16" and "amp-fp16" not in said:
         notes.append(
             "precision=amp-fp16: the gradient scaler's steps depend on the data (it skips a "
             "step whose gradients overflow, and on a CPU some ops fall back to fp32), which "
