@@ -464,6 +464,21 @@ def test_timing_note_flags_unsteady_steps() -> None:
     assert "up to 200% longer than the median" in sweeps.timing_note(noisy)
 
 
+def test_timing_note_names_runs_whose_timing_was_disturbed() -> None:
+    from dataclasses import replace
+
+    from memlab.timing import assess
+
+    exp = Experiment(workload="mlp")
+    quiet = assess([0.6, 0.6], [1.0, 1.0], [1.02, 1.02], cpus=2, threads=2)
+    busy = assess([0.6, 0.6], [0.6, 0.6], [1.4, 1.4], cpus=2, threads=2, busiest=["hog (pid 9)"])
+    r = _result(exp, steps=(0.6, 0.6))
+    sweep = Sweep(("a", "b"), (exp, exp), (replace(r, timing=quiet), replace(r, timing=busy)))
+    note = sweeps.timing_note(sweep)
+    assert "Timing disturbed in 1 of 2 runs (b)" in note and "hog (pid 9)" in note
+    assert sweeps.timing_note(Sweep(("a",), (exp,), (replace(r, timing=quiet),))) == ""
+
+
 @pytest.mark.slow
 def test_check_prediction_against_the_estimate_and_a_run() -> None:
     pytest.importorskip("torch")

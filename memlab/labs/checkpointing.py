@@ -47,7 +47,9 @@ def _activations(r: RunResult) -> int:
 
 
 def _backward_ms_per_step(r: RunResult) -> float:
-    return phase_seconds(r).get("backward", 0.0) / max(1, len(r.step_times_s)) * 1e3
+    # The phases come from the tracked steps' timeline: divide by how many of those ran.
+    steps = len(r.tracked_step_times_s) or len(r.step_times_s)
+    return phase_seconds(r).get("backward", 0.0) / max(1, steps) * 1e3
 
 
 def _best(sweep: Sweep) -> tuple[str, RunResult]:

@@ -51,7 +51,9 @@ def _profile(sweep: Sweep, label: str, steps_per_epoch: int) -> list[dict[str, A
         steps=e.steps,
         warmup=e.warmup,
         steps_per_epoch=steps_per_epoch,
-        step_times_s=sweep[label].step_times_s,
+        # The tracked steps: the ones the samples were taken in (the timed steps come after,
+        # over later batches, with the file's pages already mapped).
+        step_times_s=sweep[label].tracked_step_times_s,
     )
 
 
@@ -77,7 +79,7 @@ def explain(sweep: Sweep, ram: str, memmap: str) -> str:
             "This platform does not split RSS into anonymous and file-backed parts, so "
             "the comparison below cannot be made here (the numbers are missing, not zero)."
         )
-    steps = [len(r.step_times_s) for r in (r_ram, r_mm)]
+    steps = [len(r.tracked_step_times_s) for r in (r_ram, r_mm)]
     return "\n".join(
         [
             f"The data set's inputs take **{format_bytes(ds)}**. Both runs read the same "

@@ -156,6 +156,19 @@ def timing_note(sweep: Sweep) -> str:
     parts = []
     if sweep.repeats > 1:
         parts.append(f"Times are the fastest of {sweep.repeats} runs of each setting.")
+    unsteady = [
+        (label, r.timing)
+        for label, r in zip(sweep.labels, sweep.results, strict=True)
+        if r.timing is not None and not r.timing.steady
+    ]
+    if unsteady:
+        label, t = unsteady[0]
+        parts.append(
+            f"Timing disturbed in {len(unsteady)} of {len(sweep.results)} runs "
+            f"({', '.join(lab for lab, _ in unsteady)}): other processes took the CPU while "
+            f"their steps were timed, so their times are slower than on a quiet machine. "
+            f"{label}: {t.note}."
+        )
     if spreads and max(spreads) > 0.5:
         parts.append(
             f"Within one run the slowest step took up to {max(spreads):.0%} longer than the "
