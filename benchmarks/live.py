@@ -45,6 +45,7 @@ from tests.browser import (  # noqa: E402  (the browser harness of the tests)
     CHROMIUM_ARGS,
     DONE,
     ROOT,
+    RUN_LABEL,
     BrowserUnavailable,
     chromium,
     jupyterlab,
@@ -202,7 +203,7 @@ def panel_run(page: Any) -> dict[str, Any]:
     """Click Run, wait until the run is done; its result as the page shows it."""
     before = _published(page)
     n = (before or {}).get("n", 0)
-    page.locator(".widget-button", has_text="Run").first.click()
+    page.locator(".widget-button", has_text=RUN_LABEL).first.click()
     # The charts in view while the run goes, as a learner watches them (the worst case for
     # the page's rendering work).
     page.locator(".widget-gridbox").first.scroll_into_view_if_needed()

@@ -31,6 +31,7 @@ __all__ = [
     "CHROMIUM_ARGS",
     "DONE",
     "ROOT",
+    "RUN_LABEL",
     "BrowserUnavailable",
     "api",
     "chart_fit_problems",
@@ -293,6 +294,8 @@ DONE = re.compile(
     r"done: peak (?P<peak>.+?) of tensors in (?P<phase>\w+), (?P<rate>\d+) "
     r"samples/s \((?P<ms>[\d.]+) ms/step\).* run (?P<runs>\d+) in the history"
 )
+#: The panel's Run button's label, exactly ("Run"; not "Run All", not a toolbar's "Run this cell").
+RUN_LABEL = re.compile(r"^\s*Run\s*$")
 _STATUS_STARTS = (
     "done",
     "running",
@@ -302,11 +305,25 @@ _STATUS_STARTS = (
     "out of memory",
     "cancelled",
     "the run",
+    "this run",
+    "stopping",
 )
+# The panel's status line is the HTML widget in the row of its Run button (memlab/ui/panel.py).
+_STATUS_JS = """() => Array.from(document.querySelectorAll('.widget-button'))
+  .filter(b => b.textContent.trim() === 'Run')
+  .map(b => b.parentElement.querySelector(':scope > .widget-html .widget-html-content'))
+  .filter(h => h !== null)
+  .map(h => h.innerText)"""
 
 
 def status_text(page: Any) -> str:
-    """The panel's status line (the last one on the page), or ``""``."""
+    """The panel's status line (the last panel's on the page), or ``""``.
+
+    Found beside the Run button; on a page laid out otherwise, the last HTML text that starts
+    like a status (``done``, ``running``...)."""
+    beside_run = page.evaluate(_STATUS_JS)
+    if beside_run:
+        return str(beside_run[-1])
     texts = page.locator(".widget-html-content").all_inner_texts()
     found = [t for t in texts if t.strip().startswith(_STATUS_STARTS)]
     return found[-1] if found else ""
