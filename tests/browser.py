@@ -418,9 +418,9 @@ def sidebar_open(page: Any) -> bool:
 
 # Every chart of a panel's grid against its grid cell (the grid's child that holds it) and the
 # grid itself: its plotly graph div, each of its <svg class="main-svg"> layers, its title,
-# legend and axis titles must lie inside the cell, and the cell inside the grid. A figure with a
-# fixed width wider than its cell overflows (its legend, right axis and points are cut off or
-# drawn over the neighbour); a title longer than the figure is cut at the cell's edge.
+# legend, axis titles and annotations must lie inside the cell, and the cell inside the grid.
+# A figure with a fixed width wider than its cell overflows (its legend, right axis and points
+# are cut off or drawn over the neighbour); a title longer than the figure is cut at the edge.
 CHART_FIT_JS = """(tol) => {
   const out = [];
   for (const grid of document.querySelectorAll('.widget-gridbox')) {
@@ -449,10 +449,11 @@ CHART_FIT_JS = """(tol) => {
           break;
         }
       }
-      // Text that plotly does not wrap: a title or legend wider than the figure is cut at the
-      // cell's edge even when the figure itself fits.
+      // Text that plotly does not wrap: a title, legend or annotation wider than the figure is
+      // cut at the cell's edge even when the figure itself fits.
       const parts = {title: '.g-gtitle', legend: '.legend', 'x-axis title': '.g-xtitle',
-                     'y-axis title': '.g-ytitle', 'right axis title': '.g-y2title'};
+                     'y-axis title': '.g-ytitle', 'right axis title': '.g-y2title',
+                     annotation: '.annotation'};
       for (const [what, sel] of Object.entries(parts)) {
         for (const el of gd.querySelectorAll(sel)) {
           const r = el.getBoundingClientRect();
