@@ -808,6 +808,10 @@ def throughput_figure(
             "side": "right",
             "rangemode": "tozero",
             "tickformat": RATE_FORMAT,
+            # An overlaying axis defaults to tickmode "sync" (its ticks at the left axis's
+            # grid lines), which labels them 27.3, 54.6, 81.9...: round ticks of its own.
+            "tickmode": "auto",
+            "showgrid": False,
         },
     )
     _fit(fig)

@@ -24,6 +24,49 @@ function plotlyWidgetModule(source) {
   return cache[KEY];
 }
 
+const MIN_FONT_PX = 9;
+const PAD_PX = 4;
+
+function fitText(gd) {
+  if (!gd || !gd.isConnected) return;
+  const box = gd.getBoundingClientRect();
+  if (box.width <= 0) return;
+  const texts = gd.querySelectorAll(
+    ".infolayer .gtitle, .infolayer .gtitle-subtitle, .infolayer .annotation-text",
+  );
+  for (const t of texts) {
+    let r = t.getBoundingClientRect();
+    const left = Math.max(box.left, r.left);
+    const avail = box.right - PAD_PX - left;
+    if (r.width <= avail + 0.5 || avail <= 0) continue;
+    const size = parseFloat(t.style.fontSize || getComputedStyle(t).fontSize) || 12;
+    const smaller = Math.max(MIN_FONT_PX, Math.floor(size * (avail / r.width) * 10) / 10);
+    t.style.fontSize = `${smaller}px`;
+    r = t.getBoundingClientRect();
+    if (r.right <= box.right - PAD_PX + 0.5) continue;
+    // Still too wide at the smallest size: shorten it; the whole text stays as a tooltip.
+    const svg = "http://www.w3.org/2000/svg";
+    const spans = t.querySelectorAll("tspan");
+    let target = spans.length ? spans[spans.length - 1] : null;
+    if (!target) {
+      target = document.createElementNS(svg, "tspan");
+      target.textContent = t.textContent;
+      t.textContent = "";
+      t.appendChild(target);
+    }
+    if (!t.querySelector("title")) {
+      const tip = document.createElementNS(svg, "title");
+      tip.textContent = Array.from(t.querySelectorAll("tspan"), (s) => s.textContent).join(" ");
+      t.appendChild(tip);
+    }
+    let text = target.textContent;
+    while (text.length > 1 && t.getBoundingClientRect().right > box.right - PAD_PX) {
+      text = text.slice(0, -2);
+      target.textContent = `${text}…`;
+    }
+  }
+}
+
 // A factory: anywidget calls it once per model, so `widget` belongs to one model even where a
 // front end shares one module between models.
 export default () => {
@@ -60,7 +103,21 @@ export default () => {
         }
       });
       observer.observe(el);
+      // Titles, subtitles and annotations are SVG text: plotly never wraps them, and a title
+      // that names a run's figures ("Tensor memory by category: peak 70.4 MiB in backward")
+      // is wider than a cell at 1280 px with JupyterLab's sidebar open. After each draw,
+      // text wider than the figure is set smaller (down to 9 px), then shortened with an
+      // ellipsis and its whole text kept as a tooltip. Only the view changes, never the model.
+      const gd = el.querySelector(".js-plotly-plot");
+      const fit = () => fitText(gd);
+      if (gd && typeof gd.on === "function") {
+        gd.on("plotly_afterplot", fit);
+        fit();
+      }
       return () => {
+        if (gd && typeof gd.removeListener === "function") {
+          gd.removeListener("plotly_afterplot", fit);
+        }
         observer.disconnect();
         cancelAnimationFrame(frame);
         if (typeof cleanup === "function") cleanup();
