@@ -280,6 +280,12 @@ def measure(
     ratios = [o["ratio"] for o in out]
     panel_steady = [o["panel"]["timing"] for o in out if o["panel"]["timing"]]
     cli_steady = [o["cli"]["timing"] for o in out if o["cli"]["timing"]]
+
+    def others(side: list[dict[str, Any]]) -> float | None:
+        # What the rest of the machine (the browser, the kernel...) took while the steps ran.
+        v = [t["others_share"] for t in side if t.get("others_share") is not None]
+        return statistics.median(v) if v else None
+
     return {
         "front_end": front_end,
         "workload": workload,
@@ -300,6 +306,8 @@ def measure(
         "cli_disturbed_steps": sum(int(t.get("disturbed_steps") or 0) for t in cli_steady)
         if cli_steady
         else None,
+        "panel_others_share": others(panel_steady),
+        "cli_others_share": others(cli_steady),
         "rounds": out,
     }
 
@@ -326,10 +334,14 @@ def _steadiness(steady_runs: int | None, disturbed: int | None, rounds: int) -> 
     return f"{steady_runs}/{rounds} steady, {disturbed} dist."
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.0f}%"
+
+
 def _table(rows: list[dict[str, Any]], rounds: int) -> str:
     head = (
         f"{'front end':<10}{'workload':<13}{'batch':>6}{'panel ms':>10}{'CLI ms':>9}"
-        f"{'ratio':>7}  {'(min-max)':<12}{'panel timing':<24}{'CLI timing':<24}"
+        f"{'ratio':>7}  {'(min-max)':<12}{'panel timing':<24}{'CLI timing':<24}{'others':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -339,6 +351,7 @@ def _table(rows: list[dict[str, Any]], rounds: int) -> str:
             f"{r['front_end']:<10}{r['workload']:<13}{r['batch_size']:>6}{r['panel_ms']:>10.1f}"
             f"{r['cli_ms']:>9.1f}{r['ratio']:>7.2f}  "
             f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}   {panel:<24}{cli:<24}"
+            f"{_pct(r['panel_others_share']) + ' / ' + _pct(r['cli_others_share']):>11}"
         )
     return "\n".join(lines)
 
@@ -425,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("ratio: median over rounds of (panel median step time / CLI median step time);")
     print("target (issue 10): <= 1.10 in both front ends. 'dist.': steps that other processes")
     print("disturbed (RunResult.timing); a ratio from disturbed runs measures the machine too.")
+    print("others: median share of the machine's CPU that other processes (the browser, the")
+    print("kernel, anyone else) used during the measured steps, panel runs / CLI runs.")
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(
         json.dumps(
