@@ -65,6 +65,7 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
     if msg[0] != "run":
         return
     exp = _load_experiment(msg[1])
+    settle_s = float(msg[2]) if len(msg) > 2 else 0.0
 
     def gate() -> None:
         """Wait for the parent's go before the measured block (no service job is running)."""
@@ -76,7 +77,7 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
             raise RuntimeError("memlab worker: expected 'go' from the parent")
 
     try:
-        result = _execute(exp, send, cancel, gate)
+        result = _execute(exp, send, cancel, gate, settle_s=settle_s)
     except _Cancelled:
         result = RunResult(
             peak_bytes=0,
@@ -163,10 +164,13 @@ def _execute(
     send: Callable[[tuple[Any, ...]], None],
     cancel: Any,
     gate: Callable[[], None] = lambda: None,
+    *,
+    settle_s: float = 0.0,
 ) -> RunResult:
     """Build the workload, warm up, then measure ``exp.steps`` steps in one tracked block (the
     memory), then time ``exp.steps`` more steps untracked (the speed); ``gate()`` returns when
-    the measured part may begin.
+    the measured part may begin. ``settle_s``: a pause between the two passes, in which a live
+    view draws the memory pass, so that its drawing is over before the steps are timed.
 
     Why two passes: the tracker's hooks and allocator wrapper cost 3-18% of a small model's
     step (``benchmarks/overhead.py``), and a step time measured under it is not the step a user
@@ -282,6 +286,12 @@ def _execute(
     # -- pass 2: speed (untracked, timed) ----------------------------------------------------
     readings: list[timing.StepReading] = []
     timing_result = None
+    if status == "ok" and settle_s > 0:
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline and not cancel.is_set():
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        if cancel.is_set():
+            status, error = "cancelled", "cancelled by the user (before timing the steps)"
     if status == "ok":
         clock = timing.StepClock(timing.children_cpu_s if exp.num_workers else None)
         threads = torch.get_num_threads()
@@ -429,6 +439,7 @@ class RunHandle:
         use_warm: bool = True,
         keep_warm: bool = False,
         on_samples: SamplesFn | None = None,
+        settle_s: float = 0.0,
     ) -> None:
         if not isinstance(experiment, Experiment):
             raise TypeError(
@@ -440,6 +451,9 @@ class RunHandle:
         self.result: RunResult | None = None
         self.on_sample, self.on_step, self.on_done = on_sample, on_step, on_done
         self.on_samples = on_samples
+        if not isinstance(settle_s, (int, float)) or not 0 <= settle_s <= 10:
+            raise ValueError(f"settle_s must be seconds between 0 and 10, got {settle_s!r}")
+        self.settle_s = float(settle_s)
         self.rss_cap_bytes = _default_rss_cap() if rss_cap_bytes is None else rss_cap_bytes
         self.timeout_s = timeout_s
         self.started_at = time.monotonic()
@@ -537,7 +551,7 @@ class RunHandle:
                     return
                 kind = msg[0]
                 if kind == "ready" and not sent:
-                    w.conn.send(("run", self._payload))
+                    w.conn.send(("run", self._payload, self.settle_s))
                     sent = True
                 elif kind == "samples":
                     batch = msg[1]
@@ -610,6 +624,7 @@ def start(
     timeout_s: float | None = None,
     warm: bool = False,
     on_samples: SamplesFn | None = None,
+    settle_s: float = 0.0,
 ) -> RunHandle:
     """Start ``experiment`` in a worker process and return at once.
 
@@ -619,6 +634,8 @@ def start(
     after each step of both passes (``step["pass"]``: ``"memory"``, the tracked steps, then
     ``"timing"``, the untracked timed ones, which carry ``cpu_s``, ``others_share`` and
     ``disturbed``), ``on_done(result)`` at the end, all on the handle's reader thread.
+    ``settle_s``: a pause between the tracked and the timed steps (a live view draws the
+    memory pass meanwhile, and keeps still while the steps are timed; not part of any timing).
     ``rss_cap_bytes`` (default: 75% of RAM) is the hard cap past which
     the worker is killed. A worker started by :func:`warm_up` is used if one is ready; with
     ``warm`` a new one is started once this run has ended, for the next run. The measured
@@ -635,6 +652,7 @@ def start(
         use_warm=True,
         keep_warm=warm,
         on_samples=on_samples,
+        settle_s=settle_s,
     )
 
 

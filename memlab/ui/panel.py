@@ -88,17 +88,22 @@ _QUIET_STATUS_S = 1.0
 # How far a run has come; the status line only moves forward through these. The runner
 # measures memory in tracked steps, then times as many untracked steps (step["pass"]).
 _STARTING, _BUILDING, _WARMING, _MEMORY, _TIMING = range(5)
+#: The pause between a run's tracked and timed steps, in which the page draws the memory pass
+#: (4 charts take the browser 0.1-0.4 s of a 2-core laptop).
+DEFAULT_SETTLE_S = 0.6
 _PASS_WORDS = {"memory": ", measuring memory (tracked)", "timing": ", timing (untracked)"}
 
 
 @functools.cache
-def _start_takes_batches() -> bool:
-    """Whether this memlab.runner.start takes ``on_samples`` (batches; the runner sends them
-    at each step end while measuring). Without it the panel batches per-sample callbacks
-    itself (:class:`_Inbox`), so the kernel's work per sample stays a list append."""
+def _start_takes(name: str) -> bool:
+    """Whether the ``memlab.runner.start`` in use takes the keyword ``name`` (``on_samples``:
+    batches, sent at each step end while measuring; ``settle_s``). A stand-in without
+    ``on_samples`` gets per-sample callbacks, which the panel batches itself
+    (:class:`_Inbox`), so the kernel's work per sample stays a list append."""
     from memlab.runner import start
 
-    return "on_samples" in inspect.signature(start).parameters
+    params = inspect.signature(start).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class _Inbox:
@@ -142,7 +147,11 @@ class Panel:
     the history) to take longer than ``long_run_s`` seconds: then the status line says so and
     Run starts it. ``charts`` picks among ``memory``, ``throughput``, ``process``,
     ``history``, ``tradeoff``. Live redraws: at most ``max_fps`` a second before the measured
-    block, at most one every ``quiet_redraw_s`` seconds while it runs.
+    block, at most one every ``quiet_redraw_s`` seconds while it runs. While the run times its
+    steps (the untracked pass after the tracked one) the view keeps still: the memory pass is
+    drawn at its end, during a pause of ``settle_s`` seconds the runner makes before timing, and
+    nothing is sent to the page again until the run has ended (a redraw then would slow the very
+    steps whose time is reported).
 
     ``runs`` keeps every run that ended (the history chart shows them all: a cancelled, failed
     or oom run hatched, with its status, and never compared); ``history`` the runs that ended
@@ -166,6 +175,7 @@ class Panel:
         max_fps: float = DEFAULT_MAX_FPS,
         quiet_redraw_s: float = DEFAULT_QUIET_REDRAW_S,
         long_run_s: float = 15.0,
+        settle_s: float = DEFAULT_SETTLE_S,
         warm: bool = True,
         timeout_s: float | None = None,
         predict: bool = True,
@@ -176,6 +186,9 @@ class Panel:
             raise TypeError(
                 f"experiment must be a memlab.Experiment, got {type(experiment).__name__}"
             )
+        if not isinstance(settle_s, (int, float)) or not 0 <= settle_s <= 10:
+            raise ValueError(f"settle_s must be seconds between 0 and 10, got {settle_s!r}")
+        self.settle_s = float(settle_s)
         if not isinstance(long_run_s, (int, float)) or long_run_s <= 0:
             raise ValueError(f"long_run_s must be a number of seconds > 0, got {long_run_s!r}")
         self._base = experiment
@@ -247,6 +260,7 @@ class Panel:
         self._last_status = 0.0
         self._progress_dirty = False
         self._stopping = False
+        self._still = False  # the run's steps are being timed: no edit reaches the page
 
         for w in self._knob_widgets.values():
             w.observe(self._on_knob_change, names="value")
@@ -352,6 +366,7 @@ class Panel:
         self._stage, self._shown_step = _STARTING, 0
         self._progress_dirty = False
         self._stopping = False
+        self._still = False
         self.held_back = None
         post = self._ui.post  # the callbacks run on the runner's reader thread: hand over only
         inbox = _Inbox(post, partial(self._on_samples, gen))
@@ -359,9 +374,10 @@ class Panel:
             self._charts.reset(len(self.runs) + 1)
             from memlab.runner import start
 
+            extra: dict[str, Any] = {"settle_s": self.settle_s} if _start_takes("settle_s") else {}
             feed: dict[str, Any] = (
                 {"on_samples": inbox.put}
-                if _start_takes_batches()
+                if _start_takes("on_samples")
                 else {"on_sample": lambda s: inbox.put((s,))}
             )
             handle = start(
@@ -371,6 +387,7 @@ class Panel:
                 on_done=lambda r: post(partial(self._on_done, gen, r)),
                 warm=self.warm,
                 timeout_s=self.timeout_s,
+                **extra,
             )
         except Exception as e:  # noqa: BLE001 - a failed start is a status, not a traceback
             _log.exception("memlab.ui: the run did not start")
@@ -570,9 +587,31 @@ class Panel:
             self._progress_dirty = True
 
     def _on_step(self, gen: int, step: Mapping[str, Any]) -> None:
-        if gen == self._gen:
-            self._charts.add_step(step, draw=False)
-            self._progress_dirty = True
+        if gen != self._gen:
+            return
+        self._charts.add_step(step, draw=False)
+        self._progress_dirty = True
+        of = step.get("of")
+        last_tracked = (
+            step.get("pass") == "memory" and of is not None and int(step.get("step") or 0) >= of
+        )
+        if last_tracked and not self._still:
+            # The memory pass is over: draw it now (the runner pauses settle_s for the page
+            # to render it), say what comes, then keep still while the steps are timed.
+            try:
+                self._charts.flush()
+                self._show_progress()
+                n = int(step.get("of") or 0)
+                self._set_status(
+                    f"running: memory measured ({n} tracked steps); timing {n} untracked "
+                    "steps, the charts wait so as not to slow them…",
+                    "running",
+                )
+            except Exception:  # noqa: BLE001
+                _log.exception("memlab.ui: live update failed")
+            self._still = True
+        elif step.get("pass") == "timing":
+            self._still = True
 
     def _status_interval(self) -> float:
         return _QUIET_STATUS_S if self._charts.measuring else self._charts.min_interval_s
@@ -581,8 +620,8 @@ class Panel:
         """After a batch of callbacks: one redraw and one status update if due, else a timer
         for when they are."""
         try:
-            if self._idle:
-                return
+            if self._idle or self._still:
+                return  # still: the steps are being timed; everything is drawn at the end
             self._charts.redraw_if_due()
             status_in = None
             if self._progress_dirty:
