@@ -278,6 +278,13 @@ def measure(
             flush=True,
         )
     ratios = [o["ratio"] for o in out]
+    # The rounds whose two runs both say their timing can be trusted: on a shared machine a
+    # neighbour's burst lands on one side of a round and makes its ratio meaningless.
+    steady = [
+        o["ratio"]
+        for o in out
+        if all((o[side]["timing"] or {}).get("steady") for side in ("panel", "cli"))
+    ]
     panel_steady = [o["panel"]["timing"] for o in out if o["panel"]["timing"]]
     cli_steady = [o["cli"]["timing"] for o in out if o["cli"]["timing"]]
 
@@ -296,6 +303,8 @@ def measure(
         "ratio": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "ratio_steady": statistics.median(steady) if steady else None,
+        "steady_rounds": len(steady),
         "panel_steady_runs": sum(bool(t.get("steady")) for t in panel_steady)
         if panel_steady
         else None,
@@ -338,10 +347,19 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.0f}%"
 
 
+def _steady_ratio(r: Mapping[str, Any]) -> str:
+    return (
+        "n/a (0)"
+        if r["ratio_steady"] is None
+        else f"{r['ratio_steady']:.2f} ({r['steady_rounds']})"
+    )
+
+
 def _table(rows: list[dict[str, Any]], rounds: int) -> str:
     head = (
         f"{'front end':<10}{'workload':<13}{'batch':>6}{'panel ms':>10}{'CLI ms':>9}"
-        f"{'ratio':>7}  {'(min-max)':<12}{'panel timing':<24}{'CLI timing':<24}{'others':>11}"
+        f"{'ratio':>7}  {'(min-max)':<12}{'steady':>10}  {'panel timing':<24}{'CLI timing':<24}"
+        f"{'others':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -350,7 +368,8 @@ def _table(rows: list[dict[str, Any]], rounds: int) -> str:
         lines.append(
             f"{r['front_end']:<10}{r['workload']:<13}{r['batch_size']:>6}{r['panel_ms']:>10.1f}"
             f"{r['cli_ms']:>9.1f}{r['ratio']:>7.2f}  "
-            f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}   {panel:<24}{cli:<24}"
+            f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}   {_steady_ratio(r):>10}  "
+            f"{panel:<24}{cli:<24}"
             f"{_pct(r['panel_others_share']) + ' / ' + _pct(r['cli_others_share']):>11}"
         )
     return "\n".join(lines)
@@ -438,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("ratio: median over rounds of (panel median step time / CLI median step time);")
     print("target (issue 10): <= 1.10 in both front ends. 'dist.': steps that other processes")
     print("disturbed (RunResult.timing); a ratio from disturbed runs measures the machine too.")
+    print("steady: the same ratio over the rounds whose panel and CLI runs were both steady")
+    print("(how many in brackets).")
     print("others: median share of the machine's CPU that other processes (the browser, the")
     print("kernel, anyone else) used during the measured steps, panel runs / CLI runs.")
     ns.out.parent.mkdir(parents=True, exist_ok=True)
