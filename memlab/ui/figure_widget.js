@@ -108,16 +108,30 @@ export default () => {
       // is wider than a cell at 1280 px with JupyterLab's sidebar open. After each draw,
       // text wider than the figure is set smaller (down to 9 px), then shortened with an
       // ellipsis and its whole text kept as a tooltip. Only the view changes, never the model.
-      const gd = el.querySelector(".js-plotly-plot");
-      const fit = () => fitText(gd);
-      if (gd && typeof gd.on === "function") {
-        gd.on("plotly_afterplot", fit);
-        fit();
-      }
-      return () => {
-        if (gd && typeof gd.removeListener === "function") {
-          gd.removeListener("plotly_afterplot", fit);
+      // The graph div appears, and plotly redraws its text, after render has returned: a
+      // change anywhere under this element schedules one check on the next frame.
+      let fitFrame = 0;
+      const scheduleFit = () => {
+        if (!fitFrame) {
+          fitFrame = requestAnimationFrame(() => {
+            fitFrame = 0;
+            // plotly draws into the widget's own element (it becomes the graph div).
+            fitText(el.classList.contains("js-plotly-plot") ? el : el.querySelector(".js-plotly-plot"));
+          });
         }
+      };
+      const mutations = new MutationObserver(scheduleFit);
+      mutations.observe(el, {
+        childList: true,
+        subtree: true,
+        characterData: true,
+        attributes: true,
+        attributeFilter: ["style"],
+      });
+      scheduleFit();
+      return () => {
+        mutations.disconnect();
+        cancelAnimationFrame(fitFrame);
         observer.disconnect();
         cancelAnimationFrame(frame);
         if (typeof cleanup === "function") cleanup();
