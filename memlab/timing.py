@@ -46,6 +46,7 @@ __all__ = [
     "machine_busy_s",
     "others_shares",
     "process_snapshot",
+    "wait_until_quiet",
 ]
 
 #: A step is disturbed when other processes used more than this share of the machine's CPU
@@ -132,6 +133,39 @@ class StepClock:
         busy1 = machine_busy_s()
         busy = None if busy0 is None or busy1 is None else busy1 - busy0
         return StepReading(wall_s=t1 - t0, cpu_s=cpu1 - cpu0, busy_s=busy)
+
+
+def wait_until_quiet(
+    min_s: float,
+    max_s: float,
+    cancelled: Callable[[], bool] = lambda: False,
+    *,
+    window_s: float = 0.2,
+    quiet_share: float = DISTURBED_SHARE / 2,
+) -> bool:
+    """Wait at least ``min_s`` and until the machine is quiet, at most ``max_s``: two windows of
+    ``window_s`` in a row in which other processes used less than ``quiet_share`` of the CPU
+    (this process idles meanwhile, so what is busy is someone else: a browser still drawing
+    the chart of the previous pass, for one). Whether it was quiet in the end."""
+    start = time.monotonic()
+    quiet_windows = 0
+    cpus = _cpu_count()
+    while not cancelled():
+        busy0, own0, t0 = machine_busy_s(), time.process_time(), time.monotonic()
+        time.sleep(window_s)
+        busy1, own1, t1 = machine_busy_s(), time.process_time(), time.monotonic()
+        if busy0 is None or busy1 is None:
+            quiet = True  # cannot tell: the pause itself is all we can give
+        else:
+            others = (busy1 - busy0) - (own1 - own0)
+            quiet = others < quiet_share * (t1 - t0) * cpus
+        quiet_windows = quiet_windows + 1 if quiet else 0
+        elapsed = t1 - start
+        if elapsed >= min_s and quiet_windows >= 2:
+            return True
+        if elapsed >= max_s:
+            return False
+    return False
 
 
 def children_cpu_s() -> float:

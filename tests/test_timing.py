@@ -171,3 +171,20 @@ def test_a_run_on_a_quiet_machine_is_steady() -> None:
             return
         notes.append(r.timing.note)
     pytest.fail("no quiet run in three:\n" + "\n".join(notes))
+
+
+def test_wait_until_quiet_waits_for_a_busy_machine(cpu_hog: subprocess.Popen[bytes]) -> None:
+    """Beside a hog the wait runs to its limit and says the machine never went quiet."""
+    t = time.monotonic()
+    assert timing.wait_until_quiet(0.2, 1.5) is False
+    assert 1.5 <= time.monotonic() - t < 5.0
+
+
+def test_wait_until_quiet_returns_soon_on_a_quiet_machine() -> None:
+    """Alone, it returns after the minimum and two quiet windows (a neighbour's burst may cost
+    a window or two: the limit, 5 s, is far)."""
+    t = time.monotonic()
+    assert timing.wait_until_quiet(0.3, 5.0) is True
+    assert 0.3 <= time.monotonic() - t < 4.0
+    cancelled = timing.wait_until_quiet(10.0, 20.0, lambda: True)
+    assert cancelled is False
