@@ -267,10 +267,10 @@ def test_peak_bars_heights_and_exact_deltas() -> None:
     assert list(acts.customdata) == [-3000, 0, None]
     assert acts.hovertext[0] == "-2.9 KiB vs b=32"
     ann = [a.text for a in fig.layout.annotations if a.name == "delta"]
-    assert ann[1] == "4.1 KiB (baseline)"
+    assert ann[1] == "4.1 KiB<br>(baseline)"
     assert ann[0] == "1.2 KiB<br>-2.9 KiB (-71%)"
     # what the oom run reached is shown, never as a saving (no minus sign, no percent)
-    assert ann[2] == "550 B reached<br>oom: not compared"
+    assert ann[2] == "oom<br>550 B reached"
     assert "did not finish" in fig.layout.title.subtitle.text
     assert [a.y for a in fig.layout.annotations] == [r.peak_bytes / MIB for r in runs]
 
@@ -295,8 +295,8 @@ def test_peak_bars_compare_runs_only_within_their_mode() -> None:
     assert acts.hovertext[2] == "-100 B vs #2<br>c"
     assert acts.hovertext[4] == "not compared (failed)<br>e"
     ann = [a.text for a in fig.layout.annotations if a.name == "delta"]
-    assert ann[0] == "1.1 KiB (baseline, train)" and ann[1] == "400 B (baseline, inference)"
-    assert ann[4] == "failed: nothing measured"
+    assert ann[0] == "1.1 KiB<br>(baseline, train)" and ann[1] == "400 B<br>(baseline, inference)"
+    assert ann[4] == "failed:<br>nothing measured"
     assert list(acts.x)[4] == "#5 (failed)"
     assert "compared only within their mode" in fig.layout.title.subtitle.text
     with pytest.raises(ValueError):

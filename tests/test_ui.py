@@ -788,7 +788,8 @@ def test_no_stale_state_after_cancel_error_and_oom(fake_start: list[FakeRun]) ->
     assert list(trace(bars, "parameters").customdata) == [0, None, None]
     assert list(trace(bars, "parameters").marker.pattern.shape) == ["", "x", "x"]
     notes = [a.text for a in bars.layout.annotations if a.name == "delta"]
-    assert "not compared" in notes[1] and notes[2] == "failed: nothing measured"
+    assert notes[1].startswith("cancelled<br>") and notes[2] == "failed:<br>nothing measured"
+    assert "not compared" in bars.layout.title.subtitle.text
     assert p.history == [p.runs[0]] and len(p.runs) == 3
     # the trade-off chart has only the finished run
     assert list(p.figures["tradeoff"].data[0].customdata) == [0]

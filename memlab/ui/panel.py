@@ -221,6 +221,7 @@ class Panel:
             description="Baseline",
             icon="undo",
             tooltip="Set the knobs back to this panel's first experiment",
+            layout=widgets.Layout(width="auto"),  # the default width cut it to "B..."
         )
         #: name -> widget: every knob shown, plus the "run", "stop" and "baseline" buttons.
         self.controls: dict[str, widgets.Widget] = {
