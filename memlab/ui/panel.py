@@ -221,8 +221,11 @@ class Panel:
             description="Baseline",
             icon="undo",
             tooltip="Set the knobs back to this panel's first experiment",
-            layout=widgets.Layout(width="auto"),  # the default width cut it to "B..."
         )
+        # As wide as their labels, never squeezed by a long status line beside them (the
+        # default width and flex cut "Baseline" to "B..." at 1280 px).
+        for b in (self._run_button, self._stop_button, self._baseline_button):
+            b.layout = widgets.Layout(width="auto", min_width="max-content", flex="0 0 auto")
         #: name -> widget: every knob shown, plus the "run", "stop" and "baseline" buttons.
         self.controls: dict[str, widgets.Widget] = {
             **self._knob_widgets,
