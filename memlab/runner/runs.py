@@ -299,23 +299,8 @@ def _execute(
         before = timing.process_snapshot()
         t_before = time.perf_counter()
         try:
-            for i in range(exp.steps):
-                if cancel.is_set():
-                    raise _Cancelled
-                clock.begin()
-                x, y = next(batches)
-                workload.step(x, y)
-                sync()
-                r = clock.end()
-                del x, y
-                readings.append(r)
-                share = timing.others_shares(
-                    [q.wall_s for q in readings],
-                    [q.cpu_s for q in readings],
-                    [q.busy_s for q in readings],
-                    clock.cpus,
-                    trailing=True,
-                )[-1]
+
+            def on_timed(i: int, r: timing.StepReading, share: float | None) -> None:
                 send(
                     (
                         "step",
@@ -330,6 +315,10 @@ def _execute(
                         },
                     )
                 )
+
+            timed_steps(
+                workload, batches, exp.steps, clock, sync, cancel.is_set, on_timed, readings
+            )
         except _Cancelled:
             status, error = "cancelled", "cancelled by the user (while timing the steps)"
         except Exception as e:  # noqa: BLE001
@@ -366,6 +355,46 @@ def _execute(
         notes=tuple(result.notes) + tuple(getattr(workload, "notes", ())),
         timing=timing_result,
     )
+
+
+def timed_steps(
+    workload: Any,
+    batches: Any,
+    n: int,
+    clock: Any,
+    sync: Callable[[], None] = lambda: None,
+    cancelled: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int, Any, float | None], None] | None = None,
+    readings: list[Any] | None = None,
+) -> list[Any]:
+    """The timed pass: ``n`` steps of ``workload``, nothing of memlab around them but
+    ``clock`` (a :class:`memlab.timing.StepClock`, read outside each step's wall time).
+    Appends each :class:`~memlab.timing.StepReading` to ``readings`` (returned) and calls
+    ``on_step(i, reading, others_share)``; raises ``_Cancelled`` when ``cancelled()``.
+    ``benchmarks/overhead.py`` runs this same function beside a plain loop."""
+    from memlab import timing
+
+    out: list[Any] = [] if readings is None else readings
+    for i in range(n):
+        if cancelled():
+            raise _Cancelled
+        clock.begin()
+        x, y = next(batches)
+        workload.step(x, y)
+        sync()
+        r = clock.end()
+        del x, y
+        out.append(r)
+        if on_step is not None:
+            share = timing.others_shares(
+                [q.wall_s for q in out],
+                [q.cpu_s for q in out],
+                [q.busy_s for q in out],
+                clock.cpus,
+                trailing=True,
+            )[-1]
+            on_step(i, r, share)
+    return out
 
 
 def _children_pids() -> list[int]:
