@@ -572,7 +572,6 @@ class FakeRun:
 @pytest.fixture
 def fake_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeRun]]:
     import memlab.runner
-    from memlab.ui import panel as panel_mod
 
     started: list[FakeRun] = []
 
@@ -593,9 +592,7 @@ def fake_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeRun]]:
         return run
 
     monkeypatch.setattr(memlab.runner, "start", start)
-    panel_mod._start_takes.cache_clear()
     yield started
-    panel_mod._start_takes.cache_clear()
 
 
 def sample(t: float, phase: str, measuring: bool, nbytes: int = 2**20) -> dict[str, Any]:

@@ -21,9 +21,7 @@ what was measured).
 
 from __future__ import annotations
 
-import functools
 import html
-import inspect
 import logging
 import threading
 import time
@@ -92,18 +90,6 @@ _STARTING, _BUILDING, _WARMING, _MEMORY, _TIMING = range(5)
 #: (4 charts take the browser 0.1-0.4 s of a 2-core laptop).
 DEFAULT_SETTLE_S = 0.6
 _PASS_WORDS = {"memory": ", measuring memory (tracked)", "timing": ", timing (untracked)"}
-
-
-@functools.cache
-def _start_takes(name: str) -> bool:
-    """Whether the ``memlab.runner.start`` in use takes the keyword ``name`` (``on_samples``:
-    batches, sent at each step end while measuring; ``settle_s``). A stand-in without
-    ``on_samples`` gets per-sample callbacks, which the panel batches itself
-    (:class:`_Inbox`), so the kernel's work per sample stays a list append."""
-    from memlab.runner import start
-
-    params = inspect.signature(start).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class _Inbox:
@@ -378,20 +364,14 @@ class Panel:
             self._charts.reset(len(self.runs) + 1)
             from memlab.runner import start
 
-            extra: dict[str, Any] = {"settle_s": self.settle_s} if _start_takes("settle_s") else {}
-            feed: dict[str, Any] = (
-                {"on_samples": inbox.put}
-                if _start_takes("on_samples")
-                else {"on_sample": lambda s: inbox.put((s,))}
-            )
             handle = start(
                 exp,
-                **feed,
+                on_samples=inbox.put,
                 on_step=lambda s: post(partial(self._on_step, gen, s)),
                 on_done=lambda r: post(partial(self._on_done, gen, r)),
                 warm=self.warm,
                 timeout_s=self.timeout_s,
-                **extra,
+                settle_s=self.settle_s,
             )
         except Exception as e:  # noqa: BLE001 - a failed start is a status, not a traceback
             _log.exception("memlab.ui: the run did not start")
