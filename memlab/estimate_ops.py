@@ -30,10 +30,12 @@ convolution rules are within 1% of the measured internal bytes forward and withi
 of the backward calls; the misses are oneDNN scratchpads of rare shapes (odd input sizes with a
 strided 1x1 kernel). Thread count matters (per-thread buffers), so the current
 ``torch.get_num_threads()`` is used unless ``num_threads`` is given; so does the CPU's vector
-width: oneDNN blocks channels by 16 on AVX-512 and by 8 on AVX2 (``_dnnl_block``). With AVX2
-emulated (``ONEDNN_MAX_CPU_ISA=AVX2``) the forward rules hold on 108 odd-channel shapes; 20 of
-the backward calls are off by more than 5% (AVX2's own backward-weights scratchpads). 16-bit
-(bf16) convolutions use the same rules at 2 bytes per element: forward exact, backward
+width: oneDNN blocks channels by 16 on AVX-512 and by 8 on AVX2 (``_dnnl_block``). On a real
+AVX2 CPU (AMD EPYC, 2 threads) the AVX2 direct kernel's backward weights follow its own rule
+(``_avx2_bwd_w_scratch``: reducer space only where fewer weight blocks than threads); on 27
+shapes x 1/2/4 threads it is exact but for 3 four-thread shapes, off by 4-8 KiB (under 4%); the
+AVX2 1x1 kernel's backward (its 2D reducer is not transcribed) is within 2% on the test shapes.
+16-bit (bf16) convolutions use the same rules at 2 bytes per element: forward exact, backward
 approximate (see the note in ``_mkldnn_conv``).
 """
 
@@ -222,6 +224,49 @@ def _bwd_w_1x1_nthr_mb(mb: int, ic: int, oc: int, os_: int, sh: int, sw: int, nt
     return nmb
 
 
+def _reducer_scratch(nthr: int, job: int, njobs: int, red: int, max_buf: int) -> int:
+    """Scratchpad bytes of oneDNN's ``cpu_reducer_t`` (float): threads that share one job each
+    keep a private partial sum, reduced at the end. ``reduce_balancer_t::balance``
+    (src/cpu/x64/cpu_reducer.cpp) decides how many threads share a job; transcribed here. The
+    fixed 12 KiB on top of the partial sums is measured (torch 2.13's oneDNN, AVX2, 1/2/4
+    threads): the space's 4 KiB alignment, the barriers and the registry's per-entry padding."""
+    min_per = max(1, njobs // nthr)
+    max_per = max(1, max_buf // (nthr * job))
+    ngroups = min(njobs // min_per, nthr)
+    npg = min(nthr // ngroups, red)
+    ub = _div_up(njobs, ngroups)
+    best = njobs * job * red
+    for c in range(min_per, njobs):
+        c_ngroups = min(njobs // c, nthr)
+        c_npg = min(nthr // c_ngroups, red)
+        c_ub = _div_up(njobs, c_ngroups)
+        if c_npg > 1 and c_ub > max_per:
+            continue
+        cplx = job * c_ub * (_div_up(red, c_npg) + (c_npg != 1))
+        if cplx < best:
+            ngroups, npg, ub, best = c_ngroups, c_npg, c_ub, cplx
+    if npg == 1:
+        return 0
+    return ngroups * (npg - 1) * ub * job * 4 + 12288
+
+
+def _avx2_bwd_w_scratch(
+    n: int, cin: int, cout: int, kk: int, flat: bool, bias: bool, nthreads: int
+) -> int:
+    """Scratchpad of oneDNN's ``jit_avx2_convolution_bwd_weights_t`` (the AVX2 direct kernel,
+    src/cpu/x64/jit_avx2_convolution.hpp ``init_balancers``): a reducer over the minibatch for
+    the weight gradient (jobs of kh*kw*ic_block*8 floats, one per (ic block, oc block)) and one
+    for the bias (jobs of 8 floats), each with a 2 MiB buffer limit; plus a padded bias."""
+    icb = cin if flat else 8
+    njobs = (1 if flat else _div_up(cin, 8)) * _div_up(cout, 8)
+    s = _reducer_scratch(nthreads, kk * icb * 8, njobs, n, 1 << 21)
+    if bias:
+        s += _reducer_scratch(nthreads, 8, _div_up(cout, 8), n, 1 << 21)
+        if cout % 8:
+            s += _up(cout, 8) * 4 + 128
+    return s
+
+
 def _brgconv_strided_scratch(
     cout: int,
     h: int,
@@ -327,6 +372,16 @@ def _mkldnn_conv(
             # per-thread im2col columns (k5: 2 threads, 16x16: 64256 B measured).
             gy_r = x_r = w_b = 0
             s_w = nthreads * kk * ho * wo * itemsize + 800 * cin
+        elif blk == 8 and not dw and not is1x1 and groups == 1:
+            # AVX2: oneDNN's jit:avx2 direct kernel. It reads the input flat (NCHW) only for
+            # exactly 3 channels (``set_default_formats``: IC() == 3); otherwise nChw8c.
+            # 16x64x64x16, 3x3, 2 threads: [gy 1048576, x 1048576, w 147456, b 256], no
+            # reducer space (each thread has its own (ic, oc) blocks).
+            flat = cin == 3
+            gy_r = A(P(cout, 8), ho, wo)
+            x_r = 0 if flat else A(P(cin, 8), h, w)
+            w_b = P(cout, 8) * (cin if flat else P(cin, 8)) * kk * itemsize
+            s_w = _avx2_bwd_w_scratch(n, cin, cout, kk, flat, bias, nthreads)
         else:
             avx2 = blk == 16 and first and cin > 3  # AVX-512 1st-conv bwd: 1-3 channels
             gy_r = A(P(cout, blk), ho, wo)
