@@ -36,6 +36,11 @@ def pyproject_dependencies() -> list[str]:
         return list(tomllib.load(f)["project"]["dependencies"])
 
 
+def pyproject_extra(name: str) -> list[str]:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["optional-dependencies"][name])
+
+
 def environment_pip_requirements() -> list[str]:
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
@@ -79,7 +84,7 @@ def test_environment_yml_uses_the_same_ranges() -> None:
 
 def test_every_dependency_has_an_exact_pin() -> None:
     pins = constraint_pins()
-    names = sorted(requirement_name(r) for r in pyproject_dependencies())
+    names = sorted(requirement_name(r) for r in pyproject_dependencies() + pyproject_extra("edge"))
     missing = [name for name in names if name not in pins]
     assert not missing, f"not pinned in constraints.txt: {missing}"
 
@@ -109,6 +114,7 @@ _NOT_IMPORTED = {
     "voila": "make app serves the labs with it",
     "ninja": "torch.utils.cpp_extension builds memlab/tracking/_alloc.cpp with it",
     "anywidget": "plotly's FigureWidget is an anywidget; plotly does not require it",
+    "onnxscript": "torch.onnx.export needs it (edge extra); memlab calls torch.onnx",
 }
 
 
@@ -131,7 +137,8 @@ def test_every_declared_dependency_is_used_and_every_import_is_declared() -> Non
     from importlib.metadata import packages_distributions
 
     dists = packages_distributions()
-    declared = {requirement_name(r) for r in pyproject_dependencies()}
+    # The edge extra's runtimes are imported inside the functions that use them (optional).
+    declared = {requirement_name(r) for r in pyproject_dependencies() + pyproject_extra("edge")}
     used: set[str] = set()
     undeclared: list[str] = []
     for module in sorted(_imported_top_levels(ROOT / "memlab")):
