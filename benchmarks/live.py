@@ -9,9 +9,10 @@ For each front end (JupyterLab, Voila) and workload, a small generated notebook 
 shows it; headless Chromium (Debian's, via playwright) opens it at 1280x800 (JupyterLab: open,
 Run All, the left sidebar open as a student has it; Voila: ``/voila/render/...``) and keeps the
 charts in view. Then, for each round: one click on the panel's Run button (until the run is
-done), and one ``memlab run ... --json`` of the same experiment with the page open and idle, in
-alternating order so a slow drift of the machine hits both alike. One untimed panel run per
-page comes first (the first run pays for the first draw of every chart).
+done), between two ``memlab run ... --json`` of the same experiment with the page open and idle
+(CLI, panel, CLI: a slow drift of the machine hits both sides alike, and the two CLI runs are the
+anchor: how much one fresh worker differs from the next with nothing changed). One untimed
+panel run per page comes first (the first run pays for the first draw of every chart).
 
 Printed per front end and workload: the panel's and the CLI's median step time (median over
 rounds of each run's median), the ratio (median of the per-round ratios, with its range), and
@@ -264,20 +265,28 @@ def measure(
     panel_run(page)  # untimed: the first draw of every chart, the warm worker's first use
     out: list[dict[str, Any]] = []
     for r in range(rounds):
-        panel_first = r % 2 == 0
-        res: dict[str, Any] = {}
-        for side in ("panel", "cli") if panel_first else ("cli", "panel"):
-            res[side] = panel_run(page) if side == "panel" else cli_run(workload, batch, steps, env)
-        ratio = res["panel"]["median_s"] / res["cli"]["median_s"]
-        out.append({"round": r + 1, "order": "panel,cli" if panel_first else "cli,panel", **res})
+        # A sandwich, CLI - panel - CLI: a slow drift of the machine hits both sides alike, and
+        # the two CLI runs of a round are the anchor: how far one fresh worker's step time is
+        # from the next one's on this machine with nothing changed (the noise floor any
+        # panel/CLI ratio sits on; on a 2-core VM whole runs differ by 20-30%).
+        res: dict[str, Any] = {"cli": cli_run(workload, batch, steps, env)}
+        res["panel"] = panel_run(page)
+        res["cli2"] = cli_run(workload, batch, steps, env)
+        cli_s = statistics.geometric_mean([res["cli"]["median_s"], res["cli2"]["median_s"]])
+        ratio = res["panel"]["median_s"] / cli_s
+        anchor = res["cli2"]["median_s"] / res["cli"]["median_s"]
+        out.append({"round": r + 1, "order": "cli,panel,cli", **res})
         out[-1]["ratio"] = ratio
+        out[-1]["cli_cli"] = anchor
         print(
             f"  round {r + 1}: panel {res['panel']['median_s'] * 1e3:7.1f} ms "
-            f"[{_timing_brief(res['panel']['timing'])}]  CLI {res['cli']['median_s'] * 1e3:7.1f} "
-            f"ms [{_timing_brief(res['cli']['timing'])}]  ratio {ratio:.2f}",
+            f"[{_timing_brief(res['panel']['timing'])}]  CLI {res['cli']['median_s'] * 1e3:7.1f}"
+            f" / {res['cli2']['median_s'] * 1e3:.1f} ms "
+            f"[{_timing_brief(res['cli']['timing'])}]  ratio {ratio:.2f}  CLI/CLI {anchor:.2f}",
             flush=True,
         )
     ratios = [o["ratio"] for o in out]
+    anchors = [o["cli_cli"] for o in out]
     # The rounds whose two runs both say their timing can be trusted: on a shared machine a
     # neighbour's burst lands on one side of a round and makes its ratio meaningless.
     steady = [
@@ -286,7 +295,7 @@ def measure(
         if all((o[side]["timing"] or {}).get("steady") for side in ("panel", "cli"))
     ]
     panel_steady = [o["panel"]["timing"] for o in out if o["panel"]["timing"]]
-    cli_steady = [o["cli"]["timing"] for o in out if o["cli"]["timing"]]
+    cli_steady = [o[k]["timing"] for o in out for k in ("cli", "cli2") if o[k]["timing"]]
 
     def others(side: list[dict[str, Any]]) -> float | None:
         # What the rest of the machine (the browser, the kernel...) took while the steps ran.
@@ -299,10 +308,15 @@ def measure(
         "batch_size": batch,
         "steps": steps,
         "panel_ms": statistics.median(o["panel"]["median_s"] for o in out) * 1e3,
-        "cli_ms": statistics.median(o["cli"]["median_s"] for o in out) * 1e3,
+        "cli_ms": statistics.median(o[k]["median_s"] for o in out for k in ("cli", "cli2")) * 1e3,
         "ratio": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        # The anchor: CLI against CLI, same round. Its spread is what the machine alone does.
+        "cli_cli": statistics.median(anchors),
+        "cli_cli_min": min(anchors),
+        "cli_cli_max": max(anchors),
+        "within_10pct": abs(statistics.median(ratios) - 1) <= 0.10,
         "ratio_steady": statistics.median(steady) if steady else None,
         "steady_rounds": len(steady),
         "panel_steady_runs": sum(bool(t.get("steady")) for t in panel_steady)
@@ -358,17 +372,18 @@ def _steady_ratio(r: Mapping[str, Any]) -> str:
 def _table(rows: list[dict[str, Any]], rounds: int) -> str:
     head = (
         f"{'front end':<10}{'workload':<13}{'batch':>6}{'panel ms':>10}{'CLI ms':>9}"
-        f"{'ratio':>7}  {'(min-max)':<12}{'steady':>10}  {'panel timing':<24}{'CLI timing':<24}"
-        f"{'others':>11}"
+        f"{'ratio':>7}  {'(min-max)':<12}{'CLI/CLI':>8}  {'(min-max)':<12}{'steady':>10}  "
+        f"{'panel timing':<24}{'CLI timing':<24}{'others':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         panel = _steadiness(r["panel_steady_runs"], r["panel_disturbed_steps"], rounds)
-        cli = _steadiness(r["cli_steady_runs"], r["cli_disturbed_steps"], rounds)
+        cli = _steadiness(r["cli_steady_runs"], r["cli_disturbed_steps"], 2 * rounds)
         lines.append(
             f"{r['front_end']:<10}{r['workload']:<13}{r['batch_size']:>6}{r['panel_ms']:>10.1f}"
             f"{r['cli_ms']:>9.1f}{r['ratio']:>7.2f}  "
-            f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}   {_steady_ratio(r):>10}  "
+            f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}   {r['cli_cli']:>8.2f}  "
+            f"{r['cli_cli_min']:.2f}-{r['cli_cli_max']:.2f}   {_steady_ratio(r):>10}  "
             f"{panel:<24}{cli:<24}"
             f"{_pct(r['panel_others_share']) + ' / ' + _pct(r['cli_others_share']):>11}"
         )
@@ -454,8 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finished = dt.datetime.now().astimezone()
     print(f"finished {finished:%Y-%m-%d %H:%M:%S %Z}, load {os.getloadavg()[0]:.2f}")
     print(_table(rows, ns.rounds))
-    print("ratio: median over rounds of (panel median step time / CLI median step time);")
-    print("target (issue 10): <= 1.10 in both front ends. 'dist.': steps that other processes")
+    print("Each round runs CLI, panel, CLI. ratio: median over rounds of (panel median step")
+    print("time / geometric mean of the round's two CLI median step times). CLI/CLI: the")
+    print("anchor, the round's second CLI run over its first: what the machine alone does to")
+    print("one fresh worker against the next (a ratio inside that spread is noise).")
+    print("target (issue 10): within 10% in both front ends. 'dist.': steps that other processes")
     print("disturbed (RunResult.timing); a ratio from disturbed runs measures the machine too.")
     print("steady: the same ratio over the rounds whose panel and CLI runs were both steady")
     print("(how many in brackets).")
