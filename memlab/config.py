@@ -29,6 +29,8 @@ __all__ = [
     "SPARSE_STORAGES",
     "DATA_SOURCES",
     "DEVICES",
+    "ALLOCATIONS",
+    "FUSES",
     "MAX_SPARSITY",
     "MIB",
     "MEMORY_FIELDS",
@@ -47,6 +49,11 @@ CHECKPOINTING: tuple[str, ...] = ("off", "every-block", "every-other-block")
 SPARSE_STORAGES: tuple[str, ...] = ("mask", "sparse")
 DATA_SOURCES: tuple[str, ...] = ("ram", "memmap")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: How an inference request gets its intermediate tensors (memlab/knobs/inference.py): a fresh
+#: allocation per tensor per request, one arena planned ahead, or buffers kept from request 1.
+ALLOCATIONS: tuple[str, ...] = ("dynamic", "preallocated", "lazy")
+#: Graph-level rewrites for inference: none, conv + batch-norm folding, torch.compile.
+FUSES: tuple[str, ...] = ("none", "fold", "compile")
 #: Pruning every weight leaves nothing to learn or to store; 0.99 is the top of the range.
 MAX_SPARSITY = 0.99
 
@@ -327,6 +334,34 @@ class Experiment:
         memory=True,
         knob=True,
     )
+    allocation: str = _declare(
+        "dynamic",
+        kind="choice",
+        group="techniques",
+        help="inference only: a fresh allocation per tensor per request (dynamic), one arena "
+        "planned ahead (preallocated), or buffers allocated on the first request and kept (lazy)",
+        choices=ALLOCATIONS,
+        memory=True,
+        knob=True,
+    )
+    inplace: bool = _declare(
+        False,
+        kind="bool",
+        group="techniques",
+        help="in-place activations and residual adds in the built-in models",
+        memory=True,
+        knob=True,
+    )
+    fuse: str = _declare(
+        "none",
+        kind="choice",
+        group="techniques",
+        help="inference only: fold conv + batch-norm (fold) or torch.compile with inductor "
+        "(compile)",
+        choices=FUSES,
+        memory=True,
+        knob=True,
+    )
     data: str = _declare(
         "ram",
         kind="choice",
@@ -414,6 +449,21 @@ class Experiment:
             raise ConfigError(
                 "precision 'int8' (dynamic quantization) works for mode 'inference' only, "
                 f"got mode {self.mode!r}"
+            )
+        for name, value, plain in (
+            ("allocation", self.allocation, "dynamic"),
+            ("fuse", self.fuse, "none"),
+        ):
+            if value != plain and self.mode != "inference":
+                raise ConfigError(
+                    f"{name} {value!r} works for mode 'inference' only, got mode {self.mode!r} "
+                    f"(use {name} {plain!r} for training)"
+                )
+        if self.fuse == "compile" and self.allocation != "dynamic":
+            raise ConfigError(
+                f"allocation {self.allocation!r} and fuse 'compile' cannot be combined: both "
+                "replace how the forward runs (inductor plans its own buffers); use allocation "
+                "'dynamic' with fuse 'compile'"
             )
         if self.data_size < self.batch_size:
             raise ConfigError(

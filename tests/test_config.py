@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from memlab.config import (
+    ALLOCATIONS,
+    FUSES,
     CHECKPOINTING,
     DATA_SOURCES,
     DEVICES,
@@ -68,6 +70,9 @@ BAD: list[tuple[str, Any, str]] = [
     ("sparsity", "0.5", "0.99"),
     ("sparsity", float("nan"), "0.99"),
     ("sparse_storage", "csr", "'mask', 'sparse'"),
+    ("allocation", "static", "'dynamic', 'preallocated', 'lazy'"),
+    ("inplace", "yes", "True or False"),
+    ("fuse", "jit", "'none', 'fold', 'compile'"),
     ("data", "disk", "'ram', 'memmap'"),
     ("num_workers", -1, ">= 0"),
     ("num_workers", 1.5, ">= 0"),
@@ -268,6 +273,8 @@ def test_the_public_choice_lists_are_the_declared_ones() -> None:
         "precision": PRECISIONS,
         "checkpointing": CHECKPOINTING,
         "sparse_storage": SPARSE_STORAGES,
+        "allocation": ALLOCATIONS,
+        "fuse": FUSES,
         "data": DATA_SOURCES,
         "device": DEVICES,
     }
