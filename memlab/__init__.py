@@ -20,6 +20,8 @@ __all__ = [
     "estimate",
     "max_batch_size",
     "Estimate",
+    "plan",
+    "MemoryPlan",
     "RunResult",
     "Timeline",
     "ProcessSeries",
@@ -37,6 +39,8 @@ _LAZY = {
     "estimate": "memlab.estimator",
     "max_batch_size": "memlab.estimator",
     "Estimate": "memlab.estimator",
+    "plan": "memlab.planning",
+    "MemoryPlan": "memlab.planning",
     "Tracker": "memlab.tracking",
     "RunResult": "memlab.timeline",
     "Timeline": "memlab.timeline",
@@ -49,6 +53,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from memlab.config import Experiment
     from memlab.estimator import Estimate, estimate, max_batch_size
+    from memlab.planning import MemoryPlan, plan
     from memlab.runner import RunHandle, run, start
     from memlab.timeline import (
         CATEGORIES,

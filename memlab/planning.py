@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "ALIGNMENT",
@@ -278,3 +279,394 @@ def best(lives: Iterable[TensorLife], alignment: int = ALIGNMENT) -> Plan:
     ExecuTorch's ``MemoryPlanningAlgorithmSuite.__call__`` keeps ``min`` of its algorithms."""
     plans = plan_all(lives, alignment)
     return min(plans.values(), key=lambda p: (p.arena_bytes, list(PLANNERS).index(p.planner)))
+
+
+# --- memlab.plan: the lifetimes of one eager inference pass, planned ---------------------------
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """One inference pass of a model: what eager PyTorch's allocator held, and the arena that
+    ahead-of-time planning of the same tensors needs. Pure data (no torch), for the kernel.
+
+    ``eager_peak_bytes``: the allocator's peak during the pass, inputs included, parameters not,
+    op-internal scratch included (measured by the native recorder; predicted with ``fake``).
+    ``scratch_bytes``: the part of that peak in buffers an op allocated and freed inside itself.
+    ``lower_bound_bytes``, ``planner_bytes`` (every planner), ``best_planner``/``best_bytes``:
+    over the graph tensors (inputs and op outputs, at ``alignment``), which is what ExecuTorch's
+    and TFLite's planners place; op-internal scratch stays outside the arena (ExecuTorch gives
+    kernels a separate temp allocator). ``tensors``: every lifetime (op indices into ``ops``),
+    ``offsets``: the best plan's offset of each graph tensor, for the arena chart."""
+
+    eager_peak_bytes: int
+    scratch_bytes: int
+    scratch_max_bytes: int
+    inputs_bytes: int
+    lower_bound_bytes: int
+    planner_bytes: Mapping[str, int]
+    best_planner: str
+    offsets: Mapping[int, int]
+    tensors: tuple[TensorLife, ...]
+    ops: tuple[str, ...]
+    alignment: int = ALIGNMENT
+    predicted: bool = False
+    source: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def best_bytes(self) -> int:
+        return self.planner_bytes[self.best_planner]
+
+    @property
+    def naive_bytes(self) -> int:
+        return self.planner_bytes["naive"]
+
+    @property
+    def greedy_bytes(self) -> int:
+        return self.planner_bytes["greedy_by_size"]
+
+    @property
+    def reuse_factor(self) -> float:
+        """naive / best: how many times over the best plan reuses its bytes."""
+        return self.naive_bytes / self.best_bytes if self.best_bytes else 1.0
+
+    def to_dict(self, *, tensors: bool = False) -> dict[str, object]:
+        d: dict[str, object] = {
+            "predicted": self.predicted,
+            "eager_peak_bytes": self.eager_peak_bytes,
+            "scratch_bytes": self.scratch_bytes,
+            "scratch_max_bytes": self.scratch_max_bytes,
+            "inputs_bytes": self.inputs_bytes,
+            "lower_bound_bytes": self.lower_bound_bytes,
+            "naive_bytes": self.naive_bytes,
+            "greedy_bytes": self.greedy_bytes,
+            "planner_bytes": dict(self.planner_bytes),
+            "best_planner": self.best_planner,
+            "best_bytes": self.best_bytes,
+            "reuse_factor": self.reuse_factor,
+            "alignment": self.alignment,
+            "num_ops": len(self.ops),
+            "num_graph_tensors": sum(t.kind == "graph" for t in self.tensors),
+            "num_scratch_buffers": sum(t.kind == "scratch" for t in self.tensors),
+            "source": self.source,
+            "notes": list(self.notes),
+        }
+        if tensors:
+            d["tensors"] = [
+                {**t.__dict__, "offset": self.offsets.get(t.id), "op": self.ops[t.start]}
+                for t in self.tensors
+            ]
+        return d
+
+
+def lifetimes_from_events(
+    events: Sequence[tuple[int, int]],
+    windows: Sequence[tuple[int, int]],
+    uses: Sequence[Sequence[int]],
+    modules: Sequence[str],
+    inputs: Mapping[int, int],
+    outputs: Iterable[int] = (),
+) -> tuple[list[TensorLife], int, int, int]:
+    """Tensor lifetimes from one pass's allocator events, pure.
+
+    ``events``: ``(addr, delta)`` in order (+bytes allocated, -bytes freed); ``windows[i]``:
+    the event indices ``[begin, end)`` during which op ``i`` ran; ``uses[i]``: the storage
+    addresses op ``i`` read or wrote (its inputs and outputs); ``modules[i]``: the module it ran
+    in; ``inputs``: address -> bytes of the pass's inputs (allocated before it); ``outputs``:
+    addresses the pass returns (kept to the last op).
+
+    An allocation freed inside the window of the op that made it is ``scratch`` (start = end =
+    that op). Any other is a ``graph`` tensor from the op that made it (or the next op, if made
+    between ops) to the last op that used it: its last use, not eager's free, which Python's
+    reference counting may delay (what a planner knows is the graph, as ExecuTorch's
+    ``update_tensor_lifetime`` in ``exir/memory_planning.py`` sets lifetimes by uses). Returns
+    ``(lifetimes, eager peak bytes, scratch bytes at that peak, largest scratch live at once)``;
+    the eager peak counts the inputs plus the running sum of the events."""
+    n_ops = len(windows)
+    if n_ops == 0:
+        return [], sum(inputs.values()), 0, 0
+    # Which op each event index falls to, and whether inside its window.
+    op_of = [0] * len(events)
+    inside = [False] * len(events)
+    for i, (b, e) in enumerate(windows):
+        nxt = windows[i + 1][0] if i + 1 < n_ops else len(events)
+        for k in range(b, min(e, len(events))):
+            op_of[k], inside[k] = i, True
+        for k in range(e, min(nxt, len(events))):
+            op_of[k] = min(i + 1, n_ops - 1)  # made between ops: first used by the next
+    for k in range(0, min(windows[0][0], len(events))):
+        op_of[k] = 0
+    # Pair each allocation with its free: spans[j] = (alloc event, free event or None, bytes).
+    # An address is reused once freed, so a use names the span open at that address when the
+    # op ran (resolved as the events are replayed op by op), never just the address.
+    spans: list[tuple[int, int | None, int]] = []
+    span_addr: list[int] = []
+    open_: dict[int, int] = {}  # addr -> span index
+    current: dict[int, int] = {a: -1 - i for i, a in enumerate(inputs)}  # inputs: -1, -2, ...
+    last_use: dict[int, int] = {}  # span index (or input's negative index) -> op
+    k = 0
+
+    def replay(upto: int) -> None:
+        nonlocal k
+        while k < min(upto, len(events)):
+            addr, delta = events[k]
+            if delta > 0:
+                open_[addr] = current[addr] = len(spans)
+                spans.append((k, None, delta))
+                span_addr.append(addr)
+            elif addr in open_:  # else: freed something made before the pass
+                j = open_.pop(addr)
+                spans[j] = (spans[j][0], k, spans[j][2])
+            k += 1
+
+    for i, (_, end) in enumerate(windows):
+        replay(end)
+        for a in uses[i]:
+            if a in current:
+                last_use[current[a]] = i
+    replay(len(events))
+    kept = {current[a] for a in outputs if a in current}
+
+    lives: list[TensorLife] = []
+    for i, size in enumerate(inputs.values()):
+        end = n_ops - 1 if -1 - i in kept else last_use.get(-1 - i, 0)
+        lives.append(TensorLife(len(lives), size, 0, end, "input", "graph"))
+
+    is_scratch: list[bool] = []
+    for j, (k0, k1, size) in enumerate(spans):
+        op0 = op_of[k0]
+        scratch = k1 is not None and inside[k0] and inside[k1] and op_of[k1] == op0
+        is_scratch.append(scratch)
+        if scratch:
+            end = op0
+        elif j in kept:
+            end = n_ops - 1
+        else:
+            end = max(op0, last_use.get(j, op0))
+        kind = "scratch" if scratch else "graph"
+        lives.append(TensorLife(len(lives), size, op0, end, modules[op0], kind))
+
+    # Eager's running bytes, and the scratch part of them, event by event.
+    delta_all = [0] * (len(events) + 1)
+    delta_scr = [0] * (len(events) + 1)
+    for (k0, k1, size), scratch in zip(spans, is_scratch, strict=True):
+        end_k = len(events) if k1 is None else k1
+        delta_all[k0] += size
+        delta_all[end_k] -= size
+        if scratch:
+            delta_scr[k0] += size
+            delta_scr[end_k] -= size
+    base = sum(inputs.values())
+    peak, peak_scratch, scratch_max = base, 0, 0
+    running = scr = 0
+    for k in range(len(events)):
+        running += delta_all[k]
+        scr += delta_scr[k]
+        if base + running > peak:
+            peak, peak_scratch = base + running, scr
+        scratch_max = max(scratch_max, scr)
+    return lives, peak, peak_scratch, scratch_max
+
+
+def _trace(model: Any, inputs: tuple[Any, ...], source: Any, fake: bool) -> dict[str, Any]:
+    """Run ``model(*inputs)`` once under ``torch.no_grad`` and a dispatch mode that notes each
+    aten op's window of allocator events, the storages it touched and the module it ran in."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from memlab import estimate_ops
+
+    def keys(obj: Any) -> list[int]:
+        out = []
+        for t in tree_flatten(obj)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > 0:
+                out.append(source.addr(t))
+        return out
+
+    stack: list[str] = []
+    ops: list[str] = []
+    modules: list[str] = []
+    windows: list[tuple[int, int]] = []
+    uses: list[list[int]] = []
+
+    class _Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            if func.namespace == "prim":  # prim.device and the like: metadata, not an op
+                return func(*args, **kwargs)
+            used = keys((args, kwargs))
+            begin = source.position()
+            out = func(*args, **kwargs)
+            if fake:  # what the native recorder would have seen: outputs, then scratch
+                real = estimate_ops.real_output_bytes(func, args, kwargs, out)
+                for i, t in enumerate(tree_flatten(out)[0]):
+                    if isinstance(t, torch.Tensor):
+                        source.saw(t, real.get(i))
+                internal = estimate_ops.internal_bytes(func, args, kwargs, out)
+                if internal > 0:
+                    source.transient(internal)
+            windows.append((begin, source.position()))
+            uses.append(used + keys(out))
+            ops.append(str(func.overloadpacket.__name__))
+            modules.append(stack[-1] if stack else "")
+            return out
+
+    def enter(label: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            stack.append(label)
+
+        return hook
+
+    def leave(*_: Any) -> None:
+        stack.pop()
+
+    handles = []
+    for name, mod in model.named_modules():
+        handles.append(mod.register_forward_pre_hook(enter(name or type(model).__name__)))
+        handles.append(mod.register_forward_hook(leave))
+    inputs_bytes = {}
+    for t in tree_flatten(inputs)[0]:
+        if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > 0:
+            inputs_bytes[source.addr(t)] = int(t.untyped_storage().nbytes())
+    if fake:  # parameters, buffers and inputs exist before the pass: not allocations in it
+        for t in [*model.parameters(), *model.buffers(), *tree_flatten(inputs)[0]]:
+            if isinstance(t, torch.Tensor):
+                source.adopt(t, int(t.untyped_storage().nbytes()))
+    try:
+        source.begin()
+        start = source.position()
+        with torch.no_grad(), _Ops():
+            out = model(*inputs)
+        stop = source.position()
+        rows = source.events(start, stop)
+        source.end()
+    finally:
+        for h in handles:
+            h.remove()
+    return {
+        "events": [(int(r[1]), int(r[2])) for r in rows],
+        "windows": [(b - start, e - start) for b, e in windows],
+        "uses": uses,
+        "modules": modules,
+        "ops": ops,
+        "inputs": inputs_bytes,
+        "outputs": keys(out),
+    }
+
+
+def _plan_here(
+    model_fn: Callable[[], Any] | None,
+    inputs_fn: Callable[[], Any] | None,
+    experiment: Any,
+    fake: bool,
+    alignment: int,
+) -> MemoryPlan:
+    """The worker side of :func:`plan` (imports torch)."""
+    import torch
+
+    from memlab.tracking.sources import FakeSource, default_source
+
+    notes: list[str] = []
+    fake_mode: Any = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if experiment is not None:
+            from memlab.knobs import build_experiment
+
+            small = experiment.replace(
+                data="ram", data_size=experiment.batch_size, num_workers=0, device="cpu"
+            )
+            w = build_experiment(small, "cpu")
+            model, x = w.model, next(w.make_batches(1))[0]
+            inputs: tuple[Any, ...] = (x,)
+            notes.extend(w.notes)
+        else:
+            assert model_fn is not None and inputs_fn is not None
+            model = model_fn()
+            raw = inputs_fn()
+            inputs = tuple(raw) if isinstance(raw, (tuple, list)) else (raw,)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model_fn must return an nn.Module, got {type(model).__name__}")
+        model.eval()
+        if fake:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            from memlab.estimator import _swap_to_fake
+
+            fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with fake_mode:
+                _swap_to_fake(model, fake_mode)
+                inputs = tuple(
+                    fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs
+                )
+                got = _trace(model, inputs, FakeSource(), fake=True)
+            source_name = FakeSource.name
+            notes.append(
+                "predicted: fake tensors, op-internal buffers from memlab.estimate_ops' rules"
+            )
+        else:
+            source = default_source()
+            with torch.no_grad():  # a first pass: lazy one-time allocations stay out
+                model(*inputs)
+            got = _trace(model, inputs, source, fake=False)
+            source_name = source.name
+            notes.extend(source.notes)
+    lives, peak, scratch, scratch_max = lifetimes_from_events(
+        got["events"], got["windows"], got["uses"], got["modules"], got["inputs"], got["outputs"]
+    )
+    graph = [t for t in lives if t.kind == "graph"]
+    plans = plan_all(graph, alignment)
+    chosen = best(graph, alignment)
+    return MemoryPlan(
+        eager_peak_bytes=peak,
+        scratch_bytes=scratch,
+        scratch_max_bytes=scratch_max,
+        inputs_bytes=sum(got["inputs"].values()),
+        lower_bound_bytes=lower_bound(graph, alignment),
+        planner_bytes={name: p.arena_bytes for name, p in plans.items()},
+        best_planner=chosen.planner,
+        offsets=dict(chosen.offsets),
+        tensors=tuple(lives),
+        ops=tuple(got["ops"]),
+        alignment=alignment,
+        predicted=fake,
+        source=source_name,
+        notes=tuple(notes),
+    )
+
+
+def plan(
+    model_fn: Any,
+    inputs_fn: Callable[[], Any] | None = None,
+    *,
+    fake: bool = False,
+    alignment: int = ALIGNMENT,
+    in_worker: bool = True,
+) -> MemoryPlan:
+    """Plan one inference pass: ``plan(model_fn, inputs_fn)`` (``model_fn()`` an ``nn.Module``,
+    ``inputs_fn()`` its input tensor or a tuple of them) or ``plan(experiment)`` (its model in
+    eval mode on one batch). ``fake=True`` runs under ``FakeTensorMode`` (nothing allocated, a
+    large model planned on a laptop; eager's figures are then predicted). Torch runs in memlab's
+    service worker (``memlab.runner.call``) unless ``in_worker=False``."""
+    from memlab.config import Experiment
+
+    experiment = model_fn if isinstance(model_fn, Experiment) else None
+    if experiment is None:
+        if not callable(model_fn):
+            raise TypeError(
+                f"model_fn must be an Experiment or a callable returning an nn.Module, "
+                f"got {model_fn!r}"
+            )
+        if inputs_fn is None or not callable(inputs_fn):
+            raise TypeError("inputs_fn must be a callable returning the model's input(s)")
+    elif inputs_fn is not None:
+        raise TypeError("plan(experiment) takes no inputs_fn: the experiment's data is used")
+    validate([], alignment)
+    if not in_worker:
+        return _plan_here(None if experiment else model_fn, inputs_fn, experiment, fake, alignment)
+    from memlab import runner
+
+    return runner.call(  # type: ignore[no-any-return]
+        _plan_here, None if experiment else model_fn, inputs_fn, experiment, fake, alignment
+    )

@@ -98,3 +98,97 @@ def test_alignment_rounds_sizes() -> None:
 def test_bad_lifetimes_are_named(lives: list[TensorLife], alignment: int, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         best(lives, alignment)
+
+
+# --- memlab.plan on a real model ----------------------------------------------------------------
+
+BATCH, WIDTHS = 64, (256, 1024, 512, 10)
+
+
+def _mlp() -> object:
+    from torch import nn
+
+    w = WIDTHS
+    return nn.Sequential(
+        nn.Linear(w[0], w[1]), nn.ReLU(), nn.Linear(w[1], w[2]), nn.ReLU(), nn.Linear(w[2], w[3])
+    )
+
+
+def _mlp_input() -> object:
+    import torch
+
+    return torch.randn(BATCH, WIDTHS[0])
+
+
+def _hand_lower_bound() -> int:
+    # The activations in order: input, then each Linear's and ReLU's output (float32). Each op
+    # reads the one before and writes the next, and nothing else is alive between them, so the
+    # most bytes alive at once is the largest sum of two neighbours.
+    acts = [WIDTHS[0], WIDTHS[1], WIDTHS[1], WIDTHS[2], WIDTHS[2], WIDTHS[3]]
+    sizes = [BATCH * n * 4 for n in acts]
+    return max(a + b for a, b in zip(sizes, sizes[1:], strict=False))
+
+
+def _recorder_peak() -> int:
+    """The native recorder's own peak for the same pass (memlab.track), parameters taken out."""
+    import torch
+
+    import memlab
+
+    torch.manual_seed(0)
+    model = _mlp().eval()  # type: ignore[attr-defined]
+    x = _mlp_input()
+    with torch.no_grad():
+        model(x)
+    with memlab.track(model, inputs=(x,)) as rec, torch.no_grad():
+        model(x)
+    r = rec.result
+    return int(r.peak_bytes - r.peak_by_category["parameters"])
+
+
+def test_plan_of_an_mlp_against_the_recorder_and_the_shapes() -> None:
+    import memlab
+
+    p = memlab.plan(_mlp, _mlp_input)  # in memlab's service worker
+    assert isinstance(p, memlab.MemoryPlan) and not p.predicted
+    # Tolerance: 1% (the same allocations in two processes; seen equal to the byte here).
+    truth = _recorder_peak()
+    assert abs(p.eager_peak_bytes - truth) <= 0.01 * truth, (p.eager_peak_bytes, truth)
+    assert p.lower_bound_bytes == _hand_lower_bound()  # every size is a multiple of 64
+    assert p.inputs_bytes == BATCH * WIDTHS[0] * 4
+    assert p.scratch_bytes == 0  # addmm and relu on contiguous float32: no op-internal buffer
+    assert p.lower_bound_bytes <= p.best_bytes <= p.naive_bytes
+    assert p.best_bytes == p.lower_bound_bytes  # a chain: greedy by size reaches the bound
+    assert p.reuse_factor == p.naive_bytes / p.best_bytes > 1
+    graph = [t for t in p.tensors if t.kind == "graph"]
+    plan = planning.Plan(p.best_planner, p.offsets, p.best_bytes, p.alignment)
+    assert planning.conflicts(graph, plan) == []
+    # Fake tensors see the same graph tensors (prediction: nothing allocated).
+    f = memlab.plan(_mlp, _mlp_input, fake=True, in_worker=False)
+    assert f.predicted and f.lower_bound_bytes == p.lower_bound_bytes
+    assert f.eager_peak_bytes == p.eager_peak_bytes
+
+
+def test_plan_of_a_conv_sees_scratch() -> None:
+    import torch
+    from torch import nn
+
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+
+    p = planning.plan(model, lambda: torch.randn(4, 8, 32, 32), in_worker=False)
+    # The conv's im2col/oneDNN buffers live inside one op: scratch, outside the planned arena.
+    assert p.scratch_max_bytes > 0
+    assert any(t.kind == "scratch" for t in p.tensors)
+    assert p.lower_bound_bytes <= p.best_bytes
+
+
+def test_plan_rejects_bad_input() -> None:
+    import memlab
+
+    with pytest.raises(TypeError, match="model_fn"):
+        memlab.plan(42)
+    with pytest.raises(TypeError, match="inputs_fn"):
+        memlab.plan(_mlp)
+    with pytest.raises(ValueError, match="alignment"):
+        memlab.plan(_mlp, _mlp_input, alignment=0)
