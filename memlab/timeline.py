@@ -25,6 +25,7 @@ __all__ = [
     "ProcessSeries",
     "RunResult",
     "Timing",
+    "Latency",
     "format_bytes",
 ]
 
@@ -240,6 +241,95 @@ class Timing:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-request figures of an inference run (``mode="inference"``: one request is one forward
+    of one batch). ``None`` where not measured, never guessed.
+
+    ``first_s`` is the very first forward in the fresh worker, before any warm-up (lazy
+    allocations, cold caches, a lazy buffer cache filled); ``request_times_s`` are the timed
+    pass's requests (untracked), from which the percentiles and rates come; requests/s is
+    ``len / sum`` of them (one request after another, as the run serves them).
+    ``allocs_by_request`` is the number of allocator calls (allocations, positive deltas) the
+    memory source counted inside each request of the tracked pass (the batch's own loading
+    excluded); ``None`` where the source cannot count them per request.
+    ``compile_s`` is the time ``fuse="compile"`` spent compiling (not in any latency).
+    """
+
+    first_s: float | None = None
+    request_times_s: tuple[float, ...] = ()
+    samples_per_request: int | None = None
+    allocs_by_request: tuple[int, ...] | None = None
+    allocs_first_request: int | None = None
+    compile_s: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "request_times_s", tuple(float(v) for v in self.request_times_s))
+        if self.allocs_by_request is not None:
+            object.__setattr__(
+                self, "allocs_by_request", tuple(int(v) for v in self.allocs_by_request)
+            )
+
+    @property
+    def p50_s(self) -> float | None:
+        return _percentile(self.request_times_s, 50)
+
+    @property
+    def p95_s(self) -> float | None:
+        return _percentile(self.request_times_s, 95)
+
+    @property
+    def p99_s(self) -> float | None:
+        return _percentile(self.request_times_s, 99)
+
+    @property
+    def requests_per_s(self) -> float | None:
+        total = sum(self.request_times_s)
+        return len(self.request_times_s) / total if total > 0 else None
+
+    @property
+    def samples_per_s(self) -> float | None:
+        rps = self.requests_per_s
+        return (
+            None if rps is None or not self.samples_per_request else rps * self.samples_per_request
+        )
+
+    @property
+    def allocs_per_request(self) -> float | None:
+        """Mean allocator calls per request in the tracked pass (None: not counted)."""
+        a = self.allocs_by_request
+        return None if not a else float(np.mean(a))
+
+    def summary(self) -> dict[str, float | None]:
+        """The JSON's ``latency_s`` object: first, p50, p95, p99 (seconds)."""
+        return {"first": self.first_s, "p50": self.p50_s, "p95": self.p95_s, "p99": self.p99_s}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "first_s": self.first_s,
+            "request_times_s": list(self.request_times_s),
+            "samples_per_request": self.samples_per_request,
+            "allocs_by_request": None
+            if self.allocs_by_request is None
+            else list(self.allocs_by_request),
+            "allocs_first_request": self.allocs_first_request,
+            "compile_s": self.compile_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Latency:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("request_times_s", "allocs_by_request"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
 @dataclass(frozen=True, eq=False)
 class RunResult:
     """What a tracked block or a whole run measured. Pure data; renders itself.
@@ -281,6 +371,8 @@ class RunResult:
     tracked_step_times_s: tuple[float, ...] = ()
     #: Whether the step times can be trusted (a run's measured steps); None: not measured.
     timing: Timing | None = None
+    #: Per-request latency and allocator calls of an inference run; None for training runs.
+    latency: Latency | None = None
 
     def __post_init__(self) -> None:
         for name in ("peak_by_category", "entry_by_category", "end_by_category"):
@@ -305,6 +397,8 @@ class RunResult:
             object.__setattr__(self, "cuda", _int_dict(self.cuda))
         if isinstance(self.timing, Mapping):
             object.__setattr__(self, "timing", Timing.from_dict(self.timing))
+        if isinstance(self.latency, Mapping):
+            object.__setattr__(self, "latency", Latency.from_dict(self.latency))
 
     # -- derived figures -------------------------------------------------------------------
     @property
@@ -331,7 +425,7 @@ class RunResult:
                 if timeline:
                     d[f.name] = v.to_dict()
                 continue
-            if f.name == "timing":
+            if f.name in ("timing", "latency"):
                 d[f.name] = None if v is None else v.to_dict()
                 continue
             d[f.name] = (
@@ -339,6 +433,10 @@ class RunResult:
             )
         d["step_time_s"] = {"median": self.step_time_median_s, "p95": self.step_time_p95_s}
         d["throughput_samples_per_s"] = self.throughput_samples_per_s
+        # Inference runs only; null for training runs (they have no requests).
+        lat = self.latency
+        d["latency_s"] = None if lat is None else lat.summary()
+        d["allocs_per_request"] = None if lat is None else lat.allocs_per_request
         return d
 
     def to_json(self, *, timeline: bool = True, indent: int | None = None) -> str:
@@ -354,6 +452,8 @@ class RunResult:
             kw["process"] = ProcessSeries.from_dict(d["process"])
         if d.get("timing") is not None:
             kw["timing"] = Timing.from_dict(d["timing"])
+        if d.get("latency") is not None:
+            kw["latency"] = Latency.from_dict(d["latency"])
         for k in ("step_times_s", "tracked_step_times_s", "notes"):
             if k in kw:
                 kw[k] = tuple(kw[k])
@@ -384,6 +484,9 @@ class RunResult:
         thr = self.throughput_samples_per_s
         if thr is not None:
             rows.append(("throughput", f"{thr:.1f} samples/s"))
+        lat = self.latency
+        if lat is not None:
+            rows.extend(_latency_rows(lat))
         if self.timing is not None:
             rows.append(
                 ("timing", ("steady: " if self.timing.steady else "DISTURBED: ") + self.timing.note)
@@ -406,6 +509,27 @@ class RunResult:
         return (
             f"<table><caption>memlab RunResult ({html.escape(self.device)})</caption>{body}</table>"
         )
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 1e3:.2f} ms"
+
+
+def _latency_rows(lat: Latency) -> list[tuple[str, str]]:
+    rows = [
+        ("first request", _ms(lat.first_s)),
+        ("latency", f"{_ms(lat.p50_s)} p50, {_ms(lat.p95_s)} p95, {_ms(lat.p99_s)} p99"),
+    ]
+    rps, sps = lat.requests_per_s, lat.samples_per_s
+    if rps is not None:
+        rows.append(
+            ("requests/s", f"{rps:.1f}" + ("" if sps is None else f" ({sps:.1f} samples/s)"))
+        )
+    apr = lat.allocs_per_request
+    rows.append(("allocs/request", "n/a (not counted here)" if apr is None else f"{apr:.1f}"))
+    if lat.compile_s is not None:
+        rows.append(("compile time", f"{lat.compile_s:.2f} s (not in the latency)"))
+    return rows
 
 
 def sum_categories(d: Mapping[str, int], cats: Sequence[str] = CATEGORIES) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from memlab.config import Experiment
 from memlab.runner.procs import _POLL_S, _kill, _spawn, _stderr_tail, _Worker
 from memlab.runner.scheduler import _sched
-from memlab.timeline import RunResult
+from memlab.timeline import Latency, RunResult
 from memlab.tracking import procmem
 
 SampleFn = Callable[[dict[str, Any]], None]
@@ -206,23 +206,37 @@ def _execute(
         )
 
     # Samples stream from the moment the job arrives: the build and warm-up are visible too.
+    inference = exp.mode == "inference"
+    first_s: float | None = None
     pre = procmem.ProcessSampler(0.01, t0_ns=t_job, on_sample=setup_sample).start()
     try:
         torch.manual_seed(exp.seed)
         device = exp.resolved_device()
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         workload = _build(exp, device)
-        batches = workload.make_batches(exp.warmup + 2 * exp.steps)
+        request = _request_fn(workload)
+        batches = workload.make_batches(exp.warmup + 2 * exp.steps + int(inference))
+        if inference:
+            # The very first request of this fresh process, before any warm-up: lazy
+            # allocations, cold caches, a lazy buffer cache being filled. Timed alone.
+            state["phase"] = "warmup"  # not measured: what the live charts call warm-up
+            x, y = next(batches)
+            sync()
+            t0 = time.perf_counter()
+            request(x, y)
+            sync()
+            first_s = time.perf_counter() - t0
+            del x, y
         state["phase"] = "warmup"
         for _ in range(exp.warmup):
             if cancel.is_set():
                 raise _Cancelled
             x, y = next(batches)
-            workload.step(x, y)
+            request(x, y)
             # Nothing of the warm-up may live into the measured block: a tensor the block did
             # not count at entry would free bytes the account never held (and loosen a budget).
             del x, y
         gc.collect()
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         sync()
     finally:
         pre.stop()
@@ -239,6 +253,9 @@ def _execute(
         return (time.monotonic_ns() - t_job) / 1e9
 
     tracked_times: list[float] = []
+    # Allocator calls inside each request (inference runs), from the source the tracker reads.
+    counter = _alloc_counter(device) if inference else None
+    allocs: list[int] = []
     status, error = "ok", None
     rec = memlab.track(
         workload.model,
@@ -256,8 +273,11 @@ def _execute(
                 t0 = time.perf_counter()
                 with rec.phase("data"):
                     x, y = next(batches)
-                workload.step(x, y)
+                p0 = counter[0]() if counter is not None else 0
+                request(x, y)
                 sync()
+                if counter is not None:
+                    allocs.append(counter[1](p0, counter[0]()))
                 dt = time.perf_counter() - t0
                 tracked_times.append(dt)
                 rec.step(f"step {i + 1}")
@@ -281,7 +301,7 @@ def _execute(
     except torch.OutOfMemoryError as e:
         status, error = "oom", str(e).splitlines()[0]
     except Exception as e:  # noqa: BLE001 - any failure of the user's code is a result
-        status, error = "error", f"{type(e).__name__}: {e}"
+        status, error = "error", _explain(e, exp)
     stream.flush()
     result = rec.result
     assert result is not None
@@ -317,12 +337,21 @@ def _execute(
                 )
 
             timed_steps(
-                workload, batches, exp.steps, clock, sync, cancel.is_set, on_timed, readings
+                workload,
+                batches,
+                exp.steps,
+                clock,
+                sync,
+                cancel.is_set,
+                on_timed,
+                readings,
+                step=request,
+                data_timed=not inference,
             )
         except _Cancelled:
             status, error = "cancelled", "cancelled by the user (while timing the steps)"
         except Exception as e:  # noqa: BLE001
-            status, error = "error", f"{type(e).__name__}: {e} (while timing the steps)"
+            status, error = "error", f"{_explain(e, exp)} (while timing the steps)"
         span = time.perf_counter() - t_before
         after = timing.process_snapshot()
         me = os.getpid()
@@ -343,6 +372,20 @@ def _execute(
             busiest=busiest,
         )
     metrics = dict(getattr(workload, "metrics", {}) or {})
+    latency = None
+    if inference:
+        compile_s = metrics.get("compile_s")
+        latency = Latency(
+            first_s=first_s,
+            request_times_s=tuple(q.wall_s for q in readings),
+            samples_per_request=workload.samples_per_step,
+            # Counted over every tracked request, or not at all (a partial count would read
+            # as a figure for the whole pass).
+            allocs_by_request=tuple(allocs)
+            if counter is not None and len(allocs) == exp.steps
+            else None,
+            compile_s=None if compile_s is None else float(compile_s),
+        )
     return dataclasses.replace(
         result,
         step_times_s=tuple(q.wall_s for q in readings),
@@ -354,7 +397,55 @@ def _execute(
         metrics=metrics,
         notes=tuple(result.notes) + tuple(getattr(workload, "notes", ())),
         timing=timing_result,
+        latency=latency,
     )
+
+
+def _request_fn(workload: Any) -> Callable[[Any, Any], Any]:
+    """What one step of the run is: a training step, or in inference mode one request (the
+    forward of one batch, no loss: ``Workload.infer``)."""
+    if getattr(workload, "mode", "train") == "inference" and hasattr(workload, "infer"):
+        return lambda x, y: workload.infer(x)
+    return workload.step  # type: ignore[no-any-return]
+
+
+def _alloc_counter(device: str) -> tuple[Callable[[], int], Callable[[int, int], int]] | None:
+    """``(position, count(start, end))`` over the allocator events of the source the tracker
+    reads on ``device`` (``Tracker.__enter__`` picks it the same way): allocations are the
+    events with a positive delta. ``None`` where the source cannot count per request: the
+    profiler fallback reads its events only when the block ends (reading them mid-block stops
+    and restarts the profiler), so there no count is given rather than a guess."""
+    from memlab.tracking.sources import cuda_source, default_source
+
+    source = (
+        default_source() if device == "cpu" else cuda_source(device if ":" in device else "cuda:0")
+    )
+    if source.name not in ("cpu-allocator", "cuda-allocator"):
+        return None
+
+    def count(start: int, end: int) -> int:
+        return int((source.events(start, end)[:, 2] > 0).sum())
+
+    return source.position, count
+
+
+_INPLACE_AUTOGRAD = "modified by an inplace operation"
+
+
+def _explain(e: BaseException, exp: Experiment) -> str:
+    """The error as a run reports it; the autograd error an in-place op causes in training gets
+    an explanation in words (the raw message names tensor versions, not the knob)."""
+    msg = f"{type(e).__name__}: {e}"
+    if _INPLACE_AUTOGRAD in str(e):
+        knob = " (inplace=True)" if getattr(exp, "inplace", False) else ""
+        msg = (
+            f"in-place operations{knob} overwrote a tensor that autograd saved for the "
+            "backward pass: an activation such as ReLU keeps its output to compute its "
+            "gradient, and an in-place add (or a second in-place activation) on that output "
+            "destroys it, so backward cannot run. In-place ops save memory in inference; in "
+            "training use inplace=False (or mode 'inference'). Original error: " + msg
+        )
+    return msg
 
 
 def timed_steps(
@@ -366,11 +457,17 @@ def timed_steps(
     cancelled: Callable[[], bool] = lambda: False,
     on_step: Callable[[int, Any, float | None], None] | None = None,
     readings: list[Any] | None = None,
+    *,
+    step: Callable[[Any, Any], Any] | None = None,
+    data_timed: bool = True,
 ) -> list[Any]:
     """The timed pass: ``n`` steps of ``workload``, nothing of memlab around them but
     ``clock`` (a :class:`memlab.timing.StepClock`, read outside each step's wall time).
     Appends each :class:`~memlab.timing.StepReading` to ``readings`` (returned) and calls
     ``on_step(i, reading, others_share)``; raises ``_Cancelled`` when ``cancelled()``.
+    ``step(x, y)`` is one step (default ``workload.step``; an inference run passes its
+    request); ``data_timed=False`` takes the batch before the clock starts (a request's
+    latency is its forward, not the loading of its batch).
     ``benchmarks/overhead.py`` runs this same function beside a plain loop."""
     from memlab import timing
 
@@ -378,9 +475,14 @@ def timed_steps(
     for i in range(n):
         if cancelled():
             raise _Cancelled
-        clock.begin()
-        x, y = next(batches)
-        workload.step(x, y)
+        run = workload.step if step is None else step
+        if data_timed:
+            clock.begin()
+            x, y = next(batches)
+        else:
+            x, y = next(batches)
+            clock.begin()
+        run(x, y)
         sync()
         r = clock.end()
         del x, y

@@ -164,6 +164,13 @@ class Workload:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """One inference request: the model's forward of one batch under
+        ``torch.inference_mode`` (and the precision's autocast), no loss. What a run in
+        ``mode="inference"`` measures and times as one request."""
+        with torch.inference_mode(), self.autocast():
+            return self.forward(x)
+
     def rebuild_optimizer(self) -> None:
         """A fresh optimizer over the model's current trainable parameters (knobs that replace
         parameters call this; optimizer state starts empty, as before the first step)."""
