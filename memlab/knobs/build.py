@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from memlab.knobs.checkpointing import apply_checkpointing
+from memlab.knobs.inference import apply_inference_knobs
 from memlab.knobs.precision import apply_precision
 from memlab.knobs.sparsity import apply_sparsity
 from memlab.workloads import Workload, build_workload
@@ -24,15 +25,17 @@ __all__ = ["apply_knobs", "build_experiment", "accuracy"]
 
 
 def apply_knobs(workload: Workload, exp: Experiment) -> Workload:
-    """Apply ``exp``'s sparsity, precision and checkpointing to ``workload``; returns it.
-    (Batch size and data are build-time choices: ``build_workload`` already made them.)
+    """Apply ``exp``'s sparsity, precision, checkpointing and inference knobs to ``workload``;
+    returns it. (Batch size and data are build-time choices: ``build_workload`` made them.)
 
     The order composes: sparsity first (it replaces Linear layers), then precision (it converts
     or quantizes whatever layers exist, sparse ones included), then checkpointing (it wraps the
-    blocks, whatever is inside)."""
+    blocks, whatever is inside), then the inference knobs (``knobs/inference.py``: in place,
+    fuse, allocation), which trace or compile the model as the others left it."""
     apply_sparsity(workload, exp.sparsity, exp.sparse_storage)
     apply_precision(workload, exp.precision)
     apply_checkpointing(workload, exp.checkpointing)
+    apply_inference_knobs(workload, exp)
     return workload
 
 

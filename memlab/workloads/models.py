@@ -21,17 +21,31 @@ from torch import nn
 __all__ = ["MLP", "CNN", "Transformer", "EncoderBlock", "ResidualMLPBlock", "ConvBlock"]
 
 
+def _gelu(h: torch.Tensor, inplace: bool) -> torch.Tensor:
+    # F.gelu has no inplace flag; aten.gelu_ is its in-place kernel.
+    return torch.ops.aten.gelu_(h) if inplace else F.gelu(h)
+
+
+def _residual(x: torch.Tensor, h: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``x + h``; in place, into ``h`` (a fresh layer output), never into ``x``, which the
+    block's norm saved for backward."""
+    return h.add_(x) if inplace else x + h
+
+
 class ResidualMLPBlock(nn.Module):
-    """Pre-norm residual MLP block: ``x + fc2(gelu(fc1(norm(x))))``."""
+    """Pre-norm residual MLP block: ``x + fc2(gelu(fc1(norm(x))))``. ``inplace`` (the
+    ``inplace`` knob) runs the GELU and the residual add in place."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.inplace = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+        h = self.fc2(_gelu(self.fc1(self.norm(x)), self.inplace))
+        return _residual(x, h, self.inplace)
 
 
 class MLP(nn.Module):
@@ -59,15 +73,19 @@ class MLP(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """Residual ``conv3x3 -> batchnorm -> relu`` at a fixed resolution."""
+    """Residual ``conv3x3 -> batchnorm -> relu`` at a fixed resolution. ``inplace`` runs the
+    ReLU and the residual add in place: fine in inference; in training the add overwrites the
+    ReLU's output, which ReLU saved for its gradient, and backward fails (on purpose: the
+    ``inplace`` knob shows that error)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
+        self.inplace = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.relu(self.bn(self.conv(x)))
+        return _residual(x, F.relu(self.bn(self.conv(x)), inplace=self.inplace), self.inplace)
 
 
 class CNN(nn.Module):
@@ -106,14 +124,15 @@ class EncoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.inplace = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(b, s, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)
-        x = x + self.proj(a.transpose(1, 2).reshape(b, s, d))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        x = _residual(x, self.proj(a.transpose(1, 2).reshape(b, s, d)), self.inplace)
+        return _residual(x, self.fc2(_gelu(self.fc1(self.norm2(x)), self.inplace)), self.inplace)
 
 
 class Transformer(nn.Module):
