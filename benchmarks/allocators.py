@@ -14,6 +14,8 @@ configuration:
   kept@end     the same minus that difference before the stream (the baseline: interpreter,
                torch, parameters, one warm-up request): memory malloc kept that no tensor uses
   malloc free  glibc's own count of free bytes in its arenas at the end (mallinfo2.fordblks)
+  faults       minor page faults over the stream (getrusage): memory taken from the kernel again
+  others       cores other processes kept busy during the stream (above ~0.25: disturbed)
   p50 / p99    request latency (the forward pass), milliseconds
   x glibc      each figure divided by the default glibc's, from the same round
 
@@ -66,7 +68,7 @@ def print_table(comparisons: list[AllocatorComparison], names: list[str]) -> Non
             per[row["config"]].append(row)
     head = (
         f"{'configuration':<14} {'peak anon':>10} {'end - live':>11} {'kept@end':>9} "
-        f"{'malloc free':>11} {'p50 ms':>7} {'p99 ms':>7}   "
+        f"{'malloc free':>11} {'faults':>8} {'others':>6} {'p50 ms':>7} {'p99 ms':>7}   "
         f"{'peak x glibc':>12} {'end-live x glibc':>16} {'p50 x glibc':>12} {'p99 x glibc':>12}"
     )
     print(head)
@@ -87,6 +89,7 @@ def print_table(comparisons: list[AllocatorComparison], names: list[str]) -> Non
             f"{_fmt_mib(_median(rows, 'final_rss_minus_live')):>11} "
             f"{_fmt_mib(_median(rows, 'final_fragmentation')):>9} "
             f"{_fmt_mib(_median(rows, 'final_malloc_free')):>11} "
+            f"{_median(rows, 'minflt') or 0:>8.0f} {_median(rows, 'others_cores') or 0:>6.2f} "
             f"{(p50 or 0) * 1e3:>7.1f} {(p99 or 0) * 1e3:>7.1f}   "
             f"{_fmt_ratio(ratios['peak_anon']):>12} "
             f"{_fmt_ratio(ratios['final_rss_minus_live']):>16} "

@@ -50,7 +50,12 @@ building the model, runs one warm-up request of the stream's smallest shape, the
   peak is estimated as ``VmHWM - RssFile - RssShmem`` read just after (``anon_peak``);
 - ``malloc_free`` (glibc configurations only): bytes glibc's arenas hold free
   (``mallinfo2().fordblks``, summed over all arenas by glibc's ``__libc_mallinfo2``);
-- ``latency_s``: the forward pass's wall time (the input is made before the clock starts).
+- ``latency_s``: the forward pass's wall time (the input is made before the clock starts);
+- ``minflt``: minor page faults during the request (``getrusage``): memory the allocator had
+  to get from the kernel again (an unmapped block is faulted in page by page when reused);
+- ``others_cores`` (per run): how many cores other processes kept busy during the stream
+  (``memlab.timing.machine_busy_s`` minus the worker's own CPU time, over the wall time); on a
+  shared machine latencies with others near a core are disturbed, and ratios mean little.
 
 **Fragmentation** after a request = ``(anon - live) - (anon_base - live_base)``: the anonymous
 memory that no tensor uses, above what was already there at the baseline. The baseline
@@ -256,6 +261,7 @@ _SERIES = (
     "anon",
     "anon_peak",
     "rss_peak",
+    "minflt",
     "malloc_free",
 )
 
@@ -278,6 +284,7 @@ class AllocatorRun:
     anon_base: int = 0
     live_base: int = 0
     threads: int = 0
+    others_cores: float | None = None  # cores other processes used during the stream
     requests: list[Request] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     t_s: list[float] = field(default_factory=list)  # end of each request, from the stream start
@@ -286,6 +293,7 @@ class AllocatorRun:
     anon: list[int] = field(default_factory=list)
     anon_peak: list[int] = field(default_factory=list)
     rss_peak: list[int] = field(default_factory=list)
+    minflt: list[int] = field(default_factory=list)
     malloc_free: list[int] | None = None
 
     @property
@@ -325,6 +333,8 @@ class AllocatorRun:
             p99_s=_percentile(lat, 99),
             total_s=sum(lat),
             final_malloc_free=None if self.malloc_free is None else self.malloc_free[-1],
+            minflt=sum(self.minflt),
+            others_cores=self.others_cores,
         )
         return row
 
@@ -445,9 +455,17 @@ def _explain(cmp: AllocatorComparison) -> str:
             s += (
                 f", {_mib(base['final_fragmentation'] - row['final_fragmentation'])} less than "
                 f"glibc, at {row['p50_s_vs_glibc']:.2f}x glibc's median request time "
-                f"({row['total_s_vs_glibc']:.2f}x its total)"
+                f"({row['total_s_vs_glibc']:.2f}x its total; {row['minflt']} page faults "
+                f"against glibc's {base['minflt']})"
             )
         out.append(s + ".")
+    busy = {n: r["others_cores"] for n, r in ok.items() if (r["others_cores"] or 0) > 0.25}
+    if busy:
+        out.append(
+            "Other processes kept "
+            + ", ".join(f"{c:.1f} cores busy during {n}" for n, c in busy.items())
+            + ": those times are disturbed."
+        )
     out.append(
         "Kept = anonymous RSS - live tensor bytes - the same difference before the stream "
         "(interpreter, torch, parameters, one warm-up request). Times come from one run per "
@@ -584,6 +602,7 @@ def _run_from_worker(
         anon_base=got["anon_base"],
         live_base=got["live_base"],
         threads=got["threads"],
+        others_cores=got["others_cores"],
         requests=stream,
         **{k: got[k] for k in _SERIES},
     )
@@ -692,6 +711,11 @@ def _mallinfo2_free() -> Any:
     return lambda: int(fn().fordblks)
 
 
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def _worker_main() -> None:
     _die_with_parent()
     job = json.loads(sys.stdin.read())
@@ -702,9 +726,11 @@ def _worker_main() -> None:
 
 def _measure(job: dict[str, Any]) -> dict[str, Any]:
     import gc
+    import resource
 
     import torch
 
+    from memlab.timing import machine_busy_s
     from memlab.tracking.procmem import read_process_memory, reset_peak_rss
     from memlab.tracking.sources import NativeSource, default_source
 
@@ -738,7 +764,8 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     base = mem()
     live_base = src.live()
     series: dict[str, list[Any]] = {k: [] for k in _SERIES}
-    start = time.perf_counter()
+    busy0, own0, start = machine_busy_s(), _own_cpu_s(), time.perf_counter()
+    flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for b, s in reqs:
         x = make_input(b, s, gen)
         lib.memlab_reset_peak()
@@ -751,6 +778,8 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         m = mem()
         series["latency_s"].append(t1 - t0)
         series["t_s"].append(time.perf_counter() - start)
+        flt, before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, flt
+        series["minflt"].append(flt - before)
         series["live"].append(src.live())
         series["live_peak"].append(int(lib.memlab_peak()))
         series["anon"].append(m["rss_anon"])
@@ -758,6 +787,8 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         series["anon_peak"].append(m["rss_hwm"] - m["rss_file"] - m["rss_shmem"])
         if free_reader is not None:
             series["malloc_free"].append(free_reader())
+    busy1, own1, wall = machine_busy_s(), _own_cpu_s(), time.perf_counter() - start
+    others = None if busy0 is None or busy1 is None else ((busy1 - busy0) - (own1 - own0)) / wall
     env = {
         k: v
         for k, v in os.environ.items()
@@ -770,6 +801,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         "anon_base": base["rss_anon"],
         "live_base": live_base,
         "threads": torch.get_num_threads(),
+        "others_cores": others,
         **{
             k: (None if k == "malloc_free" and free_reader is None else v)
             for k, v in series.items()

@@ -141,6 +141,7 @@ def test_preload_that_does_not_take_is_failed_not_measured() -> None:
         "anon_base": 1,
         "live_base": 1,
         "threads": 1,
+        "others_cores": 0.0,
         **{k: [] for k in A._SERIES},
     }
     run = A._run_from_worker(cfg, {"LD_PRELOAD": "/x/libjemalloc.so.2"}, [], got)
@@ -316,3 +317,12 @@ def test_figures_draw_the_runs_and_name_the_missing() -> None:
     full = comparison_figure(c)
     assert {t.name for t in full.data} >= {"glibc", "jemalloc", "peak anon RSS", "p50 latency"}
     assert "mimalloc" in full.layout.title.subtitle.text
+
+
+def test_mmap_threshold_returns_memory_and_faults_it_back(cmp: AllocatorComparison) -> None:
+    # mallopt(3), M_MMAP_THRESHOLD: a block at or above it is mmapped and unmapped at free, so
+    # after the requests nothing large stays kept, and each large block is faulted in again.
+    g, mm = cmp["glibc"], cmp["glibc-mmap"]
+    assert all(f >= 0 for r in cmp.runs for f in r.minflt)
+    assert sum(mm.minflt) > sum(g.minflt)
+    assert mm.fragmentation[-1] < g.fragmentation[-1]
