@@ -12,7 +12,7 @@ import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -806,3 +806,46 @@ def run(
         keep_warm=False,
     )
     return handle.wait()
+
+
+def latency_sweep(
+    experiment: Experiment,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    *,
+    timeout_s: float | None = None,
+) -> Any:
+    """One inference run per batch size (each in a fresh worker, one after another): what
+    batching amortizes. Returns a pandas DataFrame, one row per batch size: ``status``,
+    ``first_s``, ``p50_s``, ``p95_s``, ``p99_s``, ``requests_per_s``, ``samples_per_s``,
+    ``latency_per_sample_s`` (p50 / batch), ``allocs_per_request`` and ``peak_bytes``.
+    Measured figures; ``None`` where a run could not measure one (a failed run's ``error``
+    is in its row). Torch-free in the caller: the runs happen in workers."""
+    import pandas as pd
+
+    if experiment.mode != "inference":
+        raise ValueError(
+            f"latency_sweep needs an experiment with mode 'inference', got {experiment.mode!r}"
+        )
+    rows = []
+    for b in batch_sizes:
+        exp = experiment.replace(batch_size=b, data_size=max(experiment.data_size, b))
+        r = run(exp, timeout_s=timeout_s)
+        lat = r.latency
+        p50 = None if lat is None else lat.p50_s
+        rows.append(
+            {
+                "batch_size": b,
+                "status": r.status,
+                "error": r.error,
+                "first_s": None if lat is None else lat.first_s,
+                "p50_s": p50,
+                "p95_s": None if lat is None else lat.p95_s,
+                "p99_s": None if lat is None else lat.p99_s,
+                "requests_per_s": None if lat is None else lat.requests_per_s,
+                "samples_per_s": None if lat is None else lat.samples_per_s,
+                "latency_per_sample_s": None if p50 is None else p50 / b,
+                "allocs_per_request": None if lat is None else lat.allocs_per_request,
+                "peak_bytes": r.peak_bytes if r.status == "ok" else None,
+            }
+        )
+    return pd.DataFrame(rows)
