@@ -549,7 +549,7 @@ class _Plan:
 @dataclass
 class _Kernel:
     scratch: Callable[[Sequence[Any], list[torch.Tensor]], list[_Spec] | None]
-    run: Callable[[Sequence[Any], list[torch.Tensor], list[torch.Tensor], Any], None]
+    run: Callable[[Sequence[Any], list[torch.Tensor], list[torch.Tensor], Any], object]
     consts: Callable[[Sequence[Any], list[torch.Tensor]], Any] = lambda a, o: None
 
 
