@@ -332,6 +332,15 @@ def estimate_experiment(exp: Any) -> Estimate:
             "precision 'int8' cannot be estimated: dynamic quantization packs weights into "
             "objects that fake tensors cannot stand in for; measure it with memlab.run"
         )
+    if (
+        getattr(exp, "allocation", "dynamic") != "dynamic"
+        or getattr(exp, "fuse", "none") == "compile"
+    ):
+        raise EstimateError(
+            f"allocation {exp.allocation!r} / fuse {exp.fuse!r} cannot be estimated: the planned "
+            "buffers and compiled kernels hold real tensors that fake tensors cannot replace "
+            "(memlab/knobs/inference.py); measure it with memlab.run"
+        )
     t0 = time.perf_counter()
     small = exp.replace(data="ram", data_size=exp.batch_size, num_workers=0, device="cpu")
     w = build_experiment(small, "cpu")
