@@ -23,6 +23,7 @@ from memlab.timeline import CATEGORIES, PHASES, RunResult, Timeline, Timing, for
 
 __all__ = [
     "CATEGORY_COLORS",
+    "arena_figure",
     "DISTURBED_TRACE",
     "PHASE_COLORS",
     "downsample_indices",
@@ -1055,6 +1056,65 @@ def prediction_figure(
         barmode="group",
         title={"text": title},
         yaxis={"title": {"text": "peak tensor memory (MiB)"}, "tickformat": MIB_FORMAT},
+    )
+    _fit(fig)
+    return fig
+
+
+# -- memory planning: the arena ------------------------------------------------------------------
+
+
+def arena_figure(plan: Any) -> go.Figure:
+    """A planned arena (a ``memlab.planning.MemoryPlan``): x = op index, y = offset (MiB), one
+    rectangle per graph tensor from its first to its last op, coloured by module, with the lower
+    bound and the plan's size as lines. Drawn as bars with a ``base`` (offset) and a ``width``
+    (lifetime), one trace per module, so each rectangle has its own hover."""
+    import plotly.colors
+
+    palette = plotly.colors.qualitative.Plotly
+    graph = [t for t in plan.tensors if t.kind == "graph" and t.size > 0]
+    by_module: dict[str, list[Any]] = {}
+    for t in graph:
+        by_module.setdefault(t.module or "(model)", []).append(t)
+    fig = go.Figure()
+    for i, (module, ts) in enumerate(by_module.items()):
+        fig.add_trace(
+            go.Bar(
+                name=module,
+                x=[(t.start + t.end) / 2 for t in ts],
+                width=[t.end - t.start + 1 for t in ts],
+                base=_mib([plan.offsets[t.id] for t in ts]),
+                y=_mib([t.size for t in ts]),
+                marker={"color": palette[i % len(palette)], "line": {"width": 0.5}},
+                hovertext=[
+                    f"tensor {t.id} ({plan.ops[t.start]}) in {module}<br>"
+                    f"{format_bytes(t.size)} at offset {format_bytes(plan.offsets[t.id])}<br>"
+                    f"alive ops {t.start}-{t.end}"
+                    for t in ts
+                ],
+                hovertemplate="%{hovertext}<extra></extra>",
+            )
+        )
+    for y, label, dash in (
+        (plan.lower_bound_bytes, "lower bound", "dot"),
+        (plan.best_bytes, f"plan ({plan.best_planner})", "solid"),
+    ):
+        fig.add_hline(
+            y=y / MIB,
+            line={"dash": dash, "color": "#333333", "width": 1},
+            annotation_text=f"{label}: {format_bytes(y)}",
+            annotation_position="top left",
+        )
+    fig.update_layout(
+        barmode="overlay",
+        bargap=0,
+        title={
+            "text": f"Planned arena {format_bytes(plan.best_bytes)} "
+            f"(eager peak {format_bytes(plan.eager_peak_bytes)}, "
+            f"reuse x{plan.reuse_factor:.2f})"
+        },
+        xaxis={"title": {"text": "op index"}},
+        yaxis={"title": {"text": "offset (MiB)"}, "tickformat": MIB_FORMAT},
     )
     _fit(fig)
     return fig

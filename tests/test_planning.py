@@ -192,3 +192,28 @@ def test_plan_rejects_bad_input() -> None:
         memlab.plan(_mlp)
     with pytest.raises(ValueError, match="alignment"):
         memlab.plan(_mlp, _mlp_input, alignment=0)
+
+
+def test_arena_figure_draws_every_graph_tensor_at_its_offset() -> None:
+    import torch
+
+    from memlab.config import MIB
+    from memlab.plots import arena_figure
+
+    p = planning.plan(_mlp, lambda: torch.randn(BATCH, WIDTHS[0]), in_worker=False)
+    fig = arena_figure(p)
+    bars = [
+        (b, w, x, y)
+        for tr in fig.data
+        for b, w, x, y in zip(tr.base, tr.width, tr.x, tr.y, strict=True)
+    ]
+    graph = [t for t in p.tensors if t.kind == "graph"]
+    assert len(bars) == len(graph)
+    want = sorted(
+        (p.offsets[t.id] / MIB, t.end - t.start + 1, (t.start + t.end) / 2, t.size / MIB)
+        for t in graph
+    )
+    assert sorted(bars) == want  # dividing by 2**20 is exact in binary floating point
+    lines = sorted(s.y0 for s in fig.layout.shapes)
+    assert lines == pytest.approx(sorted([p.lower_bound_bytes / MIB, p.best_bytes / MIB]))
+    assert {tr.name for tr in fig.data} == {t.module for t in graph}
