@@ -1,4 +1,5 @@
-"""The command line: ``memlab run ...`` and ``memlab estimate ...`` (also ``python -m memlab``).
+"""The command line: ``memlab run ...``, ``memlab estimate ...`` and ``memlab plan ...`` (also
+``python -m memlab``).
 
 Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled`` (or a model that
 cannot be estimated); 2 a bad argument (one line naming it, no traceback).
@@ -108,6 +109,9 @@ def _parser() -> _Parser:
         "with one real run",
     )
     e.add_argument("--no-confirm", action="store_true", help="with --max-batch: skip the run")
+    pl = sub.add_parser("plan", help="plan one inference pass into one arena (memlab.plan)")
+    _experiment_args(pl)
+    pl.add_argument("--fake", action="store_true", help="on fake tensors: nothing allocated")
     return p
 
 
@@ -198,6 +202,25 @@ def _estimate(ns: argparse.Namespace, exp: Experiment) -> int:
     return 0
 
 
+def _plan(ns: argparse.Namespace, exp: Experiment) -> int:
+    from memlab.planning import plan
+
+    p = plan(exp, fake=ns.fake)
+    if ns.json:
+        print(json.dumps({**p.to_dict(), "experiment": exp.to_dict()}, indent=2))
+        return 0
+    word = "predicted" if p.predicted else "measured"
+    print(
+        f"memlab plan (one inference pass): eager peak {format_bytes(p.eager_peak_bytes)} "
+        f"({word}; scratch {format_bytes(p.scratch_bytes)}), lower bound "
+        f"{format_bytes(p.lower_bound_bytes)}, best plan {format_bytes(p.best_bytes)} "
+        f"({p.best_planner}), naive {format_bytes(p.naive_bytes)}, reuse x{p.reuse_factor:.2f}"
+    )
+    for name, n in p.planner_bytes.items():
+        print(f"  {name:<24} {format_bytes(n)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     from memlab.config import ConfigError
@@ -209,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if ns.command == "estimate":
         return _estimate(ns, exp)
+    if ns.command == "plan":
+        return _plan(ns, exp)
     from memlab.runner import run
 
     result = run(exp, timeout_s=ns.timeout)

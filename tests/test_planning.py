@@ -217,3 +217,31 @@ def test_arena_figure_draws_every_graph_tensor_at_its_offset() -> None:
     lines = sorted(s.y0 for s in fig.layout.shapes)
     assert lines == pytest.approx(sorted([p.lower_bound_bytes / MIB, p.best_bytes / MIB]))
     assert {tr.name for tr in fig.data} == {t.module for t in graph}
+
+
+def test_cli_plan_json_keys_and_bad_input() -> None:
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "memlab", "plan", "--workload", "mlp", "--batch-size", "8"]
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    for key in (
+        "eager_peak_bytes",
+        "scratch_bytes",
+        "lower_bound_bytes",
+        "naive_bytes",
+        "greedy_bytes",
+        "planner_bytes",
+        "best_planner",
+        "best_bytes",
+        "reuse_factor",
+    ):
+        assert key in d, key
+    assert d["lower_bound_bytes"] <= d["best_bytes"] <= d["naive_bytes"]
+    assert d["best_bytes"] == d["planner_bytes"][d["best_planner"]]
+    bad = subprocess.run([*cmd[:-2], "--batch-size", "-3"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "batch_size" in bad.stderr
