@@ -278,6 +278,7 @@ class AllocatorRun:
     status: str
     reason: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # what the worker was given
+    cleared: list[str] = field(default_factory=list)  # inherited allocator variables removed
     worker_env: dict[str, str] = field(default_factory=dict)  # what it read in os.environ
     worker_maps: list[str] = field(default_factory=list)  # allocator libraries it had mapped
     param_bytes: int = 0  # the model's parameters and buffers, from their shapes
@@ -442,7 +443,7 @@ def _explain(cmp: AllocatorComparison) -> str:
         text = (
             f"glibc kept {_mib(base['final_fragmentation'])} that no tensor uses at the end of "
             f"the {len(run.requests)} requests (at most {_mib(base['max_fragmentation'])}; the "
-            f"largest request, #{big}, had {_mib(run.live_peak[big])} of tensors at its peak)"
+            f"largest request, #{big + 1}, had {_mib(run.live_peak[big])} of tensors at its peak)"
         )
         if base["final_malloc_free"] is not None:
             text += f"; glibc itself reports {_mib(base['final_malloc_free'])} free in its arenas"
@@ -534,7 +535,7 @@ def run_config(
         cfg, extra = resolve(cfg)
     except AllocatorUnavailable as e:
         return AllocatorRun(cfg.name, cfg.description, "unavailable", str(e))
-    env, _removed = _worker_env(extra)
+    env, cleared = _worker_env(extra)
     job = {
         "workload": workload,
         "seed": seed,
@@ -552,10 +553,15 @@ def run_config(
         if not _atexit_registered:
             atexit.register(_kill_workers)
             _atexit_registered = True
-    proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fd, close_fds=True
-    )
-    os.close(fd)
+    try:
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fd, close_fds=True
+        )
+    except BaseException:
+        os.unlink(err_path)
+        raise
+    finally:
+        os.close(fd)
     with _live_lock:
         _live_workers.add(proc)
     try:
@@ -585,7 +591,9 @@ def run_config(
             os.unlink(err_path)
         except OSError:
             pass
-    return _run_from_worker(cfg, extra, list(stream), got)
+    run = _run_from_worker(cfg, extra, list(stream), got)
+    run.cleared = cleared
+    return run
 
 
 def _run_from_worker(

@@ -112,6 +112,7 @@ def test_env_reaches_the_worker_and_inherited_settings_do_not(cmp: AllocatorComp
     for run in cmp.runs:
         assert run.status == "ok", (run.config, run.reason)
     assert cmp["glibc"].worker_env == {}  # MALLOC_ARENA_MAX=7 and MALLOC_TOP_PAD_ were cleared
+    assert {"MALLOC_ARENA_MAX", "MALLOC_TOP_PAD_"} <= set(cmp["glibc"].cleared)
     assert cmp["glibc-arena2"].worker_env == {"MALLOC_ARENA_MAX": "2"}
     assert cmp["glibc-mmap"].worker_env == {"MALLOC_MMAP_THRESHOLD_": "131072"}
     assert cmp["glibc"].worker_maps == []  # glibc's malloc lives in libc.so, no preload
