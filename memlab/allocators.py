@@ -80,7 +80,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -635,19 +635,25 @@ def compare(
     seed: int = 0,
     threads: int | None = None,
     timeout_s: float = 600.0,
+    on_run: Callable[[AllocatorRun], None] | None = None,
 ) -> AllocatorComparison:
     """Run the same seeded stream of ``requests`` requests through ``workload`` once per
     configuration (default: all of ``CONFIGS``), one after the other, each in a fresh worker.
-    ``threads``: torch's intra-op threads in the worker (default: torch's own choice)."""
+    ``threads``: torch's intra-op threads in the worker (default: torch's own choice);
+    ``on_run(run)`` is called as each configuration's run ends (a lab's progress line)."""
     names = list(CONFIGS) if configs is None else list(configs)
     if not names:
         raise ValueError("configs is empty; allowed: " + ", ".join(CONFIGS))
     cfgs = [_config(c) for c in names]  # every name checked before anything runs
     stream = make_stream(workload, requests, seed)
-    runs = [
-        run_config(c, stream, workload=workload, seed=seed, threads=threads, timeout_s=timeout_s)
-        for c in cfgs
-    ]
+    runs = []
+    for c in cfgs:
+        run = run_config(
+            c, stream, workload=workload, seed=seed, threads=threads, timeout_s=timeout_s
+        )
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
     return AllocatorComparison(workload, seed, stream, runs)
 
 

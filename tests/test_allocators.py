@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -49,7 +50,17 @@ def cmp() -> AllocatorComparison:
         # Inherited allocator settings must not reach a worker (glibc must be the default).
         mp.setenv("MALLOC_ARENA_MAX", "7")
         mp.setenv("MALLOC_TOP_PAD_", "1048576")
-        return A.compare("transformer", REQUESTS, names, seed=SEED, timeout_s=300)
+        done: list[str] = []
+        out = A.compare(
+            "transformer",
+            REQUESTS,
+            names,
+            seed=SEED,
+            timeout_s=300,
+            on_run=lambda r: done.append(r.config),
+        )
+    assert done == names  # on_run saw each run as it ended, in order
+    return out
 
 
 # -- the stream and bad input (no worker) --------------------------------------------------------
@@ -296,6 +307,9 @@ def test_numbers_from_hand_made_runs() -> None:
     assert rows["jemalloc"]["p50_s"] == pytest.approx(0.02)
     assert rows["jemalloc"]["p99_s"] == pytest.approx(0.02 + 0.98 * 0.1)  # linear, as numpy
     assert "mimalloc" in rows and "p50_s" not in rows["mimalloc"]
+    frame = c.to_frame()
+    assert frame.loc["jemalloc", "final_fragmentation"] == MIB
+    assert frame.loc["mimalloc", "status"] == "unavailable"
     text = c.explain()
     assert "glibc kept 40.0 MiB" in text and "jemalloc: 1.0 MiB kept at the end" in text
 
@@ -327,3 +341,31 @@ def test_mmap_threshold_returns_memory_and_faults_it_back(cmp: AllocatorComparis
     assert all(f >= 0 for r in cmp.runs for f in r.minflt)
     assert sum(mm.minflt) > sum(g.minflt)
     assert mm.fragmentation[-1] < g.fragmentation[-1]
+
+
+def test_worker_dies_with_its_parent(tmp_path: Path) -> None:
+    # A parent killed with SIGKILL runs no finally and no atexit: the worker must go by itself
+    # (prctl PR_SET_PDEATHSIG in the worker). The parent here is a plain Python process.
+    code = (
+        "from memlab import allocators as A\n"
+        "A.run_config('glibc', A.make_stream('mlp', 5000), workload='mlp', timeout_s=300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        worker = None
+        for _ in range(200):  # the worker appears within seconds
+            kids = psutil.Process(parent.pid).children()
+            if kids:
+                worker = kids[0]
+                break
+            time.sleep(0.05)
+        assert worker is not None, "the parent started no worker"
+        time.sleep(1.0)  # past the worker's start, into its torch import or its stream
+        parent.kill()
+        parent.wait(timeout=10)
+        gone, alive = psutil.wait_procs([worker], timeout=10)
+        assert not alive, f"worker {worker.pid} outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
