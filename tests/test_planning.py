@@ -245,3 +245,51 @@ def test_cli_plan_json_keys_and_bad_input() -> None:
     bad = subprocess.run([*cmd[:-2], "--batch-size", "-3"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "batch_size" in bad.stderr
+
+
+# --- the ExecuTorch and ONNX Runtime anchors on a tiny model --------------------------------
+
+
+def _tiny() -> tuple[object, tuple[object, ...]]:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    return m, (torch.randn(4, 16),)
+
+
+def test_executorch_anchor_plans_the_specs_memlab_replans() -> None:
+    pytest.importorskip("executorch", reason="executorch not installed: pip install 'memlab[edge]'")
+    from memlab.planning_anchors import executorch_plan
+
+    model, inputs = _tiny()
+    et = executorch_plan(model, inputs)
+    lives = et["lives"]
+    # Independent truth for the lifetimes: ExecuTorch's naive arena is the sum of its specs'
+    # sizes at its 16-byte alignment, which memlab's naive must give to the byte.
+    assert planning.naive(lives, 16).arena_bytes == et["naive_bytes"]
+    # Its greedy is a valid plan of the same specs, so no smaller than their lower bound; and
+    # memlab's best over them is no larger than ExecuTorch's greedy.
+    assert planning.lower_bound(lives, 16) <= et["greedy_bytes"] <= et["naive_bytes"]
+    assert planning.best(lives, 16).arena_bytes <= et["greedy_bytes"]
+    assert et["ops"]["addmm"] == 2 and et["ops"]["relu"] == 1
+
+
+def test_onnxruntime_anchor_measures_both_settings(tmp_path: object) -> None:
+    pytest.importorskip(
+        "onnxruntime", reason="onnxruntime not installed: pip install 'memlab[edge]'"
+    )
+    pytest.importorskip("onnxscript", reason="onnxscript not installed: pip install 'memlab[edge]'")
+    from pathlib import Path
+
+    from memlab.planning_anchors import onnxruntime_rss
+
+    model, inputs = _tiny()
+    got = onnxruntime_rss(model, inputs, str(Path(str(tmp_path)) / "tiny.onnx"))
+    assert set(got) == {"pattern", "plain"}
+    for figures in got.values():
+        # RSS high-water marks added by runs: never negative, and for a tiny model far under
+        # 64 MiB (a unit slip, kB for bytes, would show as 1024x).
+        for v in figures.values():
+            assert 0 <= v < 64 * 2**20
