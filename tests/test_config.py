@@ -12,11 +12,11 @@ import pytest
 
 from memlab.config import (
     ALLOCATIONS,
-    FUSES,
     CHECKPOINTING,
     DATA_SOURCES,
     DEVICES,
     FIELDS,
+    FUSES,
     MAX_SPARSITY,
     MEMORY_FIELDS,
     MODES,

@@ -333,7 +333,15 @@ def test_sweep_table_and_lookup() -> None:
 
 
 # -- the package's shape ---------------------------------------------------------------------------
-LAB_MODULES = ("tour", "batch_size", "checkpointing", "precision", "sparsity", "data_loading")
+LAB_MODULES = (
+    "tour",
+    "batch_size",
+    "checkpointing",
+    "precision",
+    "sparsity",
+    "data_loading",
+    "inference",
+)
 
 
 def test_lab_modules_import_no_torch_plotly_or_widgets() -> None:
