@@ -49,6 +49,7 @@ __all__ = [
     "greedy_by_breadth",
     "greedy_by_size",
     "greedy_by_size_best_fit",
+    "greedy_by_size_reordered",
     "lower_bound",
     "naive",
     "plan_all",
@@ -258,11 +259,110 @@ def greedy_by_breadth(lives: Iterable[TensorLife], alignment: int = ALIGNMENT) -
     return Plan("greedy_by_breadth", MappingProxyType(offsets), arena, alignment)
 
 
+def _neighbours(items: Sequence[TensorLife]) -> dict[int, list[TensorLife]]:
+    """For each tensor id, the other non-empty tensors alive at a common op with it (a sweep
+    over starts, so the pairs are found once: what ``_place`` would otherwise scan for every
+    tensor on every pass)."""
+    out: dict[int, list[TensorLife]] = {t.id: [] for t in items}
+    live: list[TensorLife] = []
+    for t in sorted((t for t in items if t.size > 0), key=lambda t: (t.start, t.id)):
+        live = [u for u in live if u.end >= t.start]
+        for u in live:
+            out[t.id].append(u)
+            out[u.id].append(t)
+        live.append(t)
+    return out
+
+
+def _place_lowest(
+    order: Sequence[TensorLife], neighbours: Mapping[int, list[TensorLife]], alignment: int
+) -> tuple[dict[int, int], int, list[int]]:
+    """``_place(order, alignment, best_fit=False)`` over precomputed neighbours; also returns,
+    for each position in ``order``, the top (offset + aligned size) of the tensor placed there."""
+    offsets: dict[int, int] = {}
+    tops: list[int] = []
+    arena = 0
+    for t in order:
+        size = align(t.size, alignment)
+        busy = sorted(
+            (offsets[u.id], offsets[u.id] + align(u.size, alignment))
+            for u in neighbours.get(t.id, ())
+            if u.id in offsets
+        )
+        cursor = 0
+        for lo, hi in busy:
+            if lo - cursor >= size:
+                break
+            cursor = max(cursor, hi)
+        offsets[t.id] = cursor
+        tops.append(cursor + size)
+        arena = max(arena, cursor + size)
+    return offsets, arena, tops
+
+
+def greedy_by_size_reordered(
+    lives: Iterable[TensorLife], alignment: int = ALIGNMENT, max_evals: int = 64
+) -> Plan:
+    """Greedy by size, then a deterministic search over the order in which tensors are placed.
+
+    Placement stays TFLite's lowest offset that fits; only the order changes. Why the order is
+    the thing to search: for any optimal plan, placing the tensors in the order of their
+    optimal offsets, each at its lowest fit, puts each one at or below its optimal offset (the
+    tensors placed before it that are alive with it lie below its optimal offset in the optimal
+    plan, and placement only lowers them), so *some* order reaches the optimum. Which order is
+    the search; this one is a deterministic form of the hill climb of TVM's unified static
+    memory planner (``src/tir/usmp/algo/hill_climb.cc``, ``HillClimbAllocator``: re-run greedy
+    placement, pick a buffer that sets the arena's top, permute it with buffers that conflict
+    with it, keep the order when the arena does not grow). Here the tensor that set the top
+    first is moved earlier: to the front, else just before each tensor alive with it that was
+    placed before it, the first such move that does not grow the arena and gives an order not
+    tried yet is kept. It stops at the lower bound over these tensors (nothing can beat it),
+    when no move is left, or after ``max_evals`` placements (each O(n * neighbours)), so it
+    stays fast on large graphs; it is a heuristic, never worse than greedy by size (the first
+    placement *is* greedy by size). The case it was built for: a residual stream (memlab's
+    ``mlp``) whose block input and output overlap by one op, where greedy by size stacks every
+    block's wide tensors at offset 0 and leaves no room for the residuals at the bound."""
+    if max_evals < 1:
+        raise ValueError(f"max_evals must be >= 1 placements, got {max_evals!r}")
+    items = validate(lives, alignment)
+    neighbours = _neighbours(items)
+    target = lower_bound(items, alignment, kinds=KINDS)
+    order = _by_size(items, alignment)
+    offsets, arena, tops = _place_lowest(order, neighbours, alignment)
+    seen = {tuple(t.id for t in order)}
+    evals = 1
+    while arena > target and evals < max_evals:
+        pos = tops.index(arena)  # the first tensor placed at the top
+        peak = order[pos]
+        alive_with = {u.id for u in neighbours[peak.id]}
+        targets = [0] + [i for i in range(1, pos) if order[i].id in alive_with]
+        moved = False
+        for i in targets:
+            if evals >= max_evals:
+                break
+            cand = [*order[:i], peak, *order[i:pos], *order[pos + 1 :]]
+            key = tuple(t.id for t in cand)
+            if key in seen:
+                continue
+            seen.add(key)
+            evals += 1
+            c_offsets, c_arena, c_tops = _place_lowest(cand, neighbours, alignment)
+            if c_arena <= arena:
+                order, offsets, arena, tops = cand, c_offsets, c_arena, c_tops
+                moved = True
+                break
+        if not moved:
+            break
+    extra = {"evals": evals, "target": target}
+    return Plan("greedy_by_size_reordered", MappingProxyType(offsets), arena, alignment, extra)
+
+
 #: The suite, in tie-break order: on equal arenas the earlier planner is kept.
 PLANNERS: dict[str, Callable[..., Plan]] = {
     "greedy_by_size": greedy_by_size,
     "greedy_by_size_best_fit": greedy_by_size_best_fit,
     "greedy_by_breadth": greedy_by_breadth,
+    "greedy_by_size_reordered": greedy_by_size_reordered,
     "first_fit": first_fit,
     "naive": naive,
 }

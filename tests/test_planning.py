@@ -54,6 +54,59 @@ def test_every_planner_is_valid_bounded_and_deterministic(
         assert dict(again.offsets) == dict(plan.offsets) and again.arena_bytes == plan.arena_bytes
     chosen = best(lives, alignment)
     assert chosen.arena_bytes == min(fn(lives, alignment).arena_bytes for fn in PLANNERS.values())
+    # The reordering search starts from greedy by size's plan and only keeps orders that do
+    # not grow the arena, so it is never worse than greedy by size.
+    reordered = planning.greedy_by_size_reordered(lives, alignment).arena_bytes
+    assert reordered <= planning.greedy_by_size(lives, alignment).arena_bytes
+
+
+def _residual_mlp(blocks: int) -> list[TensorLife]:
+    """The graph tensors of memlab's ``mlp`` workload (a stem, then pre-norm residual blocks
+    x + fc2(gelu(fc1(norm(x))))), in units of 64 bytes and with its op indices as measured by
+    memlab.plan at batch 32 (fc1 and gelu outputs 4 units, the rest 1 unit; layer norm's 128-byte
+    statistics left out): block b starts at op 7b+2; its residual input is alive until the
+    block's add at 7b+8, where the block's output (the next residual) is born, so the two
+    residuals overlap by one op."""
+    u = ALIGNMENT
+    spans = [(u, 1, 8)]  # residual 0: the stem's output, read by block 0's norm and its add
+    for b in range(blocks):
+        s = 7 * b + 2
+        last = s + 13 if b < blocks - 1 else s + 7  # read by the next block's add, or the head
+        spans += [
+            (u, s, s + 2),  # norm(x)
+            (4 * u, s + 2, s + 3),  # fc1
+            (4 * u, s + 3, s + 5),  # gelu
+            (u, s + 5, s + 6),  # fc2
+            (u, s + 6, last),  # x + fc2(...): the next residual
+        ]
+    return [TensorLife(i, size, a, b) for i, (size, a, b) in enumerate(spans)]
+
+
+def test_reordering_reaches_the_bound_where_greedy_by_size_does_not() -> None:
+    # Two blocks. The bound: at ops 4 and 11, fc1's and gelu's outputs (4 + 4 units) and the
+    # residual (1) are alive: 9 units. Greedy by size puts both blocks' fc1 at 0 and gelu at 4
+    # (the four wide tensors do not meet across blocks); then residual 0 (ops 1-8) must go at 8
+    # (it meets block 0's wide tensors), and residual 1 (ops 8-15) meets residual 0 at op 8 and
+    # block 1's wide tensors: the first free byte is 9 units up, so 10 units. The optimum
+    # shifts block 1's wide tensors up one unit and puts residual 1 under them: 9 units.
+    u = ALIGNMENT
+    lives = _residual_mlp(2)
+    assert lower_bound(lives) == 9 * u
+    g = planning.greedy_by_size(lives)
+    assert g.arena_bytes == 10 * u
+    assert g.offsets[0] == 8 * u and g.offsets[5] == 9 * u  # the two residuals, as argued
+    r = planning.greedy_by_size_reordered(lives)
+    assert r.arena_bytes == 9 * u and planning.conflicts(lives, r) == []
+    assert best(lives).planner == "greedy_by_size_reordered"
+    # Deeper stacks of the same block: greedy by size stays one unit over, the search does not.
+    deep = _residual_mlp(4)
+    assert planning.greedy_by_size(deep).arena_bytes == 10 * u
+    assert planning.greedy_by_size_reordered(deep).arena_bytes == lower_bound(deep) == 9 * u
+    # With one placement allowed it *is* greedy by size.
+    one = planning.greedy_by_size_reordered(lives, max_evals=1)
+    assert dict(one.offsets) == dict(g.offsets) and one.arena_bytes == g.arena_bytes
+    with pytest.raises(ValueError, match="max_evals"):
+        planning.greedy_by_size_reordered(lives, max_evals=0)
 
 
 def test_conflicts_finds_an_overlap() -> None:
