@@ -295,6 +295,11 @@ def test_cli_plan_json_keys_and_bad_input() -> None:
         assert key in d, key
     assert d["lower_bound_bytes"] <= d["best_bytes"] <= d["naive_bytes"]
     assert d["best_bytes"] == d["planner_bytes"][d["best_planner"]]
+    # The mlp's residual stream (see _residual_mlp): greedy by size is over the bound, the
+    # reordering search reaches it, so the best plan is the bound.
+    assert d["greedy_bytes"] > d["lower_bound_bytes"]
+    assert d["planner_bytes"]["greedy_by_size_reordered"] == d["lower_bound_bytes"]
+    assert d["best_bytes"] == d["lower_bound_bytes"]
     bad = subprocess.run([*cmd[:-2], "--batch-size", "-3"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "batch_size" in bad.stderr
