@@ -41,6 +41,8 @@ __all__ = [
     "KINDS",
     "PLANNERS",
     "Plan",
+    "REORDER_BUDGET",
+    "REORDER_MAX_EVALS",
     "TensorLife",
     "align",
     "best",
@@ -300,8 +302,16 @@ def _place_lowest(
     return offsets, arena, tops
 
 
+#: The reordering search's default budget, in tensor-neighbour visits over all its placements
+#: (one placement visits every tensor and its placed neighbours): about 1-2 s of pure Python
+#: on a busy 2-core VM, so a graph of thousands of densely overlapping tensors still plans in
+#: seconds, while a graph of hundreds gets the full ``REORDER_MAX_EVALS`` placements.
+REORDER_BUDGET = 2_000_000
+REORDER_MAX_EVALS = 64
+
+
 def greedy_by_size_reordered(
-    lives: Iterable[TensorLife], alignment: int = ALIGNMENT, max_evals: int = 64
+    lives: Iterable[TensorLife], alignment: int = ALIGNMENT, max_evals: int | None = None
 ) -> Plan:
     """Greedy by size, then a deterministic search over the order in which tensors are placed.
 
@@ -317,15 +327,20 @@ def greedy_by_size_reordered(
     first is moved earlier: to the front, else just before each tensor alive with it that was
     placed before it, the first such move that does not grow the arena and gives an order not
     tried yet is kept. It stops at the lower bound over these tensors (nothing can beat it),
-    when no move is left, or after ``max_evals`` placements (each O(n * neighbours)), so it
-    stays fast on large graphs; it is a heuristic, never worse than greedy by size (the first
-    placement *is* greedy by size). The case it was built for: a residual stream (memlab's
-    ``mlp``) whose block input and output overlap by one op, where greedy by size stacks every
-    block's wide tensors at offset 0 and leaves no room for the residuals at the bound."""
-    if max_evals < 1:
-        raise ValueError(f"max_evals must be >= 1 placements, got {max_evals!r}")
+    when no move is left, or after ``max_evals`` placements (each O(n * neighbours); by default
+    ``REORDER_MAX_EVALS``, fewer where ``REORDER_BUDGET`` neighbour visits would be exceeded, and
+    always at least 2), so it stays fast on large graphs. It is a heuristic, never worse than
+    greedy by size (the first placement *is* greedy by size). The case it was built for: a
+    residual stream (memlab's ``mlp``) whose block input and output overlap by one op, where
+    greedy by size stacks every block's wide tensors at offset 0 and leaves no room for the
+    residuals at the bound."""
+    if max_evals is not None and (not isinstance(max_evals, int) or max_evals < 1):
+        raise ValueError(f"max_evals must be an int >= 1 (placements) or None, got {max_evals!r}")
     items = validate(lives, alignment)
     neighbours = _neighbours(items)
+    if max_evals is None:
+        work = len(items) + sum(len(v) for v in neighbours.values())
+        max_evals = max(2, min(REORDER_MAX_EVALS, REORDER_BUDGET // max(1, work)))
     target = lower_bound(items, alignment, kinds=KINDS)
     order = _by_size(items, alignment)
     offsets, arena, tops = _place_lowest(order, neighbours, alignment)
