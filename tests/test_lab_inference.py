@@ -147,3 +147,19 @@ def test_batching_that_did_not_pay_is_said_so() -> None:
     df = _batching()
     df.loc[1, "p50_s"], df.loc[1, "samples_per_s"] = 0.04, 200.0
     assert "Batching did not pay here" in lab.explain_batching(df)
+
+
+def test_batching_disturbed_runs_are_named_and_an_impossible_speedup_is_not_explained() -> None:
+    df = _batching()
+    df["steady"] = [True, False]
+    assert "Timing disturbed at batch 8" in lab.explain_batching(df)
+    df.loc[1, "p50_s"] = 0.001  # 8 samples faster than 1: not physics, a disturbed run
+    text = lab.explain_batching(df)
+    assert "took less time than one of 1" in text and "Batching amortizes" not in text
+
+
+def test_the_status_line_of_an_inference_run_gives_the_request_latency() -> None:
+    from memlab.ui.messages import final_message
+
+    text = final_message(_run(47, 0.010, 2 * 1024 * KIB), runs_shown=1)
+    assert "request p50 10.0 / p99 10.0 ms, 47 allocator calls/request" in text

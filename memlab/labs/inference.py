@@ -326,7 +326,7 @@ def batching_figure(df: pd.DataFrame) -> go.Figure:
         row=1,
         col=3,
     )
-    fig.update_xaxes(type="log", title_text="batch size")
+    fig.update_xaxes(type="log", title_text="batch size", tickvals=b, ticktext=[str(v) for v in b])
     fig.update_layout(showlegend=False, height=330, margin={"t": 50, "l": 40, "r": 20, "b": 40})
     return fig
 
@@ -343,6 +343,12 @@ def batch_growth(df: pd.DataFrame) -> float:
     return float(ok["peak_bytes"].iloc[-1]) / float(ok["peak_bytes"].iloc[0])
 
 
+def _np_bool() -> type:
+    import numpy as np
+
+    return np.bool_
+
+
 def explain_batching(df: pd.DataFrame) -> str:
     ok = _ok_rows(df)
     if len(ok) < 2:
@@ -350,7 +356,24 @@ def explain_batching(df: pd.DataFrame) -> str:
     lo, hi = ok.iloc[0], ok.iloc[-1]
     b0, b1 = int(lo["batch_size"]), int(hi["batch_size"])
     out = [batching_table(df), ""]
-    if lo["p50_s"] and hi["p50_s"]:
+    shaky = [
+        str(int(row["batch_size"]))
+        for _, row in ok.iterrows()
+        if "steady" in row and isinstance(row["steady"], (bool, _np_bool())) and not row["steady"]
+    ]
+    if shaky:
+        out.append(
+            f"- _Timing disturbed at batch {', '.join(shaky)}: other processes took the CPU "
+            "while those requests were timed; read their times as noise._"
+        )
+    if lo["p50_s"] and hi["p50_s"] and hi["p50_s"] < lo["p50_s"]:
+        out.append(
+            f"- A request of {b1} samples took less time than one of {b0} ({_ms(hi['p50_s'])} "
+            f"against {_ms(lo['p50_s'])} ms), though it does {b1 // b0}x the work: these times "
+            "were disturbed (another process on the same cores). Run the sweep again with "
+            "nothing else running."
+        )
+    elif lo["p50_s"] and hi["p50_s"]:
         out.append(
             f"- A request of {b1} samples took {times(hi['p50_s'], lo['p50_s'])} as long as one "
             f"of {b0} ({_ms(hi['p50_s'])} against {_ms(lo['p50_s'])} ms), for {b1 // b0}x the "

@@ -817,7 +817,8 @@ def latency_sweep(
     """One inference run per batch size (each in a fresh worker, one after another): what
     batching amortizes. Returns a pandas DataFrame, one row per batch size: ``status``,
     ``first_s``, ``p50_s``, ``p95_s``, ``p99_s``, ``requests_per_s``, ``samples_per_s``,
-    ``latency_per_sample_s`` (p50 / batch), ``allocs_per_request`` and ``peak_bytes``.
+    ``latency_per_sample_s`` (p50 / batch), ``allocs_per_request``, ``peak_bytes`` and ``steady``
+    (the run's timing verdict, ``RunResult.timing``).
     Measured figures; ``None`` where a run could not measure one (a failed run's ``error``
     is in its row). Torch-free in the caller: the runs happen in workers."""
     import pandas as pd
@@ -846,6 +847,8 @@ def latency_sweep(
                 "latency_per_sample_s": None if p50 is None else p50 / b,
                 "allocs_per_request": None if lat is None else lat.allocs_per_request,
                 "peak_bytes": r.peak_bytes if r.status == "ok" else None,
+                # Whether the run's timing can be trusted (RunResult.timing); None: unknown.
+                "steady": None if r.timing is None else bool(r.timing.steady),
             }
         )
     return pd.DataFrame(rows)

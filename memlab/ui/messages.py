@@ -222,6 +222,12 @@ def final_message(
         tp, med = r.throughput_samples_per_s, r.step_time_median_s
         if tp is not None and med is not None:
             text += f", {tp:.0f} samples/s ({med * 1e3:.1f} ms/step)"
+        lat = r.latency
+        if lat is not None and lat.p50_s is not None and lat.p99_s is not None:
+            # Inference: a step is one request; the tail and the allocator calls are the lesson.
+            text += f", request p50 {lat.p50_s * 1e3:.1f} / p99 {lat.p99_s * 1e3:.1f} ms"
+            if lat.allocs_per_request is not None:
+                text += f", {lat.allocs_per_request:.0f} allocator calls/request"
         if r.rss_peak_bytes is not None:
             text += f", process RSS peak {format_bytes(r.rss_peak_bytes)}"
         text += f" · run {runs_shown} in the history"
