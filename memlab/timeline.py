@@ -40,6 +40,12 @@ CATEGORIES: tuple[str, ...] = (
     "other",
 )
 
+#: A tensor with this attribute (a module buffer) is counted by the tracker in the category it
+#: names rather than as the model's state: the arena of a planned inference
+#: (``memlab/knobs/inference.py``) holds the pass's intermediate tensors, which an eager
+#: inference run counts as temporaries.
+CATEGORY_ATTR = "_memlab_category"
+
 #: Phases a sample can be in. ``other`` is time inside a block that no phase claims.
 PHASES: tuple[str, ...] = ("data", "forward", "backward", "optimizer", "inference", "other")
 

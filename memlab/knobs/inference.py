@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from memlab.knobs.errors import KnobUnsupported
+from memlab.timeline import CATEGORY_ATTR
 from memlab.workloads.base import Workload
 
 __all__ = [
@@ -493,8 +494,10 @@ class _Plan:
         env.clear()  # the planning pass's tensors are not kept
 
     def _allocate_arena(self) -> None:
-        # The arena is a buffer of the module, so a tracker counts it with the model's state.
+        # The arena is a buffer of the module (it lives as long as the model), tagged so that a
+        # tracker counts it as what it holds: the pass's intermediate tensors (temporaries).
         arena = torch.empty(max(self.arena_bytes, 1), dtype=torch.uint8, device=self._dev)
+        setattr(arena, CATEGORY_ATTR, "temporaries")
         self._owner.register_buffer(f"{self._prefix}_arena", arena, persistent=False)
         for v, spec in enumerate(self._specs):
             off = self._offsets[v]
@@ -506,6 +509,7 @@ class _Plan:
         if b is None:  # lazy: allocated on the first request, kept
             spec = self._specs[v]
             b = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype, device=self._dev)
+            setattr(b, CATEGORY_ATTR, "temporaries")
             self._owner.register_buffer(f"{self._prefix}_v{v}", b, persistent=False)
             self._buffers[v] = b
         return b
@@ -638,7 +642,10 @@ def apply_allocation(workload: Workload, value: str) -> Workload:
         if value == "preallocated"
         else f"a buffer per tensor ({held} bytes in all), allocated on the first request and kept"
     )
-    note = f"allocation {value}: {p.tensors} planned tensors in {how}; held as model buffers"
+    note = (
+        f"allocation {value}: {p.tensors} planned tensors in {how}; held as model buffers, "
+        "counted as temporaries"
+    )
     if p.fallback_ops:
         names = ", ".join(f"{k} x{v}" for k, v in sorted(p.fallback_ops.items()))
         note += f"; ops run eagerly (no allocation-free out variant): {names}"

@@ -304,7 +304,8 @@ def _execute(
         status, error = "error", _explain(e, exp)
     stream.flush()
     result = rec.result
-    assert result is not None
+    if result is None:  # the tracker's own exit failed: say with what, not a bare assert
+        raise RuntimeError(f"the memory tracker produced no result: {error}")
 
     # -- pass 2: speed (untracked, timed) ----------------------------------------------------
     readings: list[timing.StepReading] = []

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from memlab.timeline import PHASES, ProcessSeries, RunResult
+from memlab.timeline import CATEGORY_ATTR, PHASES, ProcessSeries, RunResult
 from memlab.tracking import hooks, procmem
 from memlab.tracking.attribution import CategoryMark, Mark, attribute
 from memlab.tracking.sources import CudaSource, EventSource, cuda_source, default_source
@@ -63,10 +63,27 @@ def _model_state(model: Any) -> tuple[list[Any], list[Any]]:
             if p is not None and id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
-        others.extend(b for b in mod._buffers.values() if b is not None)
+        others.extend(
+            b for b in mod._buffers.values() if b is not None and not hasattr(b, CATEGORY_ATTR)
+        )
         others.extend(hooks.pruned_weights_of(mod))
     grads = [p.grad for p in params if p.grad is not None]
     return params + others, grads
+
+
+def _tagged_buffers(model: Any) -> dict[str, list[Any]]:
+    """Buffers of ``model`` that carry :data:`CATEGORY_ATTR`, by that category. Counted at the
+    block's entry (a planned arena exists before it); not marked at exit, where only the model's
+    state categories rank (``attribution._PRIORITY``)."""
+    out: dict[str, list[Any]] = {}
+    if model is None:
+        return out
+    for mod in model.modules():
+        for b in mod._buffers.values():
+            cat = getattr(b, CATEGORY_ATTR, None) if b is not None else None
+            if cat is not None:
+                out.setdefault(str(cat), []).append(b)
+    return out
 
 
 def _grads_of(opt: Any) -> list[Any]:
@@ -252,6 +269,7 @@ class Tracker:
             ([t for o in self.optimizers for t in _grads_of(o)], "gradients"),
             ([t for o in self.optimizers for t in _optimizer_state(o)], "optimizer_state"),
             (list(_tensors_in(self.inputs)), "inputs"),
+            *((ts, cat) for cat, ts in _tagged_buffers(self.model).items()),
         ]
         for tensors, cat in groups:
             for t in tensors:
