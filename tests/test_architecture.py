@@ -48,7 +48,7 @@ def test_every_module_path_it_names_exists() -> None:
     )
     assert len(paths) > 20
     # The walkthroughs name files a contributor is about to create.
-    planned = {"memlab/labs/inference.py", "labs/06_inference.ipynb", "memlab/knobs/offload.py"}
+    planned = {"memlab/labs/peaks.py", "labs/12_peaks.ipynb", "memlab/knobs/offload.py"}
     missing = sorted(p for p in paths - planned if not (ROOT / p).exists())
     assert not missing, f"ARCHITECTURE.md names files that do not exist: {missing}"
 
