@@ -151,7 +151,10 @@ def arena_and_timeline(plan: MemoryPlan, result: RunResult | None = None) -> go.
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("Planned arena (offset by op)", "Measured: eager tensor bytes over time (parameters included)"),
+        subplot_titles=(
+            "Planned arena (offset by op)",
+            "Measured: eager tensor bytes over time (parameters included)",
+        ),
         horizontal_spacing=0.08,
     )
     for tr in arena.data:
