@@ -145,10 +145,10 @@ def figures(result: Any) -> dict[str, Any]:
     lat = result.latency
     t = result.timing
     ok = result.status == "ok"
-    err = (result.error or "").strip().splitlines()
     return {
         "status": result.status,
-        "error": err[0] if err else None,
+        "error": _error_line(result.error),
+        "error_detail": result.error,
         "peak_bytes": result.peak_bytes if ok else None,
         "allocs_per_request": None if lat is None else lat.allocs_per_request,
         "first_s": None if lat is None else lat.first_s,
@@ -167,6 +167,20 @@ def figures(result: Any) -> dict[str, Any]:
         "plan_lower_bound_bytes": result.metrics.get("plan_lower_bound_bytes"),
         "eager_fallback_ops": result.metrics.get("eager_fallback_ops"),
     }
+
+
+def _error_line(error: str | None) -> str | None:
+    """The error's first line; an exception without a message (a bare ``assert``) gets the
+    innermost ``File ..., line ...`` of its traceback, which says where it failed."""
+    lines = [ln.strip() for ln in (error or "").strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    first = lines[0]
+    if first.endswith(":"):
+        where = [ln for ln in lines if ln.startswith("File ")]
+        if where:
+            first += " at " + where[-1]
+    return first
 
 
 def _ratio(v: float | None, base: float | None) -> float | None:

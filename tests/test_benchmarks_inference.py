@@ -189,3 +189,12 @@ def test_defaults() -> None:
     assert a.configs[0] == "dynamic" and "compile" in a.configs
     assert a.json == ROOT / "test-artifacts" / "inference.json"
     assert bench.parse_args(["--batch", "cnn=8"]).batch["cnn"] == 8
+
+
+def test_a_bare_assert_says_where() -> None:
+    err = (
+        'AssertionError: \nTraceback (most recent call last):\n  File "a.py", line 3, in f\n    x\n'
+    )
+    assert bench._error_line(err) == 'AssertionError: at File "a.py", line 3, in f'
+    assert bench._error_line("ValueError: bad\nmore") == "ValueError: bad"
+    assert bench._error_line(None) is None
