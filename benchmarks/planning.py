@@ -164,7 +164,7 @@ def row(name: str, ort: bool) -> dict[str, Any]:
         r["why"] = _graph_diff(Counter(p.ops), et["ops"])
     except Exception as e:  # noqa: BLE001 - a model ExecuTorch cannot export: say why
         r["et_err"] = _reason(e)
-        r["why"] = "ExecuTorch failed"
+        r["why"] = f"ExecuTorch failed: {r['et_err']}"
     if ort:
         try:
             with tempfile.TemporaryDirectory() as d:
@@ -205,13 +205,14 @@ def main() -> None:
                 return "failed" if err else "n/a"
             return f"{_mib(ort[k]['first_run_bytes'])}/{_mib(ort[k]['steady_run_bytes'])}"
 
+        et_ms = f"{et['same_s'] * 1e3:.1f}" if et else "n/a"
         print(
             f"{n:<12}{_mib(p.eager_peak_bytes):>8}{_mib(p.scratch_bytes):>8}"
             f"{_mib(p.lower_bound_bytes):>8}{_mib(p.best_bytes):>8} {p.best_planner:<25}"
             f"{ratio:>8.3f}{r['n']:>6}{r['plan_s'] * 1e3:>7.1f}"
             f"{_mib(et and et['greedy_bytes']):>8}{_mib(et and et['naive_bytes']):>8}"
-            f"{_mib(same):>8}{len(et['lives']) if et else 0:>6}"
-            f"{et['same_s'] * 1e3 if et else 0.0:>7.1f}{o('pattern'):>13}{o('plain'):>13}"
+            f"{_mib(same):>8}{len(et['lives']) if et else 'n/a':>6}"
+            f"{et_ms:>7}{o('pattern'):>13}{o('plain'):>13}"
             f"  {r['why']}"
         )
         ok_lb = ratio <= 1.05
@@ -224,7 +225,8 @@ def main() -> None:
             verdicts.append(
                 f"{n}: goal 2, memlab <= ExecuTorch greedy on ExecuTorch's own graph: "
                 f"{'yes' if ok else 'NO'} ({_mib(same)} vs {_mib(et['greedy_bytes'])} MiB, "
-                f"memlab by {et['memlab_same'].planner}; ExecuTorch greedy = "
+                f"memlab by {et['memlab_same'].planner}, lower bound of ExecuTorch's specs "
+                f"{_mib(planning.lower_bound(et['lives'], 16))}; ExecuTorch greedy = "
                 f"{et['greedy_bytes'] / max(1, et['largest_bytes']):.2f}x its largest tensor "
                 f"of {_mib(et['largest_bytes'])} MiB)"
             )
