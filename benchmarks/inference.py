@@ -54,7 +54,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,6 +71,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "compile": {"fuse": "compile"},
 }
 ANCHOR = "dynamic"
+T = TypeVar("T")
 #: Batch sizes that make one request a few ms to a few tens of ms on 2 shared cores (measured
 #: while writing this: mlp 128 ~20 ms, cnn 32 ~20 ms, transformer 16 ~12 ms, each +-3x noise).
 DEFAULT_BATCH: dict[str, int] = {"mlp": 128, "cnn": 32, "transformer": 16}
@@ -219,7 +220,7 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[s
         for f in FIGURES:
             s[f] = _median(r.get(f) for r in ok)
             ratios: list[float] = []
-            flagged = False
+            steady: list[float] = []  # the rounds where both runs were steady
             for r in ok:
                 a = anchors.get((r["workload"], r["round"]))
                 if a is None or a["status"] != "ok":
@@ -228,10 +229,13 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[s
                 if q is None:
                     continue
                 ratios.append(q)
-                flagged |= not (r.get("steady") and a.get("steady"))
+                if r.get("steady") and a.get("steady"):
+                    steady.append(q)
             s[f"{f}_ratio"] = _median(ratios)
             s[f"{f}_ratio_range"] = (min(ratios), max(ratios)) if ratios else None
-            s[f"{f}_ratio_disturbed"] = flagged
+            s[f"{f}_ratio_disturbed"] = len(steady) < len(ratios)
+            s[f"{f}_ratio_steady"] = _median(steady)
+            s[f"{f}_ratio_steady_rounds"] = len(steady)
         out[key] = s
     return out
 
@@ -246,12 +250,15 @@ def _ratio_text(s: Mapping[str, Any], f: str) -> str:
     if q is None:
         return "-"
     lo, hi = s[f"{f}_ratio_range"]
-    mark = (
-        "!" if s[f"{f}_ratio_disturbed"] and f not in ("peak_bytes", "allocs_per_request") else ""
-    )
+    timed = f not in ("peak_bytes", "allocs_per_request")  # memory figures need no clock
+    flagged = timed and s[f"{f}_ratio_disturbed"]
+    text = f"{q:.2f}{'!' if flagged else ''}"
     if s["ok"] > 1 and (round(lo, 2), round(hi, 2)) != (round(q, 2), round(q, 2)):
-        return f"{q:.2f}{mark} ({lo:.2f}-{hi:.2f})"
-    return f"{q:.2f}{mark}"
+        text += f" ({lo:.2f}-{hi:.2f})"
+    n = s.get(f"{f}_ratio_steady_rounds", 0)
+    if flagged and n:  # what the steady rounds alone say
+        text += f" [steady {s[f'{f}_ratio_steady']:.2f} n={n}]"
+    return text
 
 
 COLS = (
@@ -288,7 +295,10 @@ def format_table(
         verdict += "" if share is None else f", others {share:.0%} of CPU"
         fail = f"; {s['rounds'] - s['ok']} failed: {s['errors'][0][:60]}" if s["errors"] else ""
         lines.append(f"  {c:<13}{cells}   {verdict}{fail}")
-    lines.append(f"  x {ANCHOR} (same round; median, min-max over rounds; ! = a disturbed round)")
+    lines.append(
+        f"  x {ANCHOR} (same round; median, min-max over rounds; ! = a disturbed round; "
+        "[steady: the median over the rounds where both runs were steady])"
+    )
     for c in shown:
         s = summary[(workload, c)]
         if c == ANCHOR or s["ok"] == 0:
@@ -372,7 +382,7 @@ def _run(exp: Any, timeout_s: float) -> Any:
         raise
 
 
-def rotated(names: Sequence[str], k: int) -> list[str]:
+def rotated(names: Sequence[T], k: int) -> list[T]:
     """Round ``k``'s order: ``names`` rotated by ``k``."""
     k %= max(1, len(names))
     return list(names[k:]) + list(names[:k])

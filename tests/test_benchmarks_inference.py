@@ -114,6 +114,9 @@ def test_a_disturbed_round_is_flagged_and_a_failed_run_left_out() -> None:
     assert "DISTURBED 1/2 steady" in dyn
     ratio = next(line for line in lines if line.split()[:2] == ["preallocated", "peak"])
     assert "p50 2.00!" in ratio and "peak 1.00 " in ratio  # memory figures carry no timing flag
+    assert "[steady" not in ratio  # no round where both runs were steady
+    comp = next(line for line in lines if line.split()[:2] == ["compile", "peak"])
+    assert "p50 0.50! [steady 0.50 n=1]" in comp  # round 1 alone was steady on both sides
     assert "1 failed: error: RuntimeError: boom" in text
     assert "compile: inductor took 35.0 s (30.0-40.0)" in text
 
