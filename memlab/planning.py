@@ -696,6 +696,11 @@ def _plan_here(
             model, x = w.model, next(w.make_batches(1))[0]
             inputs: tuple[Any, ...] = (x,)
             notes.extend(w.notes)
+            if experiment.mode != "inference":
+                notes.append(
+                    f"mode {experiment.mode!r} ignored: a plan is of one inference pass (the "
+                    "model in eval mode, no gradients)"
+                )
         else:
             assert model_fn is not None and inputs_fn is not None
             model = model_fn()

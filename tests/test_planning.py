@@ -300,6 +300,8 @@ def test_cli_plan_json_keys_and_bad_input() -> None:
     assert d["greedy_bytes"] > d["lower_bound_bytes"]
     assert d["planner_bytes"]["greedy_by_size_reordered"] == d["lower_bound_bytes"]
     assert d["best_bytes"] == d["lower_bound_bytes"]
+    # The CLI's default mode is train; a plan is of an inference pass, and says so.
+    assert any("mode 'train' ignored" in n for n in d["notes"]), d["notes"]
     bad = subprocess.run([*cmd[:-2], "--batch-size", "-3"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "batch_size" in bad.stderr
