@@ -468,6 +468,9 @@ def _on_term(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_term)
+    # A shell starts a background job (`... &`) with SIGINT ignored, and Python keeps it so:
+    # restore the KeyboardInterrupt handler, so that `kill -INT` stops it like Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import torch  # only for the header: the runs import torch in their workers
 
     from memlab import runner
