@@ -470,7 +470,8 @@ def _explain(cmp: AllocatorComparison) -> str:
     out.append(
         "Kept = anonymous RSS - live tensor bytes - the same difference before the stream "
         "(interpreter, torch, parameters, one warm-up request). Times come from one run per "
-        "configuration on a shared machine: compare them as rough ratios."
+        "configuration, one after the other: compare them as rough ratios (a fresh worker alone "
+        "varies by tens of percent from the next on a small machine)."
     )
     return "\n".join(out)
 
