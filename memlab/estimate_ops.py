@@ -553,6 +553,26 @@ def _r_convolution(args: Sequence[Any], kwargs: dict[str, Any], out: Any, nthrea
     )
 
 
+@_rule("aten.conv1d.default", "aten.conv2d.default")
+def _r_conv_nd(args: Sequence[Any], kwargs: dict[str, Any], out: Any, nthreads: int) -> int:
+    """``conv2d`` / ``conv1d`` as a dispatch mode sees them under ``torch.inference_mode``
+    (their CompositeImplicitAutograd decomposition into ``convolution`` happens below the
+    mode there): the same kernel, so the same buffers as ``aten.convolution``."""
+    a = list(args) + [None] * (7 - len(args))
+    inp, weight, bias = a[0], a[1], a[2]
+    stride = kwargs.get("stride", a[3] if a[3] is not None else 1)
+    padding = kwargs.get("padding", a[4] if a[4] is not None else 0)
+    dilation = kwargs.get("dilation", a[5] if a[5] is not None else 1)
+    groups = int(kwargs.get("groups", a[6] if a[6] is not None else 1))
+    if isinstance(padding, str) or not _is_t(weight):
+        return 0  # 'same'/'valid' padding: not calibrated
+    nd = weight.dim() - 2
+    st, pd, dl = _ints(stride, nd), _ints(padding, nd), _ints(dilation, nd)
+    return _r_convolution(
+        (inp, weight, bias, st, pd, dl, False, [0] * nd, groups), {}, out, nthreads
+    )
+
+
 @_rule("aten.convolution_backward.default")
 def _r_convolution_backward(
     args: Sequence[Any], kwargs: dict[str, Any], out: Any, nthreads: int

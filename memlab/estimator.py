@@ -364,8 +364,11 @@ def estimate_experiment(exp: Any) -> Estimate:
         # The first step creates the optimizer's state; the second is steady, with the
         # previous batch still referenced while the next one loads.
         n = 2
+        # One request of an inference run is the forward alone (Workload.infer, what the run
+        # worker times and tracks); a training step is Workload.step.
+        step = (lambda x, y: w.infer(x)) if exp.mode == "inference" else w.step
         with torch.random.fork_rng(devices=[]):
-            results = _run_steps(w.model, batches(), w.step, w.optimizer, n, runner_loop=True)
+            results = _run_steps(w.model, batches(), step, w.optimizer, n, runner_loop=True)
     notes = list(w.notes)
     if exp.sparsity > 0 and exp.sparse_storage == "sparse":
         notes.append(

@@ -204,3 +204,20 @@ def test_memmap_estimate_says_why_it_is_off_by_the_inputs() -> None:
     gap = est.peak_bytes - r.peak_bytes
     assert gap == pytest.approx(est.peak_by_category["inputs"], rel=0.05), (gap, est)
     assert not any("memmap" in n for n in estimate(exp.replace(data="ram")).notes)
+
+
+@pytest.mark.parametrize("workload", ["cnn", "transformer"])
+def test_an_inference_experiment_is_estimated_as_the_run_measures_it(workload: str) -> None:
+    """An inference run tracks one forward per request (Workload.infer, no loss): the estimate
+    of the same Experiment predicts that peak within 3%."""
+    from memlab import Experiment
+    from memlab.runner import run
+
+    exp = Experiment(workload=workload, mode="inference", batch_size=16, steps=2, warmup=1)
+    r = run(exp, timeout_s=240)
+    assert r.status == "ok", r.error
+    est = estimate(exp)
+    assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (
+        est.peak_bytes,
+        r.peak_bytes,
+    )
