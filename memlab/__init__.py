@@ -28,6 +28,8 @@ __all__ = [
     "CATEGORIES",
     "PHASES",
     "format_bytes",
+    "bandwidth",
+    "BandwidthResult",
 ]
 
 _LAZY = {
@@ -48,11 +50,14 @@ _LAZY = {
     "CATEGORIES": "memlab.timeline",
     "PHASES": "memlab.timeline",
     "format_bytes": "memlab.timeline",
+    "bandwidth": "memlab.locality",
+    "BandwidthResult": "memlab.locality",
 }
 
 if TYPE_CHECKING:
     from memlab.config import Experiment
     from memlab.estimator import Estimate, estimate, max_batch_size
+    from memlab.locality import BandwidthResult, bandwidth
     from memlab.planning import MemoryPlan, plan
     from memlab.runner import RunHandle, run, start
     from memlab.timeline import (

@@ -1,5 +1,5 @@
-"""The command line: ``memlab run ...``, ``memlab estimate ...`` and ``memlab plan ...`` (also
-``python -m memlab``).
+"""The command line: ``memlab run ...``, ``memlab estimate ...``, ``memlab plan ...`` and
+``memlab bandwidth`` (also ``python -m memlab``).
 
 Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled`` (or a model that
 cannot be estimated); 2 a bad argument (one line naming it, no traceback).
@@ -112,7 +112,48 @@ def _parser() -> _Parser:
     pl = sub.add_parser("plan", help="plan one inference pass into one arena (memlab.plan)")
     _experiment_args(pl)
     pl.add_argument("--fake", action="store_true", help="on fake tensors: nothing allocated")
+    bw = sub.add_parser("bandwidth", help="measure copy/triad bandwidth per working set (numpy)")
+    bw.add_argument("--json", action="store_true", help="print the result as JSON")
+    bw.add_argument(
+        "--max-bytes", default=None, metavar="SIZE", help="largest working set (default: 1GiB)"
+    )
+    bw.add_argument("--smoke", action="store_true", help="few sizes, up to 8MiB")
     return p
+
+
+def _bandwidth(ns: argparse.Namespace) -> int:
+    from memlab.locality import bandwidth
+
+    try:
+        r = bandwidth(max_bytes=ns.max_bytes, smoke=ns.smoke or None)
+    except ValueError as e:  # ConfigError included: a bad --max-bytes
+        print(f"memlab: error: {e}", file=sys.stderr)
+        return 2
+    if ns.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0
+    print("memlab bandwidth (measured here, numpy, GB/s = 1e9 bytes/s, STREAM byte counting)")
+    print(f"  {'working set':>12}  {'copy GB/s':>10}  {'triad GB/s':>10}")
+    for p in r.points:
+        print(
+            f"  {format_bytes(p.size_bytes):>12}  {p.copy_gb_per_s:>10.1f}"
+            f"  {p.triad_gb_per_s:>10.1f}"
+        )
+    for lv in r.levels or ():
+        gb = (
+            "not measured"
+            if lv.gb_per_s is None
+            else f"{lv.gb_per_s:.1f} GB/s copy at half its size"
+        )
+        print(f"  {lv.name:<4} {format_bytes(lv.size_bytes):>10}  {gb}")
+    dram = "none" if r.dram_gb_per_s is None else f"{r.dram_gb_per_s:.1f} GB/s"
+    print(
+        f"  DRAM plateau {dram}; numpy.copyto of {format_bytes(r.anchor_bytes)}: "
+        f"{r.anchor_gb_per_s:.1f} GB/s"
+    )
+    for n in r.notes:
+        print(f"  note: {n}")
+    return 0
 
 
 def experiment_from_args(ns: argparse.Namespace) -> Experiment:
@@ -223,6 +264,8 @@ def _plan(ns: argparse.Namespace, exp: Experiment) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
+    if ns.command == "bandwidth":
+        return _bandwidth(ns)
     from memlab.config import ConfigError
 
     try:
