@@ -24,6 +24,7 @@ from memlab.timeline import CATEGORIES, PHASES, RunResult, Timeline, Timing, for
 __all__ = [
     "CATEGORY_COLORS",
     "arena_figure",
+    "bandwidth_figure",
     "DISTURBED_TRACE",
     "PHASE_COLORS",
     "downsample_indices",
@@ -1115,6 +1116,61 @@ def arena_figure(plan: Any) -> go.Figure:
         },
         xaxis={"title": {"text": "op index"}},
         yaxis={"title": {"text": "offset (MiB)"}, "tickformat": MIB_FORMAT},
+    )
+    _fit(fig)
+    return fig
+
+
+def bandwidth_figure(result: Any) -> go.Figure:
+    """Copy and triad bandwidth against the working set (log x) from a
+    ``memlab.locality.BandwidthResult``, each cache level's size as a vertical line, the DRAM
+    plateau and the same run's ``numpy.copyto`` anchor as horizontal ones."""
+    sizes = [p.size_bytes for p in result.points]
+    fig = go.Figure()
+    for name, values, dash in (
+        ("copy", [p.copy_gb_per_s for p in result.points], "solid"),
+        ("triad", [p.triad_gb_per_s for p in result.points], "dot"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=sizes,
+                y=values,
+                name=name,
+                mode="lines+markers",
+                line={"dash": dash},
+                hovertext=[
+                    f"{name} {format_bytes(s)}: {v:.1f} GB/s"
+                    for s, v in zip(sizes, values, strict=True)
+                ],
+                hovertemplate="%{hovertext}<extra></extra>",
+            )
+        )
+    for lv in result.levels or ():
+        fig.add_vline(
+            x=lv.size_bytes,
+            line={"dash": "dash", "color": "#888888", "width": 1},
+            annotation_text=f"{lv.name} {format_bytes(lv.size_bytes)}",
+            annotation_position="top",
+        )
+    if result.dram_gb_per_s is not None:
+        fig.add_hline(
+            y=result.dram_gb_per_s,
+            line={"dash": "dot", "color": "#333333", "width": 1},
+            annotation_text=f"DRAM plateau {result.dram_gb_per_s:.1f} GB/s",
+            annotation_position="bottom right",
+        )
+    fig.add_hline(
+        y=result.anchor_gb_per_s,
+        line={"dash": "dashdot", "color": "#aa3333", "width": 1},
+        annotation_text=f"numpy.copyto {format_bytes(result.anchor_bytes)}: "
+        f"{result.anchor_gb_per_s:.1f} GB/s",
+        annotation_position="top right",
+    )
+    caches = "" if result.levels is not None else " (cache sizes unknown here)"
+    fig.update_layout(
+        title={"text": f"Measured bandwidth by working set{caches}"},
+        xaxis={"title": {"text": "working set (bytes)"}, "type": "log"},
+        yaxis={"title": {"text": "GB/s (STREAM byte counting)"}, "rangemode": "tozero"},
     )
     _fit(fig)
     return fig

@@ -184,3 +184,23 @@ def test_cli_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("memlab: error:")
+
+
+def test_bandwidth_figure_draws_the_result() -> None:
+    from memlab.plots import bandwidth_figure
+
+    pts = tuple(BandwidthPoint(2**k, 40.0 - k, 20.0 - k / 2) for k in range(12, 30))
+    levels = (CacheLevel("L1d", 32 * 1024, 28.0), CacheLevel("L3", 32 * MIB, 20.0))
+    r = BandwidthResult(pts, levels, dram_gb_per_s=12.0, anchor_gb_per_s=13.0, anchor_bytes=MIB)
+    fig = bandwidth_figure(r)
+    assert [tr.name for tr in fig.data] == ["copy", "triad"]
+    assert list(fig.data[0].x) == [2**k for k in range(12, 30)]
+    assert list(fig.data[1].y) == [p.triad_gb_per_s for p in pts]
+    assert fig.layout.xaxis.type == "log"
+    vlines = [s.x0 for s in fig.layout.shapes if s.x0 == s.x1 and s.xref == "x"]
+    assert sorted(vlines) == [32 * 1024, 32 * MIB]
+    texts = [a.text for a in fig.layout.annotations]
+    assert any("DRAM plateau 12.0" in t for t in texts)
+    assert any("numpy.copyto" in t for t in texts)
+    no_cache = bandwidth_figure(BandwidthResult(pts, None, None, 13.0, MIB))
+    assert "unknown" in no_cache.layout.title.text
