@@ -115,6 +115,8 @@ _NOT_IMPORTED = {
     "ninja": "torch.utils.cpp_extension builds memlab/tracking/_alloc.cpp with it",
     "anywidget": "plotly's FigureWidget is an anywidget; plotly does not require it",
     "onnxscript": "torch.onnx.export needs it (edge extra); memlab calls torch.onnx",
+    "onnx": "torch.onnx.export writes ONNX with it (edge extra); planning_anchors checks for it "
+    "with an actionable error before exporting",
 }
 
 
