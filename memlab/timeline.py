@@ -256,7 +256,8 @@ class Latency:
     """Per-request figures of an inference run (``mode="inference"``: one request is one forward
     of one batch). ``None`` where not measured, never guessed.
 
-    ``first_s`` is the very first forward in the fresh worker, before any warm-up (lazy
+    ``first_s`` is the very first forward in the fresh worker, before any warm-up (with
+    ``warmup=0``, the first tracked request, so timed under the tracker) (lazy
     allocations, cold caches, a lazy buffer cache filled); ``request_times_s`` are the timed
     pass's requests (untracked), from which the percentiles and rates come; requests/s is
     ``len / sum`` of them (one request after another, as the run serves them).

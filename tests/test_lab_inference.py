@@ -163,3 +163,16 @@ def test_the_status_line_of_an_inference_run_gives_the_request_latency() -> None
 
     text = final_message(_run(47, 0.010, 2 * 1024 * KIB), runs_shown=1)
     assert "request p50 10.0 / p99 10.0 ms, 47 allocator calls/request" in text
+
+
+def test_without_allocator_counts_the_exercise_says_why_instead_of_failing() -> None:
+    exp = Experiment(workload="cnn", mode="inference", batch_size=8)
+    runs = (_run(47, 0.01, KIB), _run(0, 0.01, KIB))
+    for r in runs:
+        object.__setattr__(r.latency, "allocs_by_request", None)  # the profiler fallback
+    sweep = Sweep(("dynamic", "preallocated"), (exp, exp), runs)
+    assert lab.allocs_saved(sweep) is None
+    ex = lab.exercise_allocs_saved(sweep)
+    c = ex.check(None)
+    assert c.ok is None and "C++ recorder" in c.message
+    assert ex.check(47).ok is None
