@@ -34,18 +34,10 @@ def main() -> int:
     r = bandwidth(max_bytes=ns.max_bytes, worker=False)  # in this process: its CPU is counted
     b1, w1, c1 = busy_s(), time.monotonic(), proc_cpu_s(os.getpid())
     print(f"memlab.bandwidth(max_bytes={ns.max_bytes!r}): {w1 - w0:.1f} s")
-    print(f"  {'working set':>12}  {'copy GB/s':>10}  {'triad GB/s':>10}")
+    from memlab.cli import bandwidth_table
     from memlab.timeline import format_bytes
 
-    for pt in r.points:
-        print(
-            f"  {format_bytes(pt.size_bytes):>12}  {pt.copy_gb_per_s:>10.1f}"
-            f"  {pt.triad_gb_per_s:>10.1f}"
-        )
-    for lv in r.levels or ():
-        print(f"  {lv.name:<4} {format_bytes(lv.size_bytes):>10}  copy at half: {lv.gb_per_s}")
-    if r.levels is None:
-        print("  cache sizes unknown on this machine")
+    print(bandwidth_table(r))
     print(f"  anchor: numpy.copyto of {format_bytes(r.anchor_bytes)}: {r.anchor_gb_per_s:.2f} GB/s")
     if r.dram_gb_per_s is None:
         print("  DRAM plateau: none (no working set 4x above the last cache level)")

@@ -133,9 +133,23 @@ def _bandwidth(ns: argparse.Namespace) -> int:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
     print("memlab bandwidth (measured here, numpy, GB/s = 1e9 bytes/s, STREAM byte counting)")
-    print(f"  {'working set':>12}  {'copy GB/s':>10}  {'triad GB/s':>10}")
+    print(bandwidth_table(r))
+    dram = "none" if r.dram_gb_per_s is None else f"{r.dram_gb_per_s:.1f} GB/s"
+    print(
+        f"  DRAM plateau {dram}; numpy.copyto of {format_bytes(r.anchor_bytes)}: "
+        f"{r.anchor_gb_per_s:.1f} GB/s"
+    )
+    for n in r.notes:
+        print(f"  note: {n}")
+    return 0
+
+
+def bandwidth_table(r: Any) -> str:
+    """A ``BandwidthResult``'s points and cache levels as text (the CLI and
+    benchmarks/bandwidth.py print it)."""
+    lines = [f"  {'working set':>12}  {'copy GB/s':>10}  {'triad GB/s':>10}"]
     for p in r.points:
-        print(
+        lines.append(
             f"  {format_bytes(p.size_bytes):>12}  {p.copy_gb_per_s:>10.1f}"
             f"  {p.triad_gb_per_s:>10.1f}"
         )
@@ -145,15 +159,10 @@ def _bandwidth(ns: argparse.Namespace) -> int:
             if lv.gb_per_s is None
             else f"{lv.gb_per_s:.1f} GB/s copy at half its size"
         )
-        print(f"  {lv.name:<4} {format_bytes(lv.size_bytes):>10}  {gb}")
-    dram = "none" if r.dram_gb_per_s is None else f"{r.dram_gb_per_s:.1f} GB/s"
-    print(
-        f"  DRAM plateau {dram}; numpy.copyto of {format_bytes(r.anchor_bytes)}: "
-        f"{r.anchor_gb_per_s:.1f} GB/s"
-    )
-    for n in r.notes:
-        print(f"  note: {n}")
-    return 0
+        lines.append(f"  {lv.name:<4} {format_bytes(lv.size_bytes):>10}  {gb}")
+    if r.levels is None:
+        lines.append("  cache sizes unknown on this machine")
+    return "\n".join(lines)
 
 
 def experiment_from_args(ns: argparse.Namespace) -> Experiment:

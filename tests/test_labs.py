@@ -333,14 +333,11 @@ def test_sweep_table_and_lookup() -> None:
 
 
 # -- the package's shape ---------------------------------------------------------------------------
-LAB_MODULES = (
-    "tour",
-    "batch_size",
-    "checkpointing",
-    "precision",
-    "sparsity",
-    "data_loading",
-    "inference",
+# One module per notebook: memlab.labs.__all__ without the shared modules.
+LAB_MODULES = tuple(
+    m
+    for m in importlib.import_module("memlab.labs").__all__
+    if m not in ("checks", "exercises", "sweeps", "analysis", "text")
 )
 
 

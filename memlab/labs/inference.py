@@ -346,12 +346,6 @@ def batch_growth(df: pd.DataFrame) -> float:
     return float(ok["peak_bytes"].iloc[-1]) / float(ok["peak_bytes"].iloc[0])
 
 
-def _np_bool() -> type:
-    import numpy as np
-
-    return np.bool_
-
-
 def explain_batching(df: pd.DataFrame) -> str:
     ok = _ok_rows(df)
     if len(ok) < 2:
@@ -359,11 +353,12 @@ def explain_batching(df: pd.DataFrame) -> str:
     lo, hi = ok.iloc[0], ok.iloc[-1]
     b0, b1 = int(lo["batch_size"]), int(hi["batch_size"])
     out = [batching_table(df), ""]
-    shaky = [
-        str(int(row["batch_size"]))
-        for _, row in ok.iterrows()
-        if "steady" in row and isinstance(row["steady"], (bool, _np_bool())) and not row["steady"]
-    ]
+    steady = ok["steady"] if "steady" in ok else None
+    shaky = (
+        []
+        if steady is None
+        else [str(int(b)) for b, st in zip(ok["batch_size"], steady, strict=True) if st in (False,)]
+    )
     if shaky:
         out.append(
             f"- _Timing disturbed at batch {', '.join(shaky)}: other processes took the CPU "
