@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+from memlab.devices import PROFILES as _PROFILES
+
+
+def _device_profiles() -> tuple[str, ...]:
+    return tuple(_PROFILES)
+
+
 __all__ = [
     "ConfigError",
     "Experiment",
@@ -31,6 +38,9 @@ __all__ = [
     "DEVICES",
     "ALLOCATIONS",
     "FUSES",
+    "QUANTIZED",
+    "COMPRESSIONS",
+    "PROFILE_NAMES",
     "MAX_SPARSITY",
     "MIB",
     "MEMORY_FIELDS",
@@ -44,7 +54,20 @@ MIB = 2**20
 
 WORKLOADS: tuple[str, ...] = ("mlp", "cnn", "transformer")
 MODES: tuple[str, ...] = ("train", "inference")
-PRECISIONS: tuple[str, ...] = ("fp32", "amp-bf16", "amp-fp16", "bf16", "int8")
+PRECISIONS: tuple[str, ...] = (
+    "fp32",
+    "amp-bf16",
+    "amp-fp16",
+    "bf16",
+    "int8",
+    "int8-static",
+    "int8-weight",
+    "int4-weight",
+)
+#: The quantized precisions (memlab/knobs/quantization.py): inference only. ``int8`` is dynamic
+#: quantization of Linear layers; ``int8-static`` post-training static quantization calibrated
+#: on the data set; ``int8-weight`` / ``int4-weight`` weight-only quantization of Linear layers.
+QUANTIZED: tuple[str, ...] = ("int8", "int8-static", "int8-weight", "int4-weight")
 CHECKPOINTING: tuple[str, ...] = ("off", "every-block", "every-other-block")
 SPARSE_STORAGES: tuple[str, ...] = ("mask", "sparse")
 DATA_SOURCES: tuple[str, ...] = ("ram", "memmap")
@@ -54,6 +77,11 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ALLOCATIONS: tuple[str, ...] = ("dynamic", "preallocated", "lazy")
 #: Graph-level rewrites for inference: none, conv + batch-norm folding, torch.compile.
 FUSES: tuple[str, ...] = ("none", "fold", "compile")
+#: Weight compression (memlab/knobs/compression.py): each Linear factored at a low rank (svd), or
+#: its weights clustered to 2**bits shared values stored as b-bit indices plus a codebook.
+COMPRESSIONS: tuple[str, ...] = ("none", "svd", "shared")
+#: Edge targets a run can be held to (memlab/devices.py); "none": this machine, no profile.
+PROFILE_NAMES: tuple[str, ...] = ("none", *_device_profiles())
 #: Pruning every weight leaves nothing to learn or to store; 0.99 is the top of the range.
 MAX_SPARSITY = 0.99
 
@@ -362,6 +390,39 @@ class Experiment:
         memory=True,
         knob=True,
     )
+    compression: str = _declare(
+        "none",
+        kind="choice",
+        group="techniques",
+        help="Linear weights factored at a low rank (svd) or shared as a 2**bits codebook "
+        "with b-bit indices (shared, inference only)",
+        choices=COMPRESSIONS,
+        memory=True,
+        knob=True,
+    )
+    rank: int = _declare(
+        16,
+        kind="int",
+        group="techniques",
+        help="compression 'svd': the rank each Linear layer is factored at (capped at the "
+        "layer's smaller dimension)",
+        minimum=1,
+        typical_max=128,
+        unit="rank",
+        memory=True,
+        knob=True,
+    )
+    codebook_bits: int = _declare(
+        4,
+        kind="int",
+        group="techniques",
+        help="compression 'shared': bits per weight index (2**bits shared values per layer)",
+        minimum=1,
+        maximum=8,
+        unit="bits",
+        memory=True,
+        knob=True,
+    )
     data: str = _declare(
         "ram",
         kind="choice",
@@ -430,6 +491,15 @@ class Experiment:
         unit="bytes",
         knob=True,
     )
+    profile: str = _declare(
+        "none",
+        kind="choice",
+        group="run",
+        help="an edge device profile (memlab.devices): its RAM budget becomes the run's "
+        "budget and RSS cap; its speed is only ever estimated",
+        choices=PROFILE_NAMES,
+        knob=True,
+    )
     seed: int = _declare(0, kind="int", group="run", help="random seed for weights and data")
     # Not part of the experiment's identity: a user factory compares by name, not by object.
     _factory_name: str = field(default="", init=False, repr=False, compare=False)
@@ -445,11 +515,17 @@ class Experiment:
         if callable(self.workload) and not isinstance(self.workload, str):
             object.__setattr__(self, "_factory_name", _qualname(self.workload))
         # -- rules across fields --
-        if self.precision == "int8" and self.mode != "inference":
+        if self.precision in QUANTIZED and self.mode != "inference":
             raise ConfigError(
-                "precision 'int8' (dynamic quantization) works for mode 'inference' only, "
+                f"precision {self.precision!r} (quantization) works for mode 'inference' only, "
                 f"got mode {self.mode!r}"
             )
+        if self.compression == "shared" and self.mode != "inference":
+            raise ConfigError(
+                "compression 'shared' (b-bit codebook indices) works for mode 'inference' only, "
+                f"got mode {self.mode!r} (use compression 'svd' or 'none' for training)"
+            )
+
         for name, value, plain in (
             ("allocation", self.allocation, "dynamic"),
             ("fuse", self.fuse, "none"),
@@ -476,6 +552,16 @@ class Experiment:
     def workload_name(self) -> str:
         """The built-in name, or ``module:qualname`` of a user factory."""
         return self.workload if isinstance(self.workload, str) else self._factory_name
+
+    @property
+    def effective_budget_bytes(self) -> int | None:
+        """The tracked-memory limit a run is held to: ``budget_bytes`` if given, else the
+        device profile's budget, else ``None`` (no limit)."""
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        if self.profile != "none":
+            return _PROFILES[self.profile].budget_bytes
+        return None
 
     def resolved_device(self) -> str:
         """``cpu`` or ``cuda``: ``auto`` picks CUDA when torch sees a GPU."""

@@ -18,6 +18,9 @@ def every_field_changed() -> Experiment:
         allocation="preallocated",
         inplace=True,
         fuse="fold",
+        compression="shared",
+        rank=4,
+        codebook_bits=3,
         data="memmap",
         num_workers=2,
         pin_memory=True,
@@ -27,5 +30,6 @@ def every_field_changed() -> Experiment:
         warmup=2,
         device="cpu",
         budget_bytes="1GiB",
+        profile="rpi-4-2gb",
         seed=3,
     )

@@ -13,6 +13,7 @@ import pytest
 from memlab.config import (
     ALLOCATIONS,
     CHECKPOINTING,
+    COMPRESSIONS,
     DATA_SOURCES,
     DEVICES,
     FIELDS,
@@ -21,6 +22,8 @@ from memlab.config import (
     MEMORY_FIELDS,
     MODES,
     PRECISIONS,
+    PROFILE_NAMES,
+    QUANTIZED,
     SPARSE_STORAGES,
     WORKLOADS,
     ConfigError,
@@ -73,6 +76,13 @@ BAD: list[tuple[str, Any, str]] = [
     ("allocation", "static", "'dynamic', 'preallocated', 'lazy'"),
     ("inplace", "yes", "True or False"),
     ("fuse", "jit", "'none', 'fold', 'compile'"),
+    ("compression", "prune", "'none', 'svd', 'shared'"),
+    ("rank", 0, "positive int"),
+    ("rank", 2.5, "positive int"),
+    ("codebook_bits", 9, "1 <= codebook_bits <= 8"),
+    ("codebook_bits", 0, "1 <= codebook_bits <= 8"),
+    ("profile", "rpi-5", "'rpi-zero-2w'"),
+    ("profile", None, "'none'"),
     ("data", "disk", "'ram', 'memmap'"),
     ("num_workers", -1, ">= 0"),
     ("num_workers", 1.5, ">= 0"),
@@ -133,11 +143,31 @@ def test_every_allowed_choice_is_accepted(field: str, values: tuple[str, ...]) -
 
 def test_precisions_and_the_int8_rule() -> None:
     for p in PRECISIONS:
-        if p != "int8":
+        if p not in QUANTIZED:
             assert Experiment(precision=p).precision == p
-    assert Experiment(precision="int8", mode="inference").precision == "int8"
-    with pytest.raises(ConfigError, match=r"int8.*inference.*got mode 'train'"):
-        Experiment(precision="int8", mode="train")
+    assert set(QUANTIZED) < set(PRECISIONS)
+    for q in QUANTIZED:
+        assert Experiment(precision=q, mode="inference").precision == q
+        with pytest.raises(ConfigError, match=rf"{q}.*inference.*got mode 'train'"):
+            Experiment(precision=q, mode="train")
+
+
+def test_shared_compression_is_for_inference_and_svd_trains() -> None:
+    assert Experiment(compression="svd", rank=4).rank == 4
+    assert Experiment(compression="shared", mode="inference").codebook_bits == 4
+    with pytest.raises(ConfigError, match=r"compression 'shared'.*inference.*got mode 'train'"):
+        Experiment(compression="shared")
+
+
+def test_a_profile_sets_the_budget_unless_one_is_given() -> None:
+    from memlab.devices import PROFILES
+
+    assert Experiment().effective_budget_bytes is None
+    pi = Experiment(profile="rpi-4-2gb")
+    assert pi.budget_bytes is None  # the field keeps what the user gave
+    assert pi.effective_budget_bytes == PROFILES["rpi-4-2gb"].budget_bytes
+    assert Experiment(profile="rpi-4-2gb", budget_bytes="100MB").effective_budget_bytes == 10**8
+    assert Experiment.from_dict(pi.to_dict()) == pi
 
 
 def test_data_size_must_hold_a_batch() -> None:
@@ -275,8 +305,10 @@ def test_the_public_choice_lists_are_the_declared_ones() -> None:
         "sparse_storage": SPARSE_STORAGES,
         "allocation": ALLOCATIONS,
         "fuse": FUSES,
+        "compression": COMPRESSIONS,
         "data": DATA_SOURCES,
         "device": DEVICES,
+        "profile": PROFILE_NAMES,
     }
     assert FIELDS["sparsity"].maximum == MAX_SPARSITY
     assert MEMORY_FIELDS == tuple(n for n, s in FIELDS.items() if s.memory)
