@@ -327,9 +327,11 @@ def estimate_experiment(exp: Any) -> Estimate:
 
     from memlab.knobs import build_experiment
 
-    if exp.precision == "int8":
+    from memlab.config import QUANTIZED
+
+    if exp.precision in QUANTIZED:
         raise EstimateError(
-            "precision 'int8' cannot be estimated: dynamic quantization packs weights into "
+            f"precision {exp.precision!r} cannot be estimated: quantization packs weights into "
             "objects that fake tensors cannot stand in for; measure it with memlab.run"
         )
     if (
