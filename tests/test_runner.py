@@ -303,3 +303,40 @@ def test_service_jobs_and_measured_blocks_never_overlap(fresh_service: Any) -> N
     assert r.status == "ok", r.error
     assert job_start > r.metrics["last_step_end"]
     no_zombies()
+
+
+def test_a_device_profile_caps_rss_at_the_runtime_plus_its_budget() -> None:
+    """Under a profile, the hard cap is the worker's RSS before the build (the runtime) plus the
+    profile's budget: the hog passes it long before 75% of RAM."""
+    from memlab.devices import PROFILES
+
+    budget = PROFILES["rpi-zero-2w"].budget_bytes
+    r = run(Experiment(workload=hog, profile="rpi-zero-2w"), timeout_s=120)
+    assert r.status == "oom" and "hard cap" in (r.error or ""), r.error
+    assert "device profile rpi-zero-2w" in (r.error or "")
+    base = r.metrics["rss_baseline_bytes"]
+    assert 0 < base < 2**31
+    assert r.metrics["rss_cap_bytes"] == base + budget
+    assert base + budget < r.metrics["rss_at_kill_bytes"] < base + budget + 400 * 2**20
+    assert r.metrics["profile"] == "rpi-zero-2w"
+    from memlab.ui.messages import oom_message
+
+    msg = oom_message(r)
+    assert "device profile rpi-zero-2w" in msg and "256.0 MiB budget" in msg, msg
+    no_zombies()
+
+
+def test_a_profile_budget_holds_the_tracked_tensors_unless_a_budget_is_given() -> None:
+    ok = run(Experiment(workload=tiny, batch_size=128, steps=2, profile="rpi-zero-2w"))
+    assert ok.status == "ok", ok.error
+    assert ok.metrics["profile"] == "rpi-zero-2w" and ok.metrics["rss_baseline_bytes"] > 0
+    # an explicit budget wins over the profile's
+    small = int(ok.peak_bytes * 0.8)
+    r = run(
+        Experiment(
+            workload=tiny, batch_size=128, steps=2, profile="rpi-zero-2w", budget_bytes=small
+        )
+    )
+    assert r.status == "oom" and "budget" in (r.error or "")
+    assert r.peak_bytes <= small
+    no_zombies()

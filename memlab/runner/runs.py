@@ -66,6 +66,10 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
         return
     exp = _load_experiment(msg[1])
     settle_s = float(msg[2]) if len(msg) > 2 else 0.0
+    # The process's RSS before the workload is built: Python, torch and memlab, the runtime a
+    # device profile's budget does not charge (on the device, ExecuTorch's runtime is a few
+    # hundred KiB, not PyTorch's hundreds of MiB); the parent caps RSS at this plus the budget.
+    send(("baseline", procmem.read_process_memory()["rss"]))
 
     def gate() -> None:
         """Wait for the parent's go before the measured block (no service job is running)."""
@@ -265,7 +269,7 @@ def _execute(
         workload.model,
         optimizer=workload.optimizer,
         on_sample=live_sample,
-        budget_bytes=exp.budget_bytes,
+        budget_bytes=exp.effective_budget_bytes,
     )
     # -- pass 1: memory (tracked) ------------------------------------------------------------
     try:
@@ -594,6 +598,14 @@ class RunHandle:
             raise ValueError(f"settle_s must be seconds between 0 and 10, got {settle_s!r}")
         self.settle_s = float(settle_s)
         self.rss_cap_bytes = _default_rss_cap() if rss_cap_bytes is None else rss_cap_bytes
+        # Under a device profile (and no explicit cap) the cap becomes the worker's baseline RSS
+        # plus the profile's budget once the worker reports its baseline ("baseline" message).
+        self._profile_budget = (
+            experiment.effective_budget_bytes
+            if rss_cap_bytes is None and experiment.profile != "none"
+            else None
+        )
+        self.rss_baseline_bytes: int | None = None
         self.timeout_s = timeout_s
         self.started_at = time.monotonic()
         self._done = threading.Event()
@@ -643,6 +655,9 @@ class RunHandle:
             return
         if result.experiment is None:
             result = dataclasses.replace(result, experiment=self.experiment.to_dict())
+        extra = self._limits_metrics()
+        if extra:
+            result = dataclasses.replace(result, metrics={**extra, **dict(result.metrics)})
         self.result = result
         _kill(self._worker)
         _sched.run_ended(self)  # before on_done: a callback may queue a job (and wait for it)
@@ -651,6 +666,22 @@ class RunHandle:
             self.on_done(result)
         if self._warm_next:  # the next run's worker starts once this one no longer measures
             warm_up()
+
+    def _baseline(self, rss: int | None) -> None:
+        self.rss_baseline_bytes = rss
+        if self._profile_budget is not None and rss is not None:
+            self.rss_cap_bytes = min(self.rss_cap_bytes, rss + self._profile_budget)
+
+    def _limits_metrics(self) -> dict[str, Any]:
+        """The RSS limits a result reports: the cap, and under a profile the baseline and the
+        profile whose budget set it."""
+        out: dict[str, Any] = {}
+        if self.rss_baseline_bytes is not None:
+            out["rss_baseline_bytes"] = self.rss_baseline_bytes
+        if self.experiment.profile != "none":
+            out["profile"] = self.experiment.profile
+            out["rss_cap_bytes"] = self.rss_cap_bytes
+        return out
 
     def _failed(self, status: str, message: str, metrics: dict[str, Any] | None = None) -> None:
         self._finish(
@@ -704,6 +735,8 @@ class RunHandle:
                     self.steps.append(msg[1])
                     if self.on_step is not None:
                         self.on_step(msg[1])
+                elif kind == "baseline":
+                    self._baseline(msg[1])
                 elif kind == "gate":
                     self._gate_asked = True  # answered above, once no service job runs
                 elif kind == "result":
@@ -729,10 +762,17 @@ class RunHandle:
             except Exception:  # noqa: BLE001 - the process may be gone between the two calls
                 rss = None
             if rss is not None and rss > self.rss_cap_bytes:
+                why = ""
+                if self._profile_budget is not None and self.rss_baseline_bytes is not None:
+                    why = (
+                        f" (device profile {self.experiment.profile}: the runtime's own "
+                        f"{self.rss_baseline_bytes} bytes plus the budget of "
+                        f"{self._profile_budget} bytes)"
+                    )
                 self._failed(
                     "oom",
                     f"worker killed: its RSS {rss} bytes passed the hard cap of "
-                    f"{self.rss_cap_bytes} bytes",
+                    f"{self.rss_cap_bytes} bytes{why}",
                     {"rss_cap_bytes": self.rss_cap_bytes, "rss_at_kill_bytes": rss},
                 )
                 return True

@@ -166,11 +166,23 @@ def oom_message(result: RunResult, *, steps: int | None = None, estimate: Any = 
     """
     exp = result.experiment or {}
     budget = exp.get("budget_bytes")
+    profile = exp.get("profile") or "none"
+    if budget is None and profile != "none":
+        from memlab.devices import PROFILES
+
+        if profile in PROFILES:
+            budget = PROFILES[profile].budget_bytes
     planned = _planned_steps(result, steps)
     done = steps_done(result)
     when = f"after {done} of {planned} steps" if planned else f"after {done} steps"
     error = humanize_bytes((result.error or "").splitlines()[0] if result.error else "")
-    your_budget = f"the {format_bytes(budget)} budget you set" if budget else "no budget was set"
+    your_budget = (
+        f"the {format_bytes(budget)} budget of device profile {profile}"
+        if budget and profile != "none" and not exp.get("budget_bytes")
+        else f"the {format_bytes(budget)} budget you set"
+        if budget
+        else "no budget was set"
+    )
     model = model_state_bytes(result, estimate)
     if budget and model is not None and model[0] > budget:
         need, words = model
@@ -184,6 +196,16 @@ def oom_message(result: RunResult, *, steps: int | None = None, estimate: Any = 
         if rss is None or cap is None:  # a result from before the runner gave them as numbers
             nums = [int(m) for m in _BYTES.findall(result.error or "")]
             rss, cap = (nums + [None, None])[:2]
+        base = result.metrics.get("rss_baseline_bytes")
+        if profile != "none" and base is not None and budget:
+            return (
+                f"out of memory {when}: the worker's process memory (RSS) reached "
+                f"{format_bytes(rss)}, past the cap of device profile {profile}: "
+                f"{format_bytes(cap)}, the runtime's own {format_bytes(base)} (Python and torch, "
+                f"before the model was built; not charged to the device) plus {your_budget}. "
+                "What passed it is the model's memory outside the tensor account too (packed "
+                "weights, the allocator's cache). Lower the batch size, or compress the model."
+            )
         return (
             f"out of memory {when}: the worker's process memory (RSS) reached "
             f"{format_bytes(rss)}, past memlab's hard cap of {format_bytes(cap)} (75% of this "
