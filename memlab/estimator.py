@@ -325,9 +325,8 @@ def estimate_experiment(exp: Any) -> Estimate:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from memlab.knobs import build_experiment
-
     from memlab.config import QUANTIZED
+    from memlab.knobs import build_experiment
 
     if exp.precision in QUANTIZED:
         raise EstimateError(
