@@ -38,7 +38,18 @@ def evaluate_variants(
         small = exp.replace(data="ram", data_size=exp.batch_size, num_workers=0, device="cpu")
         key = (small.workload_name, small.seed, small.batch_size)
         if key not in trained:
-            plain = small.replace(precision="fp32", mode="train", sparsity=0.0, checkpointing="off")
+            # The plain model every variant starts from: fp32, trained, no technique applied
+            # (the inference-only knobs reset too, or mode "train" would refuse them).
+            plain = small.replace(
+                precision="fp32",
+                mode="train",
+                sparsity=0.0,
+                checkpointing="off",
+                compression="none",
+                allocation="dynamic",
+                fuse="none",
+                inplace=False,
+            )
             torch.manual_seed(plain.seed)
             w = build_workload(plain, "cpu")
             w.fit(train_steps, seed=plain.seed)
