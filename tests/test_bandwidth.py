@@ -141,6 +141,29 @@ def test_no_plateau_below_four_times_the_last_level() -> None:
     assert locality.dram_plateau(pts, None) is None  # fallback floor is 256 MiB
 
 
+def test_the_plateau_counts_only_copies_past_glibcs_non_temporal_threshold() -> None:
+    # Two regimes, as measured here: 22 GB/s below the threshold (the read for ownership),
+    # 33 GB/s from copies of the threshold up (working set = twice the copy).
+    nt = 192 * MIB
+    sizes = [m * MIB for m in (1, 64, 128, 160, 192, 256, 320, 512, 1024)]
+    pts = [BandwidthPoint(s, 22.0 if s < 2 * nt else 33.0, 10.0) for s in sizes]
+    levels = (CacheLevel("L3", 32 * MIB),)
+    assert locality.dram_plateau(pts, levels) == 22.0  # 128 MiB..1 GiB: median of 7, 5 low
+    assert locality.dram_plateau(pts, levels, nt) == 33.0
+    # no copy that large: the plateau falls back to every DRAM point rather than to none
+    assert locality.dram_plateau(pts[:-2], levels, nt) == 22.0
+
+
+def test_glibc_threshold_is_read_where_the_loader_answers() -> None:
+    import glob
+
+    nt = locality.glibc_non_temporal_threshold()
+    if not glob.glob("/lib64/ld-linux-x86-64.so.*"):
+        assert nt is None
+    else:  # glibc >= 2.33 lists its tunables; the threshold is at least its minimum, 0x4040
+        assert nt is None or nt >= 0x4040
+
+
 def test_public_name_runs_in_a_worker() -> None:
     r = memlab.bandwidth(max_bytes="64KiB", anchor_bytes="64KiB", repeats=1)
     assert isinstance(r, BandwidthResult)
