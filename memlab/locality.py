@@ -37,6 +37,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,15 @@ __all__ = [
     "BandwidthPoint",
     "BandwidthResult",
     "CacheLevel",
+    "ConvLayoutPoint",
+    "ConvLayoutResult",
+    "StridePoint",
+    "StrideResult",
     "bandwidth",
+    "conv_layouts",
+    "lines_touched",
     "read_cache_levels",
+    "strided_access",
     "working_sets",
 ]
 
@@ -203,11 +211,10 @@ def working_sets(
 # -- the kernels ----------------------------------------------------------------------------
 
 
-def _best_rate(
-    kernel: Callable[[], object], bytes_moved: int, min_time_s: float, repeats: int
-) -> float:
-    """GB/s of ``kernel``: calls per timing grown until one timing takes ``min_time_s``, then
-    the best of ``repeats`` timings (the least disturbed: others' load only slows it down)."""
+def _best_time(kernel: Callable[[], object], min_time_s: float, repeats: int) -> float:
+    """Seconds per call of ``kernel``: calls per timing grown until one timing takes
+    ``min_time_s``, then the best of ``repeats`` timings (the least disturbed: others' load only
+    slows it down), divided by the calls."""
     kernel()  # first touch: page faults and cold caches are not bandwidth
     calls = 1
     while True:
@@ -224,7 +231,14 @@ def _best_rate(
         for _ in range(calls):
             kernel()
         best = min(best, _clock() - t0)
-    return bytes_moved * calls / max(best, 1e-12) / 1e9
+    return max(best, 1e-12) / calls
+
+
+def _best_rate(
+    kernel: Callable[[], object], bytes_moved: int, min_time_s: float, repeats: int
+) -> float:
+    """GB/s of ``kernel`` moving ``bytes_moved`` per call (``_best_time``)."""
+    return bytes_moved / _best_time(kernel, min_time_s, repeats) / 1e9
 
 
 def _arrays(n: int, k: int) -> list[Any]:
@@ -465,3 +479,363 @@ def bandwidth(
     # spawn, not fork: a forked child of a kernel would inherit its threads' locks and heap.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(measure, top, **kwargs).result()
+
+
+# ============================================================================================
+# Locality examples: strided vs contiguous access, channels_last vs NCHW convolutions.
+# ============================================================================================
+
+DEFAULT_STRIDES = (1, 2, 4, 8, 16, 32)
+STRIDE_COUNT = 2 * MIB  # elements read per call: 16 MiB of float64 that the sum needs
+SMOKE_STRIDE_COUNT = 128 * KIB
+LINE_FALLBACK = 64  # bytes; x86-64 and most Arm cores
+
+
+def cache_line_bytes(root: Path = CACHE_DIR) -> int:
+    """cpu0's L1 data cache line (``index0/coherency_line_size`` in sysfs), 64 if unknown."""
+    try:
+        return int((root / "index0" / "coherency_line_size").read_text().strip())
+    except (OSError, ValueError):
+        return LINE_FALLBACK
+
+
+def lines_touched(count: int, stride: int, itemsize: int, line_bytes: int) -> int:
+    """Cache lines a read of ``count`` elements, ``stride`` elements apart, touches, for an
+    array starting on a line boundary: every line of the span while a step is shorter than a
+    line, one line per element once it is a line or longer."""
+    if count <= 0:
+        return 0
+    if stride < 1 or itemsize < 1 or line_bytes < 1:
+        raise ValueError(
+            f"stride, itemsize, line_bytes must be >= 1: {stride, itemsize, line_bytes}"
+        )
+    step = stride * itemsize
+    if step >= line_bytes:
+        return count
+    return ((count - 1) * step + itemsize - 1) // line_bytes + 1
+
+
+@dataclass(frozen=True)
+class StridePoint:
+    """Reading ``count`` float64 elements ``stride`` apart (stride 1: contiguous). Rates are
+    *useful* bytes (the elements the sum needs) per second; ``touched_bytes`` is what the
+    memory system must bring in: whole cache lines (``lines_touched`` x line size)."""
+
+    stride: int
+    count: int
+    itemsize: int
+    touched_bytes: int
+    sum_gb_per_s: float
+    copy_gb_per_s: float
+
+    @property
+    def useful_bytes(self) -> int:
+        return self.count * self.itemsize
+
+    @property
+    def bytes_per_useful_byte(self) -> float:
+        return self.touched_bytes / self.useful_bytes
+
+
+@dataclass(frozen=True)
+class StrideResult:
+    """``strided_access()``'s points, stride 1 first; the cache line it counted with."""
+
+    points: tuple[StridePoint, ...]
+    line_bytes: int
+    buffer_bytes: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def slowdown(self, stride: int, kernel: str = "sum") -> float:
+        """How many times longer a read at ``stride`` takes than a contiguous one of the same
+        count (``kernel`` "sum" or "copy")."""
+        if kernel not in ("sum", "copy"):
+            raise ValueError(f"kernel must be 'sum' or 'copy', got {kernel!r}")
+        by = {p.stride: p for p in self.points}
+        if 1 not in by or stride not in by:
+            raise KeyError(f"stride {stride} or 1 not measured; measured: {sorted(by)}")
+        attr = f"{kernel}_gb_per_s"
+        return float(getattr(by[1], attr) / getattr(by[stride], attr))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "points": [asdict(p) for p in self.points],
+            "line_bytes": self.line_bytes,
+            "buffer_bytes": self.buffer_bytes,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StrideResult:
+        return cls(
+            points=tuple(StridePoint(**p) for p in d["points"]),
+            line_bytes=d["line_bytes"],
+            buffer_bytes=d["buffer_bytes"],
+            notes=tuple(d.get("notes", ())),
+        )
+
+
+def measure_strides(
+    count: int = STRIDE_COUNT,
+    strides: Sequence[int] = DEFAULT_STRIDES,
+    *,
+    min_time_s: float = 0.02,
+    repeats: int = 3,
+    cache_dir: Path = CACHE_DIR,
+) -> StrideResult:
+    """The measurement itself, in this process (``strided_access()`` runs it in a fresh one).
+
+    One 64-byte aligned buffer of ``count x max(strides)`` float64 elements; a read at stride
+    ``k`` spans ``count x k`` elements, and each call starts at the next span of the buffer
+    (round robin), so a contiguous read of a span that fits a cache does not find it there
+    from the call before: every stride reads from as far as the buffer's size makes it."""
+    import numpy as np
+
+    strides = sorted(set(strides) | {1})
+    if count < 1 or strides[0] < 1:
+        raise ValueError(f"count and strides must be >= 1, got {count}, {strides}")
+    line = cache_line_bytes(cache_dir)
+    n = count * strides[-1]
+    raw = np.ones(n + 64 // ITEM)
+    start = (-raw.ctypes.data % 64) // ITEM
+    buf = raw[start : start + n]
+    dst = np.empty(count)
+    points = []
+    for k in strides:
+        span = count * k
+        views = [buf[o : o + span : k] for o in range(0, n - span + 1, span)]
+        turn = iter(range(1 << 62))
+
+        def view(views: list[Any] = views, turn: Any = turn) -> Any:
+            return views[next(turn) % len(views)]
+
+        points.append(
+            StridePoint(
+                stride=k,
+                count=count,
+                itemsize=ITEM,
+                touched_bytes=lines_touched(count, k, ITEM, line) * line,
+                sum_gb_per_s=count
+                * ITEM
+                / _best_time(lambda: view().sum(), min_time_s, repeats)
+                / 1e9,
+                copy_gb_per_s=count
+                * ITEM
+                / _best_time(lambda: np.copyto(dst, view()), min_time_s, repeats)
+                / 1e9,
+            )
+        )
+    notes = (
+        "touched bytes are whole cache lines; the hardware prefetchers may bring in more "
+        "(adjacent-line prefetch), so a long stride can cost more than its line count says",
+        "copy gathers into a contiguous array of the same count: its rate counts the useful "
+        "bytes read once (the write is the same for every stride)",
+    )
+    return StrideResult(tuple(points), line, n * ITEM, notes)
+
+
+def strided_access(
+    count: int | None = None,
+    strides: Sequence[int] = DEFAULT_STRIDES,
+    *,
+    smoke: bool | None = None,
+    repeats: int = 3,
+    worker: bool = True,
+) -> StrideResult:
+    """Strided vs contiguous reads, measured: summing (and gathering) ``count`` float64
+    elements taken every ``k``-th from a large array, for each ``k`` in ``strides``, against a
+    contiguous read of the same count. Default count 2 Mi elements (16 MiB useful; the buffer
+    is that times the largest stride), 128 Ki in smoke mode. In a fresh spawned process by
+    default, like ``bandwidth()``."""
+    if smoke is None:
+        smoke = os.environ.get("MEMLAB_SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
+    if count is None:
+        count = SMOKE_STRIDE_COUNT if smoke else STRIDE_COUNT
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    bad = [k for k in strides if not isinstance(k, int) or k < 1]
+    if bad or not strides:
+        raise ValueError(f"strides must be positive ints, got {list(strides)!r}")
+    kwargs: dict[str, Any] = {"repeats": repeats}
+    if not worker:
+        return measure_strides(count, tuple(strides), **kwargs)
+    return _in_spawned(measure_strides, count, tuple(strides), **kwargs)
+
+
+def _in_spawned(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a fresh spawned process (spawn, not fork: a forked child of a
+    kernel would inherit its threads' locks and heap)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+# -- channels_last vs NCHW ------------------------------------------------------------------
+
+FORMATS = ("nchw", "channels_last")
+
+
+@dataclass(frozen=True)
+class ConvLayoutPoint:
+    """One convolution (3x3, padding 1, no bias, as the CNN's) on ``input_shape`` (N, C, H,
+    W): time per forward in each memory format (measured, best of the repeats), and the
+    tensor bytes memlab's tracker saw allocated inside one forward in each case; ``mixed`` is
+    an NCHW input into channels_last weights (a model converted, its input not)."""
+
+    name: str
+    input_shape: tuple[int, int, int, int]
+    out_channels: int
+    nchw_s: float
+    channels_last_s: float
+    output_bytes: int
+    nchw_alloc_bytes: int
+    channels_last_alloc_bytes: int
+    mixed_alloc_bytes: int
+    mixed_output_format: str
+
+    @property
+    def speedup(self) -> float:
+        """NCHW time over channels_last time (above 1: channels_last is faster here)."""
+        return self.nchw_s / self.channels_last_s
+
+    @property
+    def flops(self) -> int:
+        n, c, h, w = self.input_shape
+        return 2 * n * self.out_channels * h * w * c * 9
+
+
+@dataclass(frozen=True)
+class ConvLayoutResult:
+    points: tuple[ConvLayoutPoint, ...]
+    threads: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "points": [asdict(p) for p in self.points],
+            "threads": self.threads,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConvLayoutResult:
+        pts = []
+        for p in d["points"]:
+            p = dict(p)
+            p["input_shape"] = tuple(p["input_shape"])
+            pts.append(ConvLayoutPoint(**p))
+        return cls(tuple(pts), d["threads"], tuple(d.get("notes", ())))
+
+
+def conv_shapes(
+    batch_size: int = 32, channels: int = 64, large_image: int = 64
+) -> list[tuple[str, tuple[int, int, int, int], int]]:
+    """The CNN's convolutions (``memlab.workloads.models.CNN`` on 16x16 digits: a 1->C stem
+    and C->C blocks) and a block's convolution on a larger ``large_image`` square image."""
+    return [
+        ("stem 16x16", (batch_size, 1, 16, 16), channels),
+        ("block 16x16", (batch_size, channels, 16, 16), channels),
+        (
+            f"block {large_image}x{large_image}",
+            (batch_size, channels, large_image, large_image),
+            channels,
+        ),
+    ]
+
+
+def _allocated_bytes(conv: Any, x: Any) -> int:
+    """Tensor bytes allocated inside one ``conv(x)`` as memlab's tracker records them (the
+    sum of every allocation's size, the output's included)."""
+    import numpy as np
+
+    from memlab.tracking import track
+
+    with track(conv, inputs=x, sample_interval_s=None) as t:
+        conv(x)
+    total = t.result.timeline.total  # type: ignore[union-attr]
+    if len(total) == 0:
+        return 0
+    steps = np.diff(np.concatenate([[0], total]))
+    return int(steps[steps > 0].sum())
+
+
+def measure_conv_layouts(
+    shapes: Sequence[tuple[str, tuple[int, int, int, int], int]],
+    *,
+    min_time_s: float = 0.05,
+    repeats: int = 3,
+) -> ConvLayoutResult:
+    """The measurement itself, in this process (imports torch; ``conv_layouts()`` runs it in a
+    fresh one). Inputs and weights are converted before the clock starts."""
+    import torch
+
+    points = []
+    with torch.inference_mode():
+        for name, shape, cout in shapes:
+            torch.manual_seed(0)
+            conv = torch.nn.Conv2d(shape[1], cout, 3, padding=1, bias=False).eval()
+            conv_cl = torch.nn.Conv2d(shape[1], cout, 3, padding=1, bias=False).eval()
+            conv_cl.load_state_dict(conv.state_dict())
+            # Module.to(memory_format=) is documented (nn.Module.to) but missing from its stubs.
+            conv_cl = conv_cl.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            x = torch.randn(shape)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            t_nchw = _best_time(partial(conv, x), min_time_s, repeats)
+            t_cl = _best_time(partial(conv_cl, x_cl), min_time_s, repeats)
+            mixed = conv_cl(x)
+            fmt = (
+                "channels_last"
+                if mixed.is_contiguous(memory_format=torch.channels_last)
+                and not mixed.is_contiguous()
+                else "nchw"
+            )
+            out = conv(x)
+            points.append(
+                ConvLayoutPoint(
+                    name=name,
+                    input_shape=shape,
+                    out_channels=cout,
+                    nchw_s=t_nchw,
+                    channels_last_s=t_cl,
+                    output_bytes=out.numel() * out.element_size(),
+                    nchw_alloc_bytes=_allocated_bytes(conv, x),
+                    channels_last_alloc_bytes=_allocated_bytes(conv_cl, x_cl),
+                    mixed_alloc_bytes=_allocated_bytes(conv_cl, x),
+                    mixed_output_format=fmt,
+                )
+            )
+    notes = (
+        "times are best of the repeats per forward, inputs and weights converted beforehand",
+        "alloc bytes: every tensor allocation inside one forward as memlab's tracker saw it "
+        "(the output included); above the output is the convolution's scratch and any layout "
+        "copy of its input",
+    )
+    return ConvLayoutResult(tuple(points), torch.get_num_threads(), notes)
+
+
+def conv_layouts(
+    batch_size: int = 32,
+    *,
+    large_image: int | None = None,
+    smoke: bool | None = None,
+    repeats: int = 3,
+    worker: bool = True,
+) -> ConvLayoutResult:
+    """channels_last vs NCHW for the CNN's convolutions, measured: time per forward at the
+    CNN's shapes (``batch_size`` digits of 16x16) and at a larger image (64x64; 32x32 in smoke
+    mode), and the tensor bytes allocated inside a forward in each format and in the mixed
+    case. In a fresh spawned process by default (torch is imported there, not here)."""
+    if smoke is None:
+        smoke = os.environ.get("MEMLAB_SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
+    if large_image is None:
+        large_image = 32 if smoke else 64
+    for label, v in (("batch_size", batch_size), ("large_image", large_image)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{label} must be a positive int, got {v!r}")
+    shapes = conv_shapes(batch_size, 64, large_image)
+    kwargs: dict[str, Any] = {"repeats": repeats, "min_time_s": 0.02 if smoke else 0.05}
+    if not worker:
+        return measure_conv_layouts(shapes, **kwargs)
+    return _in_spawned(measure_conv_layouts, shapes, **kwargs)  # type: ignore[no-any-return]
