@@ -218,6 +218,14 @@ def _execute(
         device = exp.resolved_device()
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         workload = _build(exp, device)
+        if exp.profile != "none":
+            gc.collect()
+            # What the build freed (a model built in fp32, then quantized or compressed) goes
+            # back to the system, so the RSS the profile's cap watches from here on is what the
+            # converted model holds: a device loads the converted model, it never builds the
+            # fp32 one. glibc keeps freed memory otherwise (ARCHITECTURE: glibc keeps it).
+            procmem.trim_heap()
+            send(("built", procmem.read_process_memory()["rss"]))
         request = _request_fn(workload)
         # Without a warm-up (warmup=0: lab 05 measures the first epoch from its first batch) no
         # batch may be taken before the tracked pass: its first request is then the first
@@ -606,6 +614,8 @@ class RunHandle:
             else None
         )
         self.rss_baseline_bytes: int | None = None
+        self.rss_built_bytes: int | None = None
+        self._default_cap = self.rss_cap_bytes
         self.timeout_s = timeout_s
         self.started_at = time.monotonic()
         self._done = threading.Event()
@@ -667,10 +677,14 @@ class RunHandle:
         if self._warm_next:  # the next run's worker starts once this one no longer measures
             warm_up()
 
-    def _baseline(self, rss: int | None) -> None:
-        self.rss_baseline_bytes = rss
-        if self._profile_budget is not None and rss is not None:
-            self.rss_cap_bytes = min(self.rss_cap_bytes, rss + self._profile_budget)
+    def _built(self, rss: int | None) -> None:
+        """The workload is built and converted: from now on a profile's cap holds (the
+        runtime's RSS before the build plus the budget). The build itself ran under the
+        default cap: a device receives the converted model, it does not build it."""
+        self.rss_built_bytes = rss
+        base = self.rss_baseline_bytes
+        if self._profile_budget is not None and base is not None:
+            self.rss_cap_bytes = min(self._default_cap, base + self._profile_budget)
 
     def _limits_metrics(self) -> dict[str, Any]:
         """The RSS limits a result reports: the cap, and under a profile the baseline and the
@@ -678,6 +692,8 @@ class RunHandle:
         out: dict[str, Any] = {}
         if self.rss_baseline_bytes is not None:
             out["rss_baseline_bytes"] = self.rss_baseline_bytes
+        if self.rss_built_bytes is not None:
+            out["rss_built_bytes"] = self.rss_built_bytes
         if self.experiment.profile != "none":
             out["profile"] = self.experiment.profile
             out["rss_cap_bytes"] = self.rss_cap_bytes
@@ -736,7 +752,9 @@ class RunHandle:
                     if self.on_step is not None:
                         self.on_step(msg[1])
                 elif kind == "baseline":
-                    self._baseline(msg[1])
+                    self.rss_baseline_bytes = msg[1]
+                elif kind == "built":
+                    self._built(msg[1])
                 elif kind == "gate":
                     self._gate_asked = True  # answered above, once no service job runs
                 elif kind == "result":

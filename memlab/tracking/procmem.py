@@ -19,7 +19,7 @@ from pathlib import Path
 
 from memlab.timeline import PROCESS_PARTS, ProcessSeries
 
-__all__ = ["read_process_memory", "reset_peak_rss", "ProcessSampler"]
+__all__ = ["read_process_memory", "reset_peak_rss", "ProcessSampler", "trim_heap"]
 
 _STATUS_KEYS = {
     "VmRSS": "rss",
@@ -180,3 +180,23 @@ class ProcessSampler:
                 None if any(v is None for v in vals) else [int(v) for v in vals if v is not None]
             )
         return ProcessSeries(t=self._t, parts=parts)  # type: ignore[arg-type]
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the system (glibc's ``malloc_trim(0)``), so that
+    RSS shows what the process still holds; False where it cannot (no glibc: macOS, musl).
+
+    glibc keeps freed blocks for reuse, so RSS does not come down after a large free
+    (malloc(3), "malloc_trim"); a run under a device profile calls this once after building,
+    before its cap starts to watch."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL(name).malloc_trim(0)  # returns whether memory was released: not needed
+        return True
+    except (OSError, AttributeError):
+        return False
