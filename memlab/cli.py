@@ -118,6 +118,17 @@ def _parser() -> _Parser:
         "--max-bytes", default=None, metavar="SIZE", help="largest working set (default: 1GiB)"
     )
     bw.add_argument("--smoke", action="store_true", help="few sizes, up to 8MiB")
+    rf = sub.add_parser("roofline", help="each op's FLOPs and bytes against measured roofs")
+    _experiment_args(rf)
+    rf.add_argument(
+        "--bandwidth",
+        type=_lenient(float),
+        default=None,
+        metavar="GBPS",
+        help="DRAM bandwidth in GB/s (default: measured in the worker)",
+    )
+    rf.add_argument("--requests", type=_lenient(int), default=5, metavar="N", help="timed requests")
+    rf.add_argument("--top", type=int, default=15, metavar="N", help="ops shown, slowest first")
     return p
 
 
@@ -271,6 +282,64 @@ def _plan(ns: argparse.Namespace, exp: Experiment) -> int:
     return 0
 
 
+def _roofline(ns: argparse.Namespace, exp: Experiment) -> int:
+    from memlab.roofline import roofline
+
+    bw = ns.bandwidth
+    if bw is not None and (not isinstance(bw, float) or not bw > 0):
+        print(
+            f"memlab: error: --bandwidth must be a positive GB/s number, got {bw!r}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        r = roofline(exp, bandwidth=bw, requests=ns.requests)
+    except (ValueError, TypeError) as e:
+        print(f"memlab: error: {e}", file=sys.stderr)
+        return 2
+    if ns.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0
+    print(roofline_table(r, top=ns.top))
+    return 0
+
+
+def roofline_table(r: Any, top: int | None = 15) -> str:
+    """A ``RooflineResult`` as text: the roofs, the slowest ops, the totals and the device
+    estimates (the CLI and benchmarks/roofline.py print it)."""
+    lines = [
+        f"roofs (measured here): DRAM {r.dram_gb_per_s:.1f} GB/s ({r.bandwidth_source}); "
+        f"peak {r.peak_gflop_per_s:.1f} GFLOP/s ({r.matmul_n}^2 fp32 matmul, {r.threads} "
+        f"threads); ridge {r.ridge_flop_per_byte:.2f} FLOP/byte",
+        f"  {'#':>3}  {'op':<34} {'module':<16} {'MFLOP':>9} {'moved':>10} {'FLOP/B':>8} "
+        f"{'bound':<7} {'ms':>8} {'GFLOP/s':>8}",
+    ]
+    for row in r.table(top=top):
+        flop = f"{row['flops'] / 1e6:.2f}" if row["flops_counted"] else "n/c"
+        inten = "-" if row["intensity"] is None else f"{row['intensity']:.2f}"
+        gf = row["gflop_per_s"]
+        lines.append(
+            f"  {row['index']:>3}  {row['op'][:34]:<34} {row['module'][:16]:<16} {flop:>9} "
+            f"{format_bytes(row['bytes_moved']):>10} {inten:>8} {row['bound']:<7} "
+            f"{row['time_s'] * 1e3:>8.3f} {'-' if not gf else f'{gf:.2f}':>8}"
+        )
+    shown = "" if top is None or top >= len(r.ops) else f" ({top} slowest of {len(r.ops)} shown)"
+    by = r.time_by_bound()
+    lines.append(
+        f"  per request{shown}: {r.total_flops / 1e9:.3f} GFLOP, {format_bytes(r.total_bytes)} "
+        f"moved (lower-bound model), request {r.request_s * 1e3:.2f} ms measured; op times sum "
+        f"to {r.op_time_coverage:.0%} of it (memory-bound {by['memory'] * 1e3:.2f} ms, "
+        f"compute-bound {by['compute'] * 1e3:.2f} ms)"
+    )
+    lines.append("  ESTIMATED device latency (bytes moved / peak DRAM bandwidth, a lower bound):")
+    for name, s in r.device_estimates().items():
+        lines.append(
+            f"    {name:<22} {s * 1e3:>8.3f} ms   (measured here: {r.request_s * 1e3:.2f} ms)"
+        )
+    lines += [f"  note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command == "bandwidth":
@@ -286,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _estimate(ns, exp)
     if ns.command == "plan":
         return _plan(ns, exp)
+    if ns.command == "roofline":
+        return _roofline(ns, exp)
     from memlab.runner import run
 
     result = run(exp, timeout_s=ns.timeout)
