@@ -1,0 +1,334 @@
+"""Lab 07, edge deployment: will the model fit *that* device, and how fast will it be there?
+
+Three questions, each answered from measurements made in worker processes (this module only
+reads their results, so the notebook kernel never imports torch; the prose never states a
+number that was not measured or estimated in the same session):
+
+- **bytes**: what each precision (fp32, dynamic/static int8, weight-only int8/int4) and each
+  compression (low rank, a shared codebook), with or without sparsity, leaves of the weights,
+  and what the process really holds (RSS: packed weights live outside the tensor account);
+- **fit**: every configuration run under a device profile's budget (``Experiment.profile``:
+  the tracked budget plus an RSS cap of the runtime plus that budget), with its accuracy on the
+  real digits: which fits, and which fits with the best accuracy;
+- **speed**: the roofline of one request (bytes moved and FLOPs per op against this machine's
+  measured bandwidth and compute) and, from the bytes moved, an *estimate* of the request on
+  the device (``memlab.devices``), shown beside the time measured here: never a measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from memlab import devices
+from memlab.config import MIB, Experiment
+from memlab.labs.checks import Check, Exercise, check_choice, check_number
+from memlab.labs.sweeps import Sweep, accuracies, run_sweep, timing_note
+from memlab.labs.text import md_table, note, times
+from memlab.timeline import RunResult, format_bytes
+
+__all__ = [
+    "MIB",
+    "VARIANTS",
+    "FitSearch",
+    "variant_experiments",
+    "profiles_table",
+    "run_fit_search",
+    "fit_rows",
+    "fit_table",
+    "best_fit",
+    "explain_fit",
+    "weight_bytes",
+    "rss_over_runtime",
+    "exercise_best_fit",
+    "exercise_weight_ratio",
+]
+
+#: The configurations the fit search tries: label -> the Experiment fields it changes from the
+#: base (an fp32 inference experiment). Each composes knobs of labs 03, 04 and 07.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32": {},
+    "int8 dynamic": {"precision": "int8"},
+    "int8 static": {"precision": "int8-static"},
+    "int8 weight-only": {"precision": "int8-weight"},
+    "int4 weight-only": {"precision": "int4-weight"},
+    "svd rank 32": {"compression": "svd", "rank": 32},
+    "svd rank 4": {"compression": "svd", "rank": 4},
+    "shared 4-bit": {"compression": "shared", "codebook_bits": 4},
+    "shared 2-bit": {"compression": "shared", "codebook_bits": 2},
+    "pruned 90% CSR": {"sparsity": 0.9, "sparse_storage": "sparse"},
+    "pruned 90% CSR + int8": {"sparsity": 0.9, "sparse_storage": "sparse", "precision": "int8"},
+}
+
+
+def variant_experiments(
+    base: Experiment, labels: Sequence[str] = tuple(VARIANTS), **changes: Any
+) -> dict[str, Experiment]:
+    """``base`` (an inference experiment) with each variant's fields, and ``changes`` (the
+    profile and budget, say) applied to all of them."""
+    if base.mode != "inference":
+        raise ValueError(
+            f"lab 07 deploys for inference: base.mode must be 'inference', got {base.mode!r}"
+        )
+    unknown = [lab for lab in labels if lab not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
+    return {lab: base.replace(**VARIANTS[lab], **changes) for lab in labels}
+
+
+def profiles_table(selected: str | None = None) -> str:
+    """The device profiles (``memlab.devices``) as a Markdown table; ``selected`` in bold."""
+    rows = []
+    for name, p in devices.PROFILES.items():
+        label = f"**{name}**" if name == selected else name
+        rows.append(
+            (
+                label,
+                format_bytes(p.ram_bytes),
+                format_bytes(p.budget_bytes),
+                f"{p.bandwidth_gb_per_s:.1f}",
+                p.source,
+            )
+        )
+    return md_table(
+        ("profile", "RAM", "budget (memlab's assumption)", "peak DRAM GB/s", "source"), rows
+    )
+
+
+@dataclass(frozen=True)
+class FitSearch:
+    """The fit search's runs (each under the profile and budget) and accuracies, by label."""
+
+    sweep: Sweep
+    accuracy: Mapping[str, float | None]
+    profile: str
+    budget_bytes: int
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.sweep.labels
+
+    def fits(self, label: str) -> bool:
+        """Whether the variant ran to the end under the budget and the RSS cap."""
+        return self.sweep[label].status == "ok"
+
+
+def run_fit_search(
+    base: Experiment,
+    labels: Sequence[str] = tuple(VARIANTS),
+    *,
+    profile: str,
+    budget_bytes: int | str | None = None,
+    train_steps: int = 200,
+    progress: Callable[[str], None] | None = None,
+) -> FitSearch:
+    """Run every variant of ``base`` under ``profile`` (with ``budget_bytes``, the model's
+    share of the device, instead of the profile's whole budget when given), each in a fresh
+    worker, and compute each one's accuracy on the real digits after ``train_steps`` steps of
+    fp32 training (one worker job). A variant over the budget ends ``oom``: that is a result
+    here (it does not fit), not a failure."""
+    devices.get(profile)  # a clear KeyError naming the profiles
+    exps = variant_experiments(base, labels, profile=profile, budget_bytes=budget_bytes)
+    sweep = run_sweep(exps, progress=progress, allow=("ok", "oom"))
+    acc = accuracies(exps, train_steps=train_steps)
+    budget = next(iter(exps.values())).effective_budget_bytes
+    assert budget is not None  # a profile always gives one
+    return FitSearch(sweep, acc, profile, budget)
+
+
+def weight_bytes(r: RunResult) -> int | None:
+    """The model's bytes as built (parameters and buffers of every dtype, quantized ones
+    included: ``Workload.metrics``'s ``model_bytes``); None where the run never built it."""
+    v = r.metrics.get("model_bytes")
+    return None if v is None else int(v)
+
+
+def rss_over_runtime(r: RunResult) -> int | None:
+    """The most the worker's RSS rose over its runtime (Python and torch, before the build): the
+    run's RSS peak, or where the cap killed it the RSS it was killed at. What the device would
+    have to hold besides its runtime: tensors, packed weights, the data the run reads."""
+    base = r.metrics.get("rss_baseline_bytes")
+    top = r.metrics.get("rss_at_kill_bytes") or r.rss_peak_bytes
+    if base is None or top is None:
+        return None
+    return int(top) - int(base)
+
+
+def _mib(v: float | None) -> str:
+    return "–" if v is None else f"{v / MIB:.2f}"
+
+
+def fit_rows(search: FitSearch) -> list[dict[str, Any]]:
+    """One row per variant: fits, weight bytes, tracked peak, RSS over the runtime, request
+    latency p50 (measured here), accuracy."""
+    rows = []
+    for label, _exp, r in search.sweep.runs():
+        lat = r.latency.p50_s if r.latency is not None and r.status == "ok" else None
+        rows.append(
+            {
+                "variant": label,
+                "fits": r.status == "ok",
+                "status": r.status,
+                "weight_bytes": weight_bytes(r),
+                "peak_bytes": r.peak_bytes if r.status == "ok" else None,
+                "rss_over_runtime_bytes": rss_over_runtime(r),
+                "p50_s": lat,
+                "accuracy": search.accuracy.get(label),
+            }
+        )
+    return rows
+
+
+def fit_table(search: FitSearch) -> str:
+    """The fit search as a Markdown table (MiB; latency in ms, measured on this machine)."""
+    out = []
+    for row in fit_rows(search):
+        acc = row["accuracy"]
+        out.append(
+            (
+                row["variant"],
+                "yes" if row["fits"] else f"no ({row['status']})",
+                _mib(row["weight_bytes"]),
+                _mib(row["peak_bytes"]),
+                _mib(row["rss_over_runtime_bytes"]),
+                "–" if row["p50_s"] is None else f"{row['p50_s'] * 1e3:.2f}",
+                "–" if acc is None else f"{100 * acc:.1f}%",
+            )
+        )
+    return md_table(
+        (
+            "variant",
+            f"fits {format_bytes(search.budget_bytes)}",
+            "weights MiB",
+            "tensor peak MiB",
+            "RSS over runtime MiB",
+            "request p50 ms (here)",
+            "accuracy",
+        ),
+        out,
+    )
+
+
+def best_fit(search: FitSearch) -> str | None:
+    """The variant that fits with the best accuracy (ties: the smaller weights); None if none
+    fits or none has an accuracy."""
+    rows = [r for r in fit_rows(search) if r["fits"] and r["accuracy"] is not None]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (round(r["accuracy"], 4), -(r["weight_bytes"] or 0)))
+    return str(best["variant"])
+
+
+def explain_fit(search: FitSearch) -> str:
+    """What the fit search shows, computed from its runs (without naming the best fit: that is
+    exercise 2's answer)."""
+    rows = {r["variant"]: r for r in fit_rows(search)}
+    fits = [k for k, r in rows.items() if r["fits"]]
+    over = [k for k, r in rows.items() if not r["fits"]]
+    parts = [
+        f"Under **{search.profile}** with a budget of {format_bytes(search.budget_bytes)}, "
+        f"{len(fits)} of {len(rows)} configurations ran to the end"
+        + (f"; {', '.join(over)} did not ({_why_over(search, over)})." if over else ".")
+    ]
+    base = rows.get("fp32")
+    if base is not None and base["weight_bytes"]:
+        smaller = sorted(
+            ((r["weight_bytes"], k) for k, r in rows.items() if r["weight_bytes"] and k != "fp32"),
+        )
+        if smaller:
+            wb, k = smaller[0]
+            fp = base["weight_bytes"]
+            parts.append(
+                f"The smallest weights are {k}'s: {_mib(wb)} MiB, {times(fp, wb)} smaller than "
+                f"fp32's {_mib(fp)}."
+            )
+    hidden = [
+        k
+        for k, r in rows.items()
+        if r["fits"]
+        and r["rss_over_runtime_bytes"] is not None
+        and r["peak_bytes"] is not None
+        and r["rss_over_runtime_bytes"] > 2 * max(r["peak_bytes"], 1)
+    ]
+    if hidden:
+        parts.append(
+            "For "
+            + ", ".join(hidden)
+            + " the process held more than twice the tensor peak: packed weights (fbgemm's, "
+            "oneDNN's) and the data the run reads live outside the tensor account, and only "
+            "RSS sees them. A budget check from tensors alone would pass them too easily."
+        )
+    return " ".join(parts) + "\n" + "\n".join(note(timing_note(search.sweep)))
+
+
+def _why_over(search: FitSearch, labels: Sequence[str]) -> str:
+    reasons = set()
+    for k in labels:
+        err = search.sweep[k].error or ""
+        reasons.add(
+            "RSS cap" if "hard cap" in err else "tensor budget" if "budget" in err else "error"
+        )
+    return ", ".join(sorted(reasons))
+
+
+# -- exercises ---------------------------------------------------------------------------------
+
+
+def exercise_best_fit(search: FitSearch, id: str = "2") -> Exercise:
+    """Which configuration fits the budget with the best accuracy?"""
+    truth = best_fit(search)
+    if truth is None:
+        raise ValueError(
+            "no configuration fits with a measured accuracy: raise the budget or add variants"
+        )
+    rows = {r["variant"]: r for r in fit_rows(search)}
+
+    def grade(answer: Any) -> Check:
+        return check_choice(
+            answer,
+            truth,
+            options=list(search.labels),
+            what="a variant's name",
+            explain=f"{truth}: {100 * rows[truth]['accuracy']:.1f}% with "
+            f"{_mib(rows[truth]['weight_bytes'])} MiB of weights, within "
+            f"{format_bytes(search.budget_bytes)}.",
+        )
+
+    return Exercise(
+        id,
+        "The configuration that fits with the best accuracy",
+        grade,
+        hints=[
+            "Keep only the rows that fit (status ok), then take the best accuracy.",
+            lambda a: (
+                f"{a!r} does not fit the budget."
+                if a in rows and not rows[a]["fits"]
+                else "Among those that fit, compare the accuracy column: the highest wins "
+                "(ties: the smaller weights)."
+            ),
+        ],
+        solution=lambda: f"**{truth}**.\n\n" + fit_table(search),
+    )
+
+
+def exercise_weight_ratio(
+    search: FitSearch, a: str = "fp32", b: str = "int8 static", id: str = "1"
+) -> Exercise:
+    """By what factor are ``b``'s weights smaller than ``a``'s (within 5%)?"""
+    wa, wb = weight_bytes(search.sweep[a]), weight_bytes(search.sweep[b])
+    if not wa or not wb:
+        raise ValueError(f"no weight bytes for {a!r} or {b!r}: did both runs build the model?")
+    ratio = wa / wb
+
+    return Exercise(
+        id,
+        f"How many times smaller are the weights in {b} than in {a}?",
+        lambda ans: check_number(ans, ratio, rel_tol=0.05, what="a ratio such as 3.5"),
+        hints=[
+            "The weights column, in MiB: divide the one by the other.",
+            "int8 stores one byte per weight instead of four; what does not shrink (biases, "
+            "scales, layers that stay fp32) keeps the ratio under 4.",
+        ],
+        solution=lambda: f"{_mib(wa)} / {_mib(wb)} MiB = **{ratio:.2f}**.",
+    )
