@@ -122,14 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[dict[str, Any]] = []
     for w in names:
-        r = pipeline_job(
-            w,
-            requests=args.requests,
-            raw_scale=args.scales[w],
-            depth=args.depth,
-            rate_hz=args.rate,
-            modes=modes,
-        )
+        try:
+            r = pipeline_job(
+                w,
+                requests=args.requests,
+                raw_scale=args.scales[w],
+                depth=args.depth,
+                rate_hz=args.rate,
+                modes=modes,
+            )
+        except ValueError as e:  # a bad argument: one line, exit 2
+            print(f"pipelining.py: {e}", file=sys.stderr)
+            return 2
         print_result(r)
         results.append(r.to_dict())
     if args.json is not None:
