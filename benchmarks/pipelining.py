@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    modes = default_modes(args.depth)
+    try:
+        modes = default_modes(args.depth)
+    except ValueError as e:
+        print(f"pipelining.py: --depth: {e}", file=sys.stderr)
+        return 2
     print(
         f"torch {torch.__version__}, default intra-op threads {torch.get_num_threads()}; modes: "
         + "; ".join(
