@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memlab import devices
 from memlab.config import MIB, Experiment
@@ -27,6 +27,11 @@ from memlab.labs.checks import Check, Exercise, check_choice, check_number
 from memlab.labs.sweeps import Sweep, accuracies, run_sweep, timing_note
 from memlab.labs.text import md_table, note, times
 from memlab.timeline import RunResult, format_bytes
+
+if TYPE_CHECKING:
+    from memlab.locality import ConvLayoutResult, StrideResult
+    from memlab.pipelining import PipelineResult
+    from memlab.roofline import RooflineResult
 
 __all__ = [
     "MIB",
@@ -43,6 +48,12 @@ __all__ = [
     "rss_over_runtime",
     "exercise_best_fit",
     "exercise_weight_ratio",
+    "roofline_summary",
+    "device_table",
+    "explain_roofline",
+    "exercise_device_estimate",
+    "explain_locality",
+    "explain_pipeline",
 ]
 
 #: The configurations the fit search tries: label -> the Experiment fields it changes from the
@@ -332,3 +343,159 @@ def exercise_weight_ratio(
         ],
         solution=lambda: f"{_mib(wa)} / {_mib(wb)} MiB = **{ratio:.2f}**.",
     )
+
+
+# -- speed: the roofline, and the device estimate beside the time measured here ----------------
+
+
+def roofline_summary(rl: RooflineResult) -> dict[str, Any]:
+    """The roofline's totals: ops, memory-bound ops and their share of the op time, bytes moved,
+    FLOPs, the ridge point, and the request time measured here."""
+    by = rl.time_by_bound()
+    total = sum(by.values())
+    mem_ops = sum(1 for o in rl.ops if rl.bound(o) == "memory")
+    return {
+        "ops": len(rl.ops),
+        "memory_bound_ops": mem_ops,
+        "memory_bound_time_share": by.get("memory", 0.0) / total if total > 0 else None,
+        "bytes_moved": rl.total_bytes,
+        "flops": rl.total_flops,
+        "ridge_flop_per_byte": rl.ridge_flop_per_byte,
+        "request_s": rl.request_s,
+        "dram_gb_per_s": rl.dram_gb_per_s,
+        "peak_gflop_per_s": rl.peak_gflop_per_s,
+    }
+
+
+def device_table(rl: RooflineResult, selected: str | None = None) -> str:
+    """Per profile: the request's bytes moved at its peak bandwidth (an ESTIMATE, a lower bound
+    from memory traffic alone) beside the request time MEASURED on this machine."""
+    est = rl.device_estimates()
+    here = rl.request_s
+    rows = []
+    for name, s in est.items():
+        label = f"**{name}**" if name == selected else name
+        p = devices.PROFILES[name]
+        rows.append(
+            (
+                label,
+                f"{p.bandwidth_gb_per_s:.1f}",
+                f"{s * 1e3:.3f} (estimate)",
+                f"{here * 1e3:.3f} (measured)",
+            )
+        )
+    rows.append(
+        (
+            "this machine's DRAM roof",
+            f"{rl.dram_gb_per_s:.1f} (measured)",
+            f"{rl.total_bytes / (rl.dram_gb_per_s * 1e9) * 1e3:.3f} (same model)",
+            f"{here * 1e3:.3f} (measured)",
+        )
+    )
+    return md_table(("device", "DRAM GB/s", "request ms from bytes moved", "request ms here"), rows)
+
+
+def explain_roofline(rl: RooflineResult, profile: str) -> str:
+    """What the roofline shows, computed from it (without exercise 3's answer)."""
+    s = roofline_summary(rl)
+    share = s["memory_bound_time_share"]
+    here_model = rl.total_bytes / (rl.dram_gb_per_s * 1e9)
+    parts = [
+        f"One request runs {s['ops']} ATen ops, which move about "
+        f"{format_bytes(s['bytes_moved'])} (a lower-bound model: each operand crossing DRAM "
+        f"once) and do {s['flops'] / 1e6:.1f} MFLOP. This machine's roofs, measured in the same "
+        f"worker: {s['dram_gb_per_s']:.1f} GB/s from DRAM and {s['peak_gflop_per_s']:.1f} GFLOP/s "
+        f"of fp32 matmul, so the ridge is at {s['ridge_flop_per_byte']:.1f} FLOP per byte.",
+        f"{s['memory_bound_ops']} of the {s['ops']} ops sit left of the ridge (memory-bound)"
+        + (f", {100 * share:.0f}% of the measured op time." if share is not None else "."),
+        f"Moving those bytes at this machine's DRAM roof would take {here_model * 1e3:.3f} ms; "
+        f"the request took {rl.request_s * 1e3:.3f} ms, "
+        f"{times(rl.request_s, here_model)} that. The device column divides the same bytes by "
+        f"each profile's peak bandwidth: a floor for {profile}, not a prediction (no compute, no "
+        "caches, no gap between peak and sustained bandwidth).",
+    ]
+    return " ".join(parts) + "".join(f"\n\n_{n}_" for n in rl.notes)
+
+
+def exercise_device_estimate(rl: RooflineResult, profile: str, id: str = "3") -> Exercise:
+    """The estimated latency of one request on ``profile``, in ms, from the bytes moved."""
+    p = devices.get(profile)
+    truth = devices.estimate_latency_s(rl.total_bytes, p) * 1e3
+
+    return Exercise(
+        id,
+        f"Estimated request latency on {profile} (ms), from bytes moved",
+        lambda a: check_number(a, truth, rel_tol=0.05, unit="ms", what="milliseconds"),
+        hints=[
+            "Bytes moved per request is in the roofline's summary; the profile's bandwidth in "
+            "the devices table.",
+            f"bytes / ({p.bandwidth_gb_per_s:.1f} x 10^9 bytes/s), then x 1000 for ms.",
+        ],
+        solution=lambda: (
+            f"{format_bytes(rl.total_bytes)} = {rl.total_bytes} bytes / "
+            f"{p.bandwidth_gb_per_s:.1f} GB/s = **{truth:.3f} ms**, an estimate and a floor: "
+            f"here the request took {rl.request_s * 1e3:.3f} ms against "
+            f"{rl.total_bytes / (rl.dram_gb_per_s * 1e9) * 1e3:.3f} ms from the same model at "
+            "this machine's measured roof."
+        ),
+    )
+
+
+# -- locality -----------------------------------------------------------------------------------
+
+
+def explain_locality(strides: StrideResult, convs: ConvLayoutResult | None = None) -> str:
+    """What the strided reads and the conv layouts show, computed from them."""
+    parts = []
+    worst = max(strides.points, key=lambda p: p.stride)
+    if worst.stride != 1:
+        parts.append(
+            f"Reading every {worst.stride}th float64 touches {worst.bytes_per_useful_byte:.1f} "
+            f"bytes per useful byte ({strides.line_bytes}-byte cache lines), and took "
+            f"{strides.slowdown(worst.stride):.1f}x as long per element as a contiguous read "
+            "of the same count."
+        )
+    if convs is not None and convs.points:
+        bits = [
+            f"{p.name}: channels_last {p.speedup:.2f}x NCHW's speed"
+            + (
+                f", and an NCHW input into channels_last weights allocated "
+                f"{format_bytes(p.mixed_alloc_bytes)} against {format_bytes(p.nchw_alloc_bytes)}"
+                if p.mixed_alloc_bytes != p.nchw_alloc_bytes
+                else ""
+            )
+            for p in convs.points
+        ]
+        parts.append("Convolutions (" + str(convs.threads) + " threads): " + "; ".join(bits) + ".")
+    return " ".join(parts)
+
+
+# -- pipelining ---------------------------------------------------------------------------------
+
+
+def explain_pipeline(pr: PipelineResult) -> str:
+    """Sequential against pipelined requests, computed from the result."""
+    rows = pr.table()
+    if len(rows) < 2:
+        return "Only one mode ran: nothing to compare."
+    first = rows[0]
+    out = []
+    for row in rows[1:]:
+        out.append(
+            f"**{row['mode']}** ({row['threads']} torch thread(s)"
+            + (f", queue depth {row['depth']}" if row["depth"] else "")
+            + f"): {row['throughput_rps']:.1f} requests/s ({row['throughput_rps_vs_first']:.2f}x "
+            f"{first['mode']}'s), p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms; "
+            f"{format_bytes(row['peak_queue_bytes'])} of preprocessed requests in flight at most."
+        )
+    unsteady = [r["mode"] for r in rows if r["steady"] is False]
+    text = (
+        f"Preprocessing took {first['preprocess_ms']:.1f} ms and the forward "
+        f"{first['infer_ms']:.1f} ms per request in {first['mode']}. " + " ".join(out)
+    )
+    if unsteady:
+        text += (
+            f"\n\n_Disturbed: other processes took the CPU during {', '.join(unsteady)}; read "
+            "their times as noise._"
+        )
+    return text
