@@ -26,7 +26,7 @@ from benchmarks._cpu import busy_s, proc_cpu_s  # noqa: E402
 from memlab import locality  # noqa: E402
 from memlab.cli import roofline_table  # noqa: E402
 from memlab.config import Experiment  # noqa: E402
-from memlab.roofline import roofline  # noqa: E402
+from memlab.rooflines import roofline  # noqa: E402
 from memlab.timeline import format_bytes  # noqa: E402
 
 

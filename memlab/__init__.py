@@ -30,6 +30,13 @@ __all__ = [
     "format_bytes",
     "bandwidth",
     "BandwidthResult",
+    "strided_access",
+    "conv_layouts",
+    "roofline",
+    "RooflineResult",
+    "pipeline",
+    "PipelineResult",
+    "pinned_memory",
 ]
 
 _LAZY = {
@@ -52,13 +59,22 @@ _LAZY = {
     "format_bytes": "memlab.timeline",
     "bandwidth": "memlab.locality",
     "BandwidthResult": "memlab.locality",
+    "strided_access": "memlab.locality",
+    "conv_layouts": "memlab.locality",
+    "roofline": "memlab.rooflines",
+    "RooflineResult": "memlab.rooflines",
+    "pipeline": "memlab.pipelining",
+    "PipelineResult": "memlab.pipelining",
+    "pinned_memory": "memlab.pipelining",
 }
 
 if TYPE_CHECKING:
     from memlab.config import Experiment
     from memlab.estimator import Estimate, estimate, max_batch_size
-    from memlab.locality import BandwidthResult, bandwidth
+    from memlab.locality import BandwidthResult, bandwidth, conv_layouts, strided_access
+    from memlab.pipelining import PipelineResult, pinned_memory, pipeline
     from memlab.planning import MemoryPlan, plan
+    from memlab.rooflines import RooflineResult, roofline
     from memlab.runner import RunHandle, run, start
     from memlab.timeline import (
         CATEGORIES,

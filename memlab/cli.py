@@ -283,7 +283,7 @@ def _plan(ns: argparse.Namespace, exp: Experiment) -> int:
 
 
 def _roofline(ns: argparse.Namespace, exp: Experiment) -> int:
-    from memlab.roofline import roofline
+    from memlab.rooflines import roofline
 
     bw = ns.bandwidth
     if bw is not None and (not isinstance(bw, float) or not bw > 0):

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 
 from memlab.locality import ConvLayoutResult, StrideResult
 from memlab.plots import _fit
-from memlab.roofline import RooflineResult
+from memlab.rooflines import RooflineResult
 from memlab.timeline import format_bytes
 
 __all__ = ["roofline_figure", "stride_figure", "conv_layout_figure", "BOUND_COLORS"]

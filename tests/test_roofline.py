@@ -1,4 +1,4 @@
-"""memlab.roofline, the locality examples and their figures: FLOPs and bytes against hand
+"""memlab.rooflines, the locality examples and their figures: FLOPs and bytes against hand
 arithmetic, totals against FlopCounterMode alone, the roofline's algebra, plain-data round
 trips, the CLI's errors. No timing assertion anywhere: times are only checked to be measured."""
 
@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from memlab import devices, locality, roofline
+from memlab import devices, locality
+from memlab import rooflines as roofline
 from memlab.config import Experiment
-from memlab.roofline import OpPoint, RooflineResult
+from memlab.rooflines import OpPoint, RooflineResult
 
 F32 = 4
 

@@ -31,7 +31,7 @@ from memlab.timeline import RunResult, format_bytes
 if TYPE_CHECKING:
     from memlab.locality import ConvLayoutResult, StrideResult
     from memlab.pipelining import PipelineResult
-    from memlab.roofline import RooflineResult
+    from memlab.rooflines import RooflineResult
 
 __all__ = [
     "MIB",

@@ -31,7 +31,9 @@ What each figure is:
   a lower bound from memory traffic alone, shown beside the request time MEASURED here.
 
 This module imports torch only inside the functions that run in the worker, so the notebook
-kernel can import it and hold a ``RooflineResult`` (plain data).
+kernel can import it and hold a ``RooflineResult`` (plain data). It is ``memlab.rooflines``, not
+``memlab.roofline``, for the reason ``memlab.locality`` gives: a submodule named like the public
+function ``memlab.roofline`` would replace it on the package once imported.
 """
 
 from __future__ import annotations
