@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from memlab.knobs.build import accuracy, apply_knobs, build_experiment
 from memlab.knobs.checkpointing import apply_checkpointing, checkpointed_blocks
+from memlab.knobs.compression import apply_compression
 from memlab.knobs.errors import KnobUnsupported
 from memlab.knobs.precision import amp_context, apply_precision, autocast_unsupported_reason
 from memlab.knobs.sparsity import (
@@ -31,6 +32,7 @@ __all__ = [
     "apply_knobs",
     "build_experiment",
     "apply_checkpointing",
+    "apply_compression",
     "apply_precision",
     "apply_sparsity",
     "amp_context",

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from memlab.knobs.checkpointing import apply_checkpointing
+from memlab.knobs.compression import apply_compression
 from memlab.knobs.inference import apply_inference_knobs
 from memlab.knobs.precision import apply_precision
 from memlab.knobs.sparsity import apply_sparsity
@@ -25,14 +26,18 @@ __all__ = ["apply_knobs", "build_experiment", "accuracy"]
 
 
 def apply_knobs(workload: Workload, exp: Experiment) -> Workload:
-    """Apply ``exp``'s sparsity, precision, checkpointing and inference knobs to ``workload``;
-    returns it. (Batch size and data are build-time choices: ``build_workload`` made them.)
+    """Apply ``exp``'s sparsity, compression, precision, checkpointing and inference knobs to
+    ``workload``; returns it. (Batch size and data are build-time choices: ``build_workload``
+    made them.)
 
-    The order composes: sparsity first (it replaces Linear layers), then precision (it converts
-    or quantizes whatever layers exist, sparse ones included), then checkpointing (it wraps the
-    blocks, whatever is inside), then the inference knobs (``knobs/inference.py``: in place,
-    fuse, allocation), which trace or compile the model as the others left it."""
+    The order composes: sparsity first (it replaces Linear layers), then compression (it
+    factors or codes the layers sparsity left, ``knobs/compression.py``), then precision (it
+    converts or quantizes whatever layers exist, sparse ones included; quantization leaves the
+    codebook layers alone), then checkpointing (it wraps the blocks, whatever is inside), then
+    the inference knobs (``knobs/inference.py``: in place, fuse, allocation), which trace or
+    compile the model as the others left it."""
     apply_sparsity(workload, exp.sparsity, exp.sparse_storage)
+    apply_compression(workload, exp.compression, exp.rank, exp.codebook_bits)
     apply_precision(workload, exp.precision)
     apply_checkpointing(workload, exp.checkpointing)
     apply_inference_knobs(workload, exp)
