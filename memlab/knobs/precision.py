@@ -12,6 +12,9 @@
 - ``int8``: inference only, CPU only: ``torch.ao.quantization.quantize_dynamic`` replaces every
   ``nn.Linear`` by a dynamically quantized one (int8 weights, activations quantized on the fly).
   Convolutions and normalisation layers stay fp32 (dynamic quantization covers Linear layers).
+- ``int8-static``, ``int8-weight``, ``int4-weight``: inference only, CPU only; static int8 of
+  convolutions and Linear layers (PT2E, calibrated on the real digits, oneDNN int8 kernels),
+  and weight-only int8/int4 of Linear layers (torchao ``quantize_``): ``knobs/quantization.py``.
 """
 
 from __future__ import annotations
@@ -149,6 +152,25 @@ def apply_precision(workload: Workload, precision: str) -> Workload:
             f"int8: {n} Linear layers quantized; {left} bytes of other weights (convolutions, "
             "norms, sparse layers, biases) stay in their dtype"
         )
+    elif precision in ("int8-static", "int8-weight", "int4-weight"):
+        if workload.mode != "inference":
+            raise KnobUnsupported(
+                f"precision {precision!r} is for mode 'inference' only: quantized weights "
+                "cannot be trained"
+            )
+        if dev_type != "cpu":
+            raise KnobUnsupported(
+                f"precision {precision!r} is implemented for the CPU here (oneDNN / torchao CPU "
+                "kernels); choose device 'cpu'"
+            )
+        from memlab.knobs import quantization as Q
+
+        if precision == "int8-static":
+            info = Q.quantize_static_int8(workload)
+            workload.measures["int8_static_onednn"] = float(info["kernels"] == "onednn-int8")
+        else:
+            info = Q.quantize_weight_only(workload, 8 if precision == "int8-weight" else 4)
+        workload.notes.append(Q.describe(workload, precision, info))
     workload.applied["precision"] = precision
     return workload
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 __all__ = ["Workload", "Batch", "param_bytes_by_dtype"]
 
@@ -27,14 +28,31 @@ def _dtype_name(dt: torch.dtype) -> str:
 
 def param_bytes_by_dtype(model: nn.Module) -> dict[str, int]:
     """Bytes the model holds, by dtype: parameters, buffers, dynamically quantized weights
-    (packed, so not parameters: counted by their unpacked int8 size) and tensors held as plain
-    attributes (the ``weight`` that ``torch.nn.utils.prune`` recomputes from its mask). Each
-    storage counts once."""
+    (packed, so not parameters: counted by their unpacked int8 size), the inner tensors of
+    tensor subclasses (torchao's quantized weights), oneDNN-packed int8 weights (by their
+    logical size) and tensors held as plain attributes (the ``weight`` that
+    ``torch.nn.utils.prune`` recomputes from its mask). Each storage counts once."""
     seen: set[int] = set()
     out: dict[str, int] = {}
 
     def add(t: torch.Tensor | None) -> None:
         if t is None or not isinstance(t, torch.Tensor):
+            return
+        if is_traceable_wrapper_subclass(t):
+            # A tensor subclass (torchao's Int8Tensor, IntxUnpackedToInt8Tensor...) owns no
+            # bytes itself: its inner tensors (qdata, scale, zero_point) do
+            # (torch/utils/_python_dispatch.py: __tensor_flatten__).
+            for inner in t.__tensor_flatten__()[0]:
+                add(getattr(t, inner))
+            return
+        if t.layout == torch._mkldnn:  # type: ignore[attr-defined]
+            # A oneDNN-packed weight (int8-static's kernels): opaque, no storage; counted by
+            # its logical size (the packed layout's real cost is measured from RSS).
+            key = id(t)
+            if key not in seen:
+                seen.add(key)
+                name = _dtype_name(t.dtype)
+                out[name] = out.get(name, 0) + t.numel() * t.element_size()
             return
         if t.layout != torch.strided:  # a sparse tensor: count its parts
             if t.layout == torch.sparse_csr:

@@ -1,0 +1,311 @@
+"""Real int8 and int4: static int8 of the whole model, weight-only int8/int4 of its Linear layers.
+
+- ``int8-static`` (post-training static quantization, torchao's PT2E flow): ``torch.export``
+  with a dynamic batch dimension, ``prepare_pt2e`` with ``X86InductorQuantizer`` (per-channel
+  int8 weights, per-tensor uint8 activations, convolution + batch-norm folded), calibration on
+  batches of the real digits' training split (the data set the workload trains on), then
+  ``convert_pt2e``. The converted graph holds the weights as int8 tensors but computes in the
+  reference representation: dequantize -> fp32 op -> quantize. To get int8 *arithmetic* it is
+  then lowered to oneDNN's int8 kernels (``onednn.qconv_pointwise``/``qlinear_pointwise``) by
+  inductor's freezing passes, run as an FX graph in eager mode (no code generation): what
+  ``torchao/quantization/pt2e/lowering.py::lower_pt2e_quantized_to_x86`` does, repeated here
+  with a dynamic batch dimension (torchao's re-exports with static shapes, and memlab's requests
+  and ``Workload.evaluate`` vary the batch). oneDNN packs each weight into an opaque
+  ``torch._mkldnn`` tensor: the tensor account sees no storage for it (counted here by its
+  logical int8 size; ``footprint`` measures what it really costs, from RSS). Where lowering fails
+  (a torch build without oneDNN, an ARM CPU), the Q/DQ graph runs instead, and the note says so.
+- ``int8-weight`` / ``int4-weight``: torchao ``quantize_`` on every ``nn.Linear``:
+  ``Int8WeightOnlyConfig`` (per-row int8, an ``Int8Tensor`` subclass), and for int4
+  ``IntxWeightOnlyConfig(weight_dtype=torch.int4, PerGroup(32))``: torchao 0.18's packed int4
+  layouts do not run on a CPU torch (``Int4WeightOnlyConfig``: ``plain`` needs the mslk package,
+  ``tile_packed_to_4d`` needs CUDA and bf16, ``plain_int32`` refuses the CPU; measured here), so
+  the int4 values are stored one per int8 byte (``IntxUnpackedToInt8Tensor``): int4's accuracy,
+  int8's bytes, plus a scale and zero point per group of 32. Activations stay fp32: each matmul
+  dequantizes the weight first.
+
+Order with the other knobs (``apply_knobs``): sparsity and compression run first. Mask-pruned
+layers are folded (``prune.remove``) so the quantized weights are the pruned ones;
+``SparseLinear`` (CSR) layers are left as they are by weight-only quantization and cannot be
+exported by the static flow (a clear ``KnobUnsupported``); compression's ``svd`` layers are
+plain Linear layers and quantize like any other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from memlab.knobs.errors import KnobUnsupported
+from memlab.workloads.base import Workload, param_bytes_by_dtype
+
+__all__ = [
+    "EDGE_HINT",
+    "quantize_static_int8",
+    "quantize_weight_only",
+    "fold_pruning",
+    "INT4_GROUP_SIZE",
+    "CALIBRATION_SAMPLES",
+]
+
+EDGE_HINT = "pip install 'memlab[edge]'"
+#: Group size of int4 weight-only quantization: one fp32 scale and one int8 zero point per 32
+#: weights (torchao's int4 group sizes are 32..256; 32 divides every built-in layer but the
+#: transformer's 4-feature embedding, which stays fp32).
+INT4_GROUP_SIZE = 32
+#: Samples of the real training split the static quantizer's observers see.
+CALIBRATION_SAMPLES = 256
+
+
+def _need(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{what} needs {module.split('.')[0]}: {EDGE_HINT}") from e
+
+
+def fold_pruning(model: nn.Module) -> int:
+    """Fold ``torch.nn.utils.prune``'s reparametrisation (``weight_orig`` * ``weight_mask``)
+    into a plain ``weight`` in every pruned module, so what is quantized is the pruned weight;
+    returns how many modules were folded."""
+    from torch.nn.utils import prune
+
+    n = 0
+    for m in model.modules():
+        if prune.is_pruned(m) and hasattr(m, "weight_orig"):
+            prune.remove(m, "weight")
+            n += 1
+    return n
+
+
+def _calibration_batches(workload: Workload) -> Iterator[torch.Tensor]:
+    """Batches of the real training split (``CALIBRATION_SAMPLES`` samples), or of the
+    synthetic data where the workload has none."""
+    splits = workload._splits()  # the cached real splits (loading them once costs ~1 s)
+    bs = max(1, min(workload.samples_per_step, 64))
+    if splits is not None:
+        x_all = splits[0][0]
+        for i in range(0, min(len(x_all), CALIBRATION_SAMPLES), bs):
+            yield x_all[i : i + bs].to(workload.device)
+        return
+    for x, _ in workload.make_batches(max(1, CALIBRATION_SAMPLES // bs)):
+        yield x
+
+
+def _lower_to_onednn(gm: torch.fx.GraphModule, example: torch.Tensor, dynamic: Any) -> Any:
+    """oneDNN int8 kernels for a converted PT2E graph: transcribes torchao's
+    ``lower_pt2e_quantized_to_x86`` (torchao/quantization/pt2e/lowering.py), with the batch
+    dimension kept dynamic in its re-export."""
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
+
+    decomp = torch.export.default_decompositions()
+    for k in list(decomp.keys()):
+        # Post-autograd: keep only the composite-implicit decompositions (as torchao does).
+        if not torch._export.utils._is_cia_op(k):
+            del decomp[k]
+    with torch.no_grad():
+        ep = torch.export.export(gm, (example,), dynamic_shapes=dynamic, strict=True)
+        lowered: Any = ep.run_decompositions(decomp).module()
+        # aten.t -> permute, as torchao's _node_replace: the qlinear patterns match permute.
+        g = lowered.graph
+        for node in list(g.nodes):
+            if node.target == torch.ops.aten.t.default:
+                with g.inserting_before(node):
+                    perm = g.call_function(torch.ops.aten.permute.default, (node.args[0], [1, 0]))
+                node.replace_all_uses_with(perm)
+                g.erase_node(node)
+        lowered.recompile()
+        freezing_passes(lowered, (example,))
+        constant_fold(lowered)
+    return lowered
+
+
+def _drop_unused_tensors(gm: torch.fx.GraphModule) -> None:
+    """Delete parameters and buffers no node reads: ``convert_pt2e`` and the freezing passes
+    leave the original fp32 weights as attributes after folding them into int8 constants, and
+    they would be counted (and kept in memory) otherwise."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if name in used:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        owner._parameters.pop(leaf, None)
+        owner._buffers.pop(leaf, None)
+
+
+def _onednn_ops(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """oneDNN int8 ops by name, and ``reference`` for weights still dequantized to fp32 (a
+    pattern the freezing passes did not match, e.g. a Linear on a 3-d input)."""
+    out: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        target = str(n.target)
+        if target.startswith("onednn."):
+            key = target.split(".")[1]
+        elif "dequantize_per_channel" in target:
+            key = "reference"
+        else:
+            continue
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def quantize_static_int8(workload: Workload, *, lower: bool = True) -> dict[str, Any]:
+    """Replace ``workload.model`` by its static int8 graph (module docstring); returns what was
+    done: ``kernels`` (``onednn-int8`` or ``reference-qdq``), the oneDNN op counts, the
+    lowering error if any, the calibration source and sample count."""
+    _need("torchao.quantization.pt2e.quantize_pt2e", "precision 'int8-static'")
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    model = workload.model.eval()
+    sparse = [n for n, m in model.named_modules() if type(m).__name__ == "SparseLinear"]
+    if sparse:
+        raise KnobUnsupported(
+            f"precision 'int8-static' cannot quantize CSR-stored layers ({len(sparse)} "
+            "SparseLinear, e.g. " + sparse[0] + "): torch.export has no int8 rule for "
+            "torch.sparse.mm. Choose sparse_storage 'mask' (pruned weights quantize) or "
+            "precision 'int8-weight'"
+        )
+    if workload.input_dtype is not None:
+        raise KnobUnsupported("precision 'int8-static' quantizes fp32 weights only")
+    fold_pruning(model)
+    batches = list(_calibration_batches(workload))
+    example = batches[0]
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    dynamic = ({0: batch},)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exported = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
+    except Exception as e:  # torch.export raises many types; the message names the op
+        raise KnobUnsupported(
+            f"precision 'int8-static' needs torch.export of the {workload.name} model, which "
+            f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}. Choose 'int8-weight' "
+            "or 'int8' (dynamic)"
+        ) from e
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for xb in batches:
+            prepared(xb)
+    converted = convert_pt2e(prepared)
+    info: dict[str, Any] = {
+        "calibration": "real digits (train split)" if workload.real_data else "synthetic data",
+        "calibration_samples": sum(len(b) for b in batches),
+        "kernels": "reference-qdq",
+        "onednn_ops": {},
+        "lowering_error": None,
+    }
+    result: Any = converted
+    if lower:
+        try:
+            result = _lower_to_onednn(converted, example, dynamic)
+            info["onednn_ops"] = _onednn_ops(result)
+            if set(info["onednn_ops"]) - {"reference"}:
+                info["kernels"] = "onednn-int8"
+            else:
+                result = converted  # nothing matched: the Q/DQ graph is the honest one
+        except Exception as e:  # noqa: BLE001 - any lowering failure falls back, and is said
+            info["lowering_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            result = converted
+    _drop_unused_tensors(result)
+    allow_exported_model_train_eval(result)
+    workload.model = result
+    workload.blocks = []  # the graph has no blocks left to wrap
+    return info
+
+
+def _is_quantizable_linear(module: nn.Module, group: int | None) -> bool:
+    if type(module) is not nn.Linear:
+        return False
+    return group is None or module.in_features % group == 0
+
+
+def quantize_weight_only(workload: Workload, bits: int) -> dict[str, Any]:
+    """Weight-only int8 (``bits=8``) or int4 (``bits=4``) of every ``nn.Linear`` through torchao
+    ``quantize_`` (module docstring); returns the quantized and skipped layer names."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    precision = f"int{bits}-weight"
+    tq = _need("torchao.quantization", f"precision {precision!r}")
+    model = workload.model.eval()
+    fold_pruning(model)
+    group = INT4_GROUP_SIZE if bits == 4 else None
+    quantized = [n for n, m in model.named_modules() if _is_quantizable_linear(m, group)]
+    skipped = [
+        n
+        for n, m in model.named_modules()
+        if n not in quantized and (isinstance(m, nn.Linear) or type(m).__name__ == "SparseLinear")
+    ]
+    if bits == 8:
+        config = tq.Int8WeightOnlyConfig()
+    else:
+        from torchao.quantization.granularity import PerGroup
+
+        int4 = getattr(torch, "int4")  # noqa: B009 - torch >= 2.5; absent from the stubs
+        config = tq.IntxWeightOnlyConfig(weight_dtype=int4, granularity=PerGroup(group))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tq.quantize_(model, config, filter_fn=lambda m, _: _is_quantizable_linear(m, group))
+    return {"quantized": quantized, "skipped": skipped}
+
+
+def describe(workload: Workload, precision: str, info: dict[str, Any]) -> str:
+    """The note for ``workload.notes``: what was quantized, what stayed fp32, how it computes."""
+    by = param_bytes_by_dtype(workload.model)
+    low = sum(v for k, v in by.items() if k in ("int8", "uint8", "int4"))
+    other = sum(by.values()) - low
+    if precision == "int8-static":
+        if info["kernels"] == "onednn-int8":
+            ops = ", ".join(
+                f"{v} {k}" for k, v in sorted(info["onednn_ops"].items()) if k != "reference"
+            )
+            ref = info["onednn_ops"].get("reference", 0)
+            rest = (
+                f", {ref} weights still dequantized to fp32 per request (patterns the "
+                "oneDNN lowering does not match, such as Linear layers on 3-d inputs)"
+                if ref
+                else ""
+            )
+            how = (
+                f"int8 arithmetic in oneDNN kernels ({ops}){rest}, run eagerly as an FX graph; "
+                "oneDNN packs the int8 weights into opaque tensors the tensor account cannot "
+                "see (counted here by their int8 size; footprint() measures them from RSS)"
+            )
+        else:
+            why = f" (lowering failed: {info['lowering_error']})" if info["lowering_error"] else ""
+            how = (
+                "reference Q/DQ graph: weights stored int8, each op dequantizes to fp32, "
+                f"computes in fp32 and quantizes its output{why}"
+            )
+        return (
+            f"int8-static: convolutions and Linear layers quantized (per-channel int8 weights, "
+            f"uint8 activations calibrated on {info['calibration_samples']} samples of "
+            f"{info['calibration']}); {how}; {low} bytes int8, {other} bytes of other tensors "
+            "(folded biases, scales, zero points, norms) stay in their dtype"
+        )
+    bits = 8 if precision == "int8-weight" else 4
+    stored = (
+        "int8 per-row weights (Int8WeightOnlyConfig)"
+        if bits == 8
+        else f"int4 values in groups of {INT4_GROUP_SIZE}, stored one per int8 byte "
+        "(IntxUnpackedToInt8Tensor: torchao 0.18's packed int4 layouts need CUDA or mslk)"
+    )
+    skipped = info["skipped"]
+    left = f"; fp32 Linear layers left: {', '.join(skipped)}" if skipped else ""
+    return (
+        f"{precision}: {len(info['quantized'])} Linear layers quantized to {stored}; "
+        "activations and arithmetic stay fp32 (each matmul dequantizes its weight); "
+        f"convolutions, norms, biases and the quantization scales take {other} bytes in "
+        f"other dtypes{left}"
+    )
