@@ -33,15 +33,19 @@ plain Linear layers and quantize like any other.
 from __future__ import annotations
 
 import importlib
+import json
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import nn
 
 from memlab.knobs.errors import KnobUnsupported
 from memlab.workloads.base import Workload, param_bytes_by_dtype
+
+if TYPE_CHECKING:
+    from memlab.config import Experiment
 
 __all__ = [
     "EDGE_HINT",
@@ -50,6 +54,10 @@ __all__ = [
     "fold_pruning",
     "INT4_GROUP_SIZE",
     "CALIBRATION_SAMPLES",
+    "Footprint",
+    "footprint",
+    "EdgeProgram",
+    "executorch_program",
 ]
 
 EDGE_HINT = "pip install 'memlab[edge]'"
@@ -309,3 +317,197 @@ def describe(workload: Workload, precision: str, info: dict[str, Any]) -> str:
         f"convolutions, norms, biases and the quantization scales take {other} bytes in "
         f"other dtypes{left}"
     )
+
+
+# -- the packed weights' real cost: RSS in a fresh process per precision -----------------------
+class Footprint(TypedDict):
+    """What one precision costs in a fresh process (plain data: ints, floats, strings, so it
+    crosses to the notebook kernel without torch). RSS is Linux ``/proc/self/status``
+    (``memlab/tracking/procmem.py``); ``rss_*`` deltas are bytes."""
+
+    precision: str
+    workload: str
+    #: Bytes the tensor account sees in the model, by dtype (``param_bytes_by_dtype``).
+    model_bytes: dict[str, int]
+    #: RSS added by building the workload and applying its knobs (quantization included).
+    rss_build: int
+    #: RSS added by the first request (lazy allocations: oneDNN's caches, scratch, ...).
+    rss_first_request: int
+    #: Peak RSS over build + first request, above the process's RSS after importing torch.
+    rss_peak: int
+    #: RSS after the request above that starting point: what stays.
+    rss_after: int
+    note: str
+
+
+def _footprint_child(exp: Experiment) -> Footprint:
+    """In a fresh process: RSS around building ``exp`` (its knobs included) and one request."""
+    import gc
+
+    from memlab.knobs.build import build_experiment
+    from memlab.tracking.procmem import read_process_memory, reset_peak_rss
+
+    def rss() -> int:
+        return int(read_process_memory()["rss"] or 0)
+
+    # The quantization machinery (torchao, torch.export, inductor's freezing passes) is
+    # imported before the baseline for every precision, so its ~100+ MiB of code and tables
+    # are not charged to one precision. What the exporter keeps after tracing is still charged
+    # to ``rss_build``; ``rss_first_request`` is the request's own lazy allocations.
+    importlib.import_module("torch._inductor.fx_passes.freezing_patterns")
+    try:
+        importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+    except ImportError:
+        pass
+    gc.collect()
+    reset_peak_rss()
+    base = rss()
+    w = build_experiment(exp)
+    x = next(w.make_batches(1))[0]
+    built = rss()
+    w.infer(x)
+    after = rss()
+    hwm = read_process_memory()["rss_hwm"]
+    return {
+        "precision": exp.precision,
+        "workload": w.name,
+        "model_bytes": param_bytes_by_dtype(w.model),
+        "rss_build": built - base,
+        "rss_first_request": after - built,
+        "rss_peak": (int(hwm) - base) if hwm is not None else after - base,
+        "rss_after": after - base,
+        "note": "; ".join(w.notes),
+    }
+
+
+def footprint(exp: Experiment, precisions: Sequence[str] = ("fp32",)) -> list[Footprint]:
+    """For each precision, ``exp`` with that precision built and run once in a FRESH process
+    (a subprocess: glibc keeps freed memory, so a reused process would carry the last one's
+    RSS), its RSS deltas beside the tensor account's model bytes. oneDNN's and fbgemm's packed
+    weights live outside PyTorch's allocator; RSS is where their cost shows."""
+    import base64
+    import pickle
+    import subprocess
+    import sys
+
+    out: list[Footprint] = []
+    for precision in precisions:
+        one = exp.replace(precision=precision)  # validates the precision
+        blob = base64.b64encode(pickle.dumps(one)).decode()
+        code = (
+            "import base64, json, pickle, sys; import torch; "
+            "from memlab.knobs.quantization import _footprint_child; "
+            f"r = _footprint_child(pickle.loads(base64.b64decode({blob!r}))); "
+            "sys.stdout.write('\\nFOOTPRINT ' + json.dumps(r) + '\\n')"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+        )
+        lines = [s for s in done.stdout.splitlines() if s.startswith("FOOTPRINT ")]
+        if done.returncode != 0 or not lines:
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"footprint of precision {precision!r} failed: {tail[0]}")
+        out.append(json.loads(lines[-1].removeprefix("FOOTPRINT ")))
+    return out
+
+
+# -- what the device would allocate: the ExecuTorch program -------------------------------------
+class EdgeProgram(TypedDict):
+    """An ExecuTorch program of the workload's model (plain data)."""
+
+    workload: str
+    quantized: bool
+    batch_size: int
+    #: Bytes of the serialized ``.pte`` program (weights included).
+    pte_bytes: int
+    #: The planned arena: ``execution_plan[0].non_const_buffer_sizes`` summed (index 0 is
+    #: reserved and 0; the rest are the memory planner's buffers). Tensors inside an XNNPACK
+    #: delegate are XNNPACK's own workspace, not in this plan: with the whole model delegated
+    #: the arena holds the delegate's inputs and outputs only.
+    arena_bytes: int
+    buffer_sizes: list[int]
+    #: Ops delegated to XNNPACK vs left to ExecuTorch's portable kernels.
+    delegated: int
+    #: Median latency of ExecuTorch's Python runtime over ``runs`` executions (seconds; None
+    #: where the runtime is not available); measured here, not on the device.
+    latency_s: float | None
+    runs: int
+    max_abs_diff: float | None
+
+
+def executorch_program(
+    exp: Experiment, *, quantize: bool = True, runs: int = 5, calibrate: bool = True
+) -> EdgeProgram:
+    """Export ``exp``'s model (fp32 weights, as built) through ExecuTorch: ``torch.export``, with
+    ``quantize`` the XNNPACK quantizer's static int8 (PT2E, calibrated like ``int8-static``),
+    ``to_edge_transform_and_lower`` with the XNNPACK partitioner, ``to_executorch``. Returns
+    the ``.pte`` size and the planned arena (what the device would allocate), and, where
+    ExecuTorch's Python runtime loads, its median latency here."""
+    import statistics
+    import time
+
+    import torch
+
+    _need("executorch.exir", "executorch_program")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from memlab.workloads import build_workload
+
+    w = build_workload(exp.replace(precision="fp32", mode="inference"), "cpu")
+    model = w.model.eval()
+    fold_pruning(model)
+    x = next(w.make_batches(1))[0]
+    with torch.no_grad():
+        exported = torch.export.export(model, (x,))
+        if quantize:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = XNNPACKQuantizer()
+            quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(exported.module(), quantizer)  # type: ignore[arg-type]
+            for xb in _calibration_batches(w) if calibrate else [x]:
+                if len(xb) == len(x):  # the program's batch is static
+                    prepared(xb)
+            model = convert_pt2e(prepared)
+            exported = torch.export.export(model, (x,))
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        prog = edge.to_executorch()
+    sizes = [int(s) for s in prog.executorch_program.execution_plan[0].non_const_buffer_sizes]
+    delegated = sum(
+        1
+        for n in prog.exported_program().graph_module.graph.nodes
+        if n.op == "call_function" and "executorch_call_delegate" in str(n.target)
+    )
+    latency: float | None = None
+    diff: float | None = None
+    try:
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(prog.buffer).load_method("forward")
+        times = []
+        for _ in range(max(1, runs)):
+            t0 = time.perf_counter()
+            got = method.execute((x,))[0]
+            times.append(time.perf_counter() - t0)
+        latency = statistics.median(times)
+        with torch.no_grad():
+            diff = float((got - w.model(x)).abs().max())
+    except (ImportError, RuntimeError):  # no runtime in this build: size and arena still hold
+        pass
+    return {
+        "workload": w.name,
+        "quantized": quantize,
+        "batch_size": len(x),
+        "pte_bytes": len(prog.buffer),
+        "arena_bytes": sum(sizes),
+        "buffer_sizes": sizes,
+        "delegated": delegated,
+        "latency_s": latency,
+        "runs": runs,
+        "max_abs_diff": diff,
+    }
