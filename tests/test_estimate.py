@@ -221,3 +221,29 @@ def test_an_inference_experiment_is_estimated_as_the_run_measures_it(workload: s
         est.peak_bytes,
         r.peak_bytes,
     )
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"mode": "train", "compression": "svd", "rank": 16},
+        {"mode": "inference", "compression": "shared", "codebook_bits": 3},
+    ],
+    ids=["svd-train", "shared-inference"],
+)
+def test_a_compressed_experiment_is_estimated_within_3_percent(knobs: dict[str, object]) -> None:
+    """The estimator builds the real model, applies the knobs (svd's factor layers, shared's
+    packed uint8 codes and codebook), then swaps every parameter and buffer for a fake: the
+    factored step, and the shared forward's unpacked weights (temporaries), are predicted."""
+    from memlab import Experiment
+    from memlab.runner import run
+
+    exp = Experiment(workload="mlp", batch_size=16, steps=2, warmup=1, **knobs)  # type: ignore[arg-type]
+    r = run(exp, timeout_s=240)
+    assert r.status == "ok", r.error
+    est = estimate(exp)
+    assert est.peak_by_category["parameters"] == r.peak_by_category["parameters"]
+    assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (
+        est.peak_bytes,
+        r.peak_bytes,
+    )
