@@ -340,6 +340,23 @@ class Footprint(TypedDict):
     note: str
 
 
+#: The precisions whose knob imports the quantization machinery (torchao, torch.export,
+#: inductor's freezing passes): about 100+ MiB of code and tables in the process.
+MACHINERY_PRECISIONS = ("int8-static", "int8-weight", "int4-weight")
+
+
+def preload() -> None:
+    """Import the quantization machinery now, so that a reading of RSS taken afterwards counts
+    it as runtime, not as the cost of one model (``footprint``, and a run under a device
+    profile, whose baseline is read after this). A missing torchao is left to the knob to
+    report."""
+    importlib.import_module("torch._inductor.fx_passes.freezing_patterns")
+    try:
+        importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+    except ImportError:
+        pass
+
+
 def _footprint_child(exp: Experiment) -> Footprint:
     """In a fresh process: RSS around building ``exp`` (its knobs included) and one request."""
     import gc
@@ -354,11 +371,7 @@ def _footprint_child(exp: Experiment) -> Footprint:
     # imported before the baseline for every precision, so its ~100+ MiB of code and tables
     # are not charged to one precision. What the exporter keeps after tracing is still charged
     # to ``rss_build``; ``rss_first_request`` is the request's own lazy allocations.
-    importlib.import_module("torch._inductor.fx_passes.freezing_patterns")
-    try:
-        importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
-    except ImportError:
-        pass
+    preload()
     gc.collect()
     reset_peak_rss()
     base = rss()

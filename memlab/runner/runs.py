@@ -69,6 +69,10 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
     # The process's RSS before the workload is built: Python, torch and memlab, the runtime a
     # device profile's budget does not charge (on the device, ExecuTorch's runtime is a few
     # hundred KiB, not PyTorch's hundreds of MiB); the parent caps RSS at this plus the budget.
+    if exp.precision in ("int8-static", "int8-weight", "int4-weight"):
+        from memlab.knobs.quantization import preload
+
+        preload()  # the quantization libraries' code is runtime, not this model's memory
     send(("baseline", procmem.read_process_memory()["rss"]))
 
     def gate() -> None:
