@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from memlab.config import Experiment
     from memlab.estimator import Estimate
 
-__all__ = ["evaluate_variants", "estimate_each"]
+__all__ = ["evaluate_variants", "estimate_each", "footprints", "edge_programs"]
 
 
 def evaluate_variants(
@@ -73,3 +73,23 @@ def estimate_each(experiments: Sequence[Experiment]) -> list[Estimate]:
     from memlab.estimator import estimate
 
     return [estimate(exp) for exp in experiments]
+
+
+def footprints(exp: Experiment, precisions: Sequence[str]) -> list[dict[str, Any]]:
+    """What each precision of ``exp`` costs the process (RSS around build and first request,
+    each in a fresh subprocess, beside the tensor account's model bytes):
+    ``memlab.knobs.quantization.footprint``, as plain dicts."""
+    from memlab.knobs.quantization import footprint
+
+    return [dict(f) for f in footprint(exp, precisions)]
+
+
+def edge_programs(
+    exp: Experiment, quantize: Sequence[bool] = (False, True)
+) -> list[dict[str, Any]]:
+    """``exp``'s model exported through ExecuTorch, fp32 and/or int8 (XNNPACK quantizer): the
+    ``.pte`` size, the planned arena and the runtime's latency here
+    (``memlab.knobs.quantization.executorch_program``), as plain dicts."""
+    from memlab.knobs.quantization import executorch_program
+
+    return [dict(executorch_program(exp, quantize=q)) for q in quantize]
