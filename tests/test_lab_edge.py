@@ -163,3 +163,50 @@ def test_roofline_summary_and_the_device_estimate_beside_the_measured_time() -> 
     assert f"{est_ms:.3f}" not in text  # exercise 3's answer is not in the prose
     ex3 = lab.exercise_device_estimate(rl, "rpi-zero-2w")
     assert ex3.check(est_ms * 1.02).ok and not ex3.check(est_ms * 2).ok
+
+
+def test_packed_tables_compare_the_tensor_account_with_rss_and_the_program() -> None:
+    fps = [
+        {
+            "precision": "fp32",
+            "model_bytes": {"float32": 4 * MIB},
+            "rss_build": 5 * MIB,
+            "rss_first_request": 3 * MIB,
+            "rss_peak": 8 * MIB,
+            "rss_after": 8 * MIB,
+        },
+        {
+            "precision": "int8",
+            "model_bytes": {"float32": MIB // 2, "qint8": 0},
+            "rss_build": 3 * MIB,
+            "rss_first_request": 1 * MIB,
+            "rss_peak": 4 * MIB,
+            "rss_after": 4 * MIB,
+        },
+    ]
+    progs = [
+        {
+            "quantized": False,
+            "pte_bytes": 4 * MIB,
+            "arena_bytes": MIB,
+            "delegated": 2,
+            "latency_s": 0.01,
+            "max_abs_diff": 0.0,
+        },
+        {
+            "quantized": True,
+            "pte_bytes": MIB,
+            "arena_bytes": MIB,
+            "delegated": 2,
+            "latency_s": None,
+            "max_abs_diff": 0.2,
+        },
+    ]
+    t = lab.footprint_table(fps)
+    assert "| int8 | 512.0 KiB |" in t and "8.0 MiB" in t
+    p = lab.program_table(progs)
+    assert "int8 (XNNPACK quantizer)" in p and "10.00" in p and "| – |" in p
+    text = lab.explain_packed(fps, progs)
+    # int8: 512 KiB seen, 4 MiB held (8x); fp32: 4 MiB seen, 8 MiB held (2x)
+    assert "int8: the tensor account sees 512.0 KiB" in text and "(8.00x that)" in text
+    assert "(2.00x that)" in text and "(4.00x smaller)" in text

@@ -54,6 +54,9 @@ __all__ = [
     "exercise_device_estimate",
     "explain_locality",
     "explain_pipeline",
+    "footprint_table",
+    "program_table",
+    "explain_packed",
 ]
 
 #: The configurations the fit search tries: label -> the Experiment fields it changes from the
@@ -499,3 +502,106 @@ def explain_pipeline(pr: PipelineResult) -> str:
             "their times as noise._"
         )
     return text
+
+
+# -- what the process and the device really hold ---------------------------------------------
+
+
+def _tensor_bytes(fp: Mapping[str, Any]) -> int:
+    return int(sum(fp["model_bytes"].values()))
+
+
+def footprint_table(fps: Sequence[Mapping[str, Any]]) -> str:
+    """Per precision (each built in a fresh process, ``jobs.footprints``): the model's bytes
+    the tensor account sees, and what RSS rose by to build it and to serve its first request."""
+    rows = []
+    for f in fps:
+        by = ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(f["model_bytes"].items()))
+        rows.append(
+            (
+                f["precision"],
+                format_bytes(_tensor_bytes(f)),
+                by,
+                format_bytes(f["rss_build"]),
+                format_bytes(f["rss_first_request"]),
+                format_bytes(f["rss_peak"]),
+            )
+        )
+    return md_table(
+        (
+            "precision",
+            "model bytes (tensor account)",
+            "by dtype",
+            "RSS: build",
+            "RSS: first request",
+            "RSS: peak",
+        ),
+        rows,
+    )
+
+
+def program_table(progs: Sequence[Mapping[str, Any]]) -> str:
+    """The ExecuTorch programs (``jobs.edge_programs``): what the device would load and
+    allocate, and the runtime's latency measured *here*."""
+    rows = []
+    for p in progs:
+        lat = p.get("latency_s")
+        rows.append(
+            (
+                "int8 (XNNPACK quantizer)" if p["quantized"] else "fp32",
+                format_bytes(p["pte_bytes"]),
+                format_bytes(p["arena_bytes"]),
+                p["delegated"],
+                "–" if lat is None else f"{lat * 1e3:.2f}",
+                "–" if p.get("max_abs_diff") is None else f"{p['max_abs_diff']:.3g}",
+            )
+        )
+    return md_table(
+        (
+            "program",
+            ".pte (weights included)",
+            "planned arena",
+            "delegated to XNNPACK",
+            "ExecuTorch runtime ms (here)",
+            "max |difference| from eager",
+        ),
+        rows,
+    )
+
+
+def explain_packed(fps: Sequence[Mapping[str, Any]], progs: Sequence[Mapping[str, Any]]) -> str:
+    """What the footprints and the programs show, computed from them."""
+    parts = []
+    by = {f["precision"]: f for f in fps}
+    for name, f in by.items():
+        seen, held = _tensor_bytes(f), f["rss_build"] + f["rss_first_request"]
+        parts.append(
+            f"{name}: the tensor account sees {format_bytes(seen)} of model; the process grew "
+            f"by {format_bytes(held)} to build it and serve one request"
+            + (f" ({times(held, seen)} that)" if seen else "")
+            + "."
+        )
+    parts.append(
+        "The difference is what only RSS sees: packed weights (fbgemm's and oneDNN's, kept "
+        "outside PyTorch's allocator), the first request's lazy buffers and scratch, the "
+        "batches, and what building the model left behind (an exporter's graphs, the fp32 "
+        "weights a conversion started from, where they are still referenced)."
+    )
+    quant = [p for p in progs if p["quantized"]]
+    plain = [p for p in progs if not p["quantized"]]
+    if quant and plain:
+        fb, qb = plain[0]["pte_bytes"], quant[0]["pte_bytes"]
+        parts.append(
+            f"The ExecuTorch programs: {format_bytes(fb)} in fp32, {format_bytes(qb)} in int8 "
+            f"({times(fb, qb)} smaller); the planned arena, what the device allocates for the "
+            f"tensors between ops, is {format_bytes(quant[0]['arena_bytes'])} (XNNPACK's own "
+            "workspace inside the delegate is not in the plan)."
+        )
+    elif progs:
+        p = progs[0]
+        parts.append(
+            f"The ExecuTorch program: {format_bytes(p['pte_bytes'])} to load, and an arena of "
+            f"{format_bytes(p['arena_bytes'])} planned for the tensors between ops (XNNPACK's "
+            "own workspace inside the delegate is not in the plan)."
+        )
+    return " ".join(parts)
