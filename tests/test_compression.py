@@ -358,3 +358,22 @@ def test_svd_trains_in_a_run() -> None:
     assert r.peak_by_category["parameters"] == n
     assert r.peak_by_category["gradients"] == n  # every factor learns
     assert r.peak_by_category["optimizer_state"] >= 2 * n  # Adam's two moments of each
+
+
+def test_shared_runs_under_a_planned_arena_with_the_same_output() -> None:
+    """allocation 'preallocated' traces the unpacking into its ATen graph: the arena holds
+    the unpacked weights, and the request computes what the eager model computes."""
+    exp = Experiment(
+        workload="cnn",
+        mode="inference",
+        compression="shared",
+        codebook_bits=3,
+        batch_size=8,
+        data_size=8,
+    )
+    torch.manual_seed(0)
+    eager = build_experiment(exp)
+    torch.manual_seed(0)
+    planned = build_experiment(exp.replace(allocation="preallocated"))
+    x, _ = next(eager.make_batches(1))
+    assert torch.allclose(eager.infer(x), planned.infer(x), atol=1e-5)

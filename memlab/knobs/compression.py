@@ -130,13 +130,16 @@ def unpack_indices(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
         p = torch.cat([p, p.new_zeros(need - p.numel())])
     p = p[:need].view(groups, bits)
     out = torch.empty((groups, 8), dtype=torch.int32, device=p.device)
-    mask = (1 << bits) - 1
     for j in range(8):
         k, s = divmod(j * bits, 8)
         v = p[:, k].to(torch.int32)
         if s + bits > 8:
             v = v | (p[:, k + 1].to(torch.int32) << 8)
-        out[:, j] = (v >> s) & mask
+        v = v >> s
+        # The low ``bits`` bits, by shifts rather than ``& mask``: allocation 'preallocated'
+        # (knobs/inference.py, out_variant) pairs aten.bitwise_and.Scalar with the Tensor out
+        # overload (same argument names) and fails; the shifts run as they are.
+        out[:, j] = v - ((v >> bits) << bits)
     return out.view(-1)[:n]
 
 
