@@ -338,6 +338,7 @@ def test_a_device_profile_caps_rss_at_the_runtime_plus_its_budget() -> None:
     assert base + budget < r.metrics["rss_at_kill_bytes"] < base + budget + 400 * 2**20
     assert r.metrics["profile"] == "rpi-zero-2w"
     assert base <= r.metrics["rss_built_bytes"] < base + budget
+    assert r.metrics["model_bytes"] > 0  # what it built, though the cap killed it
     from memlab.ui.messages import oom_message
 
     msg = oom_message(r)

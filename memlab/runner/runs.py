@@ -229,7 +229,9 @@ def _execute(
             # converted model holds: a device loads the converted model, it never builds the
             # fp32 one. glibc keeps freed memory otherwise (ARCHITECTURE: glibc keeps it).
             procmem.trim_heap()
-            send(("built", procmem.read_process_memory()["rss"]))
+            # The model's bytes go with it: a run the cap kills still says what it built.
+            built = {k: v for k, v in workload.metrics.items() if k.startswith("model_bytes")}
+            send(("built", procmem.read_process_memory()["rss"], built))
         request = _request_fn(workload)
         # Without a warm-up (warmup=0: lab 05 measures the first epoch from its first batch) no
         # batch may be taken before the tracked pass: its first request is then the first
@@ -619,6 +621,7 @@ class RunHandle:
         )
         self.rss_baseline_bytes: int | None = None
         self.rss_built_bytes: int | None = None
+        self._built_metrics: dict[str, Any] = {}
         self._default_cap = self.rss_cap_bytes
         self.timeout_s = timeout_s
         self.started_at = time.monotonic()
@@ -693,7 +696,7 @@ class RunHandle:
     def _limits_metrics(self) -> dict[str, Any]:
         """The RSS limits a result reports: the cap, and under a profile the baseline and the
         profile whose budget set it."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = dict(self._built_metrics)
         if self.rss_baseline_bytes is not None:
             out["rss_baseline_bytes"] = self.rss_baseline_bytes
         if self.rss_built_bytes is not None:
@@ -759,6 +762,7 @@ class RunHandle:
                     self.rss_baseline_bytes = msg[1]
                 elif kind == "built":
                     self._built(msg[1])
+                    self._built_metrics = dict(msg[2]) if len(msg) > 2 else {}
                 elif kind == "gate":
                     self._gate_asked = True  # answered above, once no service job runs
                 elif kind == "result":
