@@ -40,6 +40,8 @@ __all__ = [
     "FUSES",
     "QUANTIZED",
     "COMPRESSIONS",
+    "OFFLOADS",
+    "WEIGHTS",
     "PROFILE_NAMES",
     "MAX_SPARSITY",
     "MIB",
@@ -80,6 +82,14 @@ FUSES: tuple[str, ...] = ("none", "fold", "compile")
 #: Weight compression (memlab/knobs/compression.py): each Linear factored at a low rank (svd), or
 #: its weights clustered to 2**bits shared values stored as b-bit indices plus a codebook.
 COMPRESSIONS: tuple[str, ...] = ("none", "svd", "shared")
+#: Where a training step keeps the activations autograd saves for backward
+#: (memlab/knobs/offload.py): in memory (off), in CPU memory (cpu: CUDA runs only change),
+#: written to disk in the run's temporary folder (disk), or compressed on the way (disk-compressed).
+OFFLOADS: tuple[str, ...] = ("off", "cpu", "disk", "disk-compressed")
+#: Where an inference run's weights live (memlab/streaming.py): all resident in memory, or saved
+#: once to a safetensors file and streamed layer by layer through a memory map (the next
+#: layer prefetched on a thread).
+WEIGHTS: tuple[str, ...] = ("resident", "streamed")
 #: Edge targets a run can be held to (memlab/devices.py); "none": this machine, no profile.
 PROFILE_NAMES: tuple[str, ...] = ("none", *_device_profiles())
 #: Pruning every weight leaves nothing to learn or to store; 0.99 is the top of the range.
@@ -423,6 +433,26 @@ class Experiment:
         memory=True,
         knob=True,
     )
+    offload_activations: str = _declare(
+        "off",
+        kind="choice",
+        group="techniques",
+        help="training only: keep saved activations in memory (off), in CPU memory (cpu, CUDA "
+        "runs), on disk (disk) or compressed on disk (disk-compressed)",
+        choices=OFFLOADS,
+        memory=True,
+        knob=True,
+    )
+    weights: str = _declare(
+        "resident",
+        kind="choice",
+        group="techniques",
+        help="inference only: all weights in memory (resident), or streamed layer by layer "
+        "from a memory-mapped safetensors file (streamed)",
+        choices=WEIGHTS,
+        memory=True,
+        knob=True,
+    )
     data: str = _declare(
         "ram",
         kind="choice",
@@ -520,6 +550,11 @@ class Experiment:
                 f"precision {self.precision!r} (quantization) works for mode 'inference' only, "
                 f"got mode {self.mode!r}"
             )
+        if self.offload_activations != "off" and self.mode != "train":
+            raise ConfigError(
+                f"offload_activations {self.offload_activations!r} works for mode 'train' only "
+                f"(inference saves no activations for backward), got mode {self.mode!r}"
+            )
         if self.compression == "shared" and self.mode != "inference":
             raise ConfigError(
                 "compression 'shared' (b-bit codebook indices) works for mode 'inference' only, "
@@ -529,6 +564,7 @@ class Experiment:
         for name, value, plain in (
             ("allocation", self.allocation, "dynamic"),
             ("fuse", self.fuse, "none"),
+            ("weights", self.weights, "resident"),
         ):
             if value != plain and self.mode != "inference":
                 raise ConfigError(

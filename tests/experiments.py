@@ -5,9 +5,10 @@ from __future__ import annotations
 from memlab.config import Experiment
 
 
-def every_field_changed() -> Experiment:
-    """An Experiment in which every field differs from its default (a valid combination)."""
-    return Experiment(
+def every_field_changed() -> tuple[Experiment, Experiment]:
+    """Two valid Experiments between which every field differs from its default: an inference
+    one (the inference-only knobs) and a training one (the training-only knobs)."""
+    inference = Experiment(
         workload="transformer",
         mode="inference",
         batch_size=16,
@@ -18,6 +19,7 @@ def every_field_changed() -> Experiment:
         allocation="preallocated",
         inplace=True,
         fuse="fold",
+        weights="streamed",
         compression="shared",
         rank=4,
         codebook_bits=3,
@@ -33,3 +35,13 @@ def every_field_changed() -> Experiment:
         profile="rpi-4-2gb",
         seed=3,
     )
+    training = inference.replace(
+        mode="train",
+        precision="bf16",
+        allocation="dynamic",
+        fuse="none",
+        weights="resident",
+        compression="svd",
+        offload_activations="disk-compressed",
+    )
+    return inference, training

@@ -21,10 +21,12 @@ from memlab.config import (
     MAX_SPARSITY,
     MEMORY_FIELDS,
     MODES,
+    OFFLOADS,
     PRECISIONS,
     PROFILE_NAMES,
     QUANTIZED,
     SPARSE_STORAGES,
+    WEIGHTS,
     WORKLOADS,
     ConfigError,
     Experiment,
@@ -82,6 +84,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("codebook_bits", 9, "1 <= codebook_bits <= 8"),
     ("codebook_bits", 0, "1 <= codebook_bits <= 8"),
     ("profile", "rpi-5", "'rpi-zero-2w'"),
+    ("offload_activations", "gpu", "'off', 'cpu', 'disk', 'disk-compressed'"),
+    ("weights", "mmap", "'resident', 'streamed'"),
     ("profile", None, "'none'"),
     ("data", "disk", "'ram', 'memmap'"),
     ("num_workers", -1, ">= 0"),
@@ -159,6 +163,12 @@ def test_shared_compression_is_for_inference_and_svd_trains() -> None:
         Experiment(compression="shared")
 
 
+def test_offload_is_for_training() -> None:
+    assert Experiment(offload_activations="disk").offload_activations == "disk"
+    with pytest.raises(ConfigError, match=r"offload_activations 'disk'.*train.*got mode"):
+        Experiment(offload_activations="disk", mode="inference")
+
+
 def test_a_profile_sets_the_budget_unless_one_is_given() -> None:
     from memlab.devices import PROFILES
 
@@ -222,10 +232,10 @@ def test_replace_revalidates() -> None:
 
 
 def test_dict_round_trip_is_json_safe() -> None:
-    e = every_field_changed()
-    d = json.loads(json.dumps(e.to_dict()))
-    assert Experiment.from_dict(d) == e
-    assert d["budget_bytes"] == 2**30
+    for e in every_field_changed():
+        d = json.loads(json.dumps(e.to_dict()))
+        assert Experiment.from_dict(d) == e
+        assert d["budget_bytes"] == 2**30
 
 
 def test_callable_workload_serialises_by_qualified_name() -> None:
@@ -306,6 +316,8 @@ def test_the_public_choice_lists_are_the_declared_ones() -> None:
         "allocation": ALLOCATIONS,
         "fuse": FUSES,
         "compression": COMPRESSIONS,
+        "offload_activations": OFFLOADS,
+        "weights": WEIGHTS,
         "data": DATA_SOURCES,
         "device": DEVICES,
         "profile": PROFILE_NAMES,
@@ -318,8 +330,10 @@ def test_the_public_choice_lists_are_the_declared_ones() -> None:
 @pytest.mark.parametrize("name", list(FIELDS))
 def test_every_declared_choice_and_bound_is_accepted(name: str) -> None:
     spec = FIELDS[name]
-    # inference allows precision int8; batch 1 and 1024 samples fit every batch_size/data_size
-    base = Experiment(mode="inference", batch_size=1, data_size=1024)
+    # inference allows precision int8 (training the activation offload); batch 1 and 1024
+    # samples fit every batch_size/data_size
+    mode = "train" if name == "offload_activations" else "inference"
+    base = Experiment(mode=mode, batch_size=1, data_size=1024)
     good: list[Any] = list(spec.choices) or [spec.default]
     good += [v for v in (spec.minimum, spec.maximum, spec.typical_max) if v is not None]
     for v in good:
