@@ -25,6 +25,7 @@ from memlab.knobs.sparsity import (
     density_crossover,
     magnitude_mask,
 )
+from memlab.knobs.streaming import apply_weights, close_weights
 from memlab.workloads.base import param_bytes_by_dtype
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "apply_compression",
     "apply_precision",
     "apply_sparsity",
+    "apply_weights",
+    "close_weights",
     "amp_context",
     "autocast_unsupported_reason",
     "checkpointed_blocks",

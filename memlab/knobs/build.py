@@ -17,6 +17,7 @@ from memlab.knobs.compression import apply_compression
 from memlab.knobs.inference import apply_inference_knobs
 from memlab.knobs.precision import apply_precision
 from memlab.knobs.sparsity import apply_sparsity
+from memlab.knobs.streaming import apply_weights
 from memlab.workloads import Workload, build_workload
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def apply_knobs(workload: Workload, exp: Experiment) -> Workload:
     apply_precision(workload, exp.precision)
     apply_checkpointing(workload, exp.checkpointing)
     apply_inference_knobs(workload, exp)
+    apply_weights(workload, exp.weights)  # last: it streams the layers the others left
     return workload
 
 
