@@ -342,6 +342,13 @@ def estimate_experiment(exp: Any) -> Estimate:
             "buffers and compiled kernels hold real tensors that fake tensors cannot replace "
             "(memlab/knobs/inference.py); measure it with memlab.run"
         )
+    if getattr(exp, "weights", "resident") == "streamed":
+        raise EstimateError(
+            "weights 'streamed' cannot be estimated: the weights are copied in from a mapped "
+            "file one layer at a time by hooks around each layer (memlab/knobs/streaming.py), "
+            "which fake tensors cannot stand in for; expect about the largest layer twice (it "
+            "and the next one prefetched) plus the activations, and measure it with memlab.run"
+        )
     t0 = time.perf_counter()
     small = exp.replace(data="ram", data_size=exp.batch_size, num_workers=0, device="cpu")
     w = build_experiment(small, "cpu")

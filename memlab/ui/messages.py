@@ -186,10 +186,14 @@ def oom_message(result: RunResult, *, steps: int | None = None, estimate: Any = 
     model = model_state_bytes(result, estimate)
     if budget and model is not None and model[0] > budget:
         need, words = model
+        # In inference the weights need not all be resident (memlab/knobs/streaming.py).
+        ways = ["raise the budget", "make the model smaller (a lower precision, sparse weights)"]
+        if exp.get("mode") == "inference" and exp.get("weights", "resident") == "resident":
+            ways.append("stream its weights from a file layer by layer (weights 'streamed')")
         return (
             f"out of memory {when}: the model's {words} alone need {format_bytes(need)}, more "
-            f"than the {format_bytes(budget)} budget: no batch size fits. Raise the budget, or "
-            "make the model smaller (a lower precision, sparse weights)."
+            f"than the {format_bytes(budget)} budget: no batch size fits. "
+            f"{', '.join(ways[:-1]).capitalize()}, or {ways[-1]}."
         )
     if "hard cap" in (result.error or ""):
         rss, cap = result.metrics.get("rss_at_kill_bytes"), result.metrics.get("rss_cap_bytes")
@@ -220,10 +224,17 @@ def oom_message(result: RunResult, *, steps: int | None = None, estimate: Any = 
             if result.peak_bytes
             else ""
         )
+        largest = result.metrics.get("stream_largest_layer_bytes")
+        streamed = (
+            f" Streamed weights still hold the layer being run and the next one prefetched "
+            f"(the largest is {format_bytes(int(largest))}) beside the activations."
+            if exp.get("weights") == "streamed" and largest
+            else ""
+        )
         return (
             f"out of memory {when}: this step needs more tensor memory than {your_budget}"
-            f"{peak}. Lower the batch size or raise the budget. Kept in the history, hatched: "
-            "what it reached, not compared."
+            f"{peak}.{streamed} Lower the batch size or raise the budget. Kept in the history, "
+            "hatched: what it reached, not compared."
         )
     return f"out of memory {when}: {error or 'no message'}"
 
