@@ -16,6 +16,7 @@ from memlab.knobs.build import accuracy, apply_knobs, build_experiment
 from memlab.knobs.checkpointing import apply_checkpointing, checkpointed_blocks
 from memlab.knobs.compression import apply_compression
 from memlab.knobs.errors import KnobUnsupported
+from memlab.knobs.offload import apply_offload
 from memlab.knobs.precision import amp_context, apply_precision, autocast_unsupported_reason
 from memlab.knobs.sparsity import (
     SparseLinear,
@@ -34,6 +35,7 @@ __all__ = [
     "build_experiment",
     "apply_checkpointing",
     "apply_compression",
+    "apply_offload",
     "apply_precision",
     "apply_sparsity",
     "apply_weights",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from memlab.knobs.checkpointing import apply_checkpointing
 from memlab.knobs.compression import apply_compression
 from memlab.knobs.inference import apply_inference_knobs
+from memlab.knobs.offload import apply_offload
 from memlab.knobs.precision import apply_precision
 from memlab.knobs.sparsity import apply_sparsity
 from memlab.knobs.streaming import apply_weights
@@ -41,6 +42,7 @@ def apply_knobs(workload: Workload, exp: Experiment) -> Workload:
     apply_compression(workload, exp.compression, exp.rank, exp.codebook_bits)
     apply_precision(workload, exp.precision)
     apply_checkpointing(workload, exp.checkpointing)
+    apply_offload(workload, exp.offload_activations)  # hooks around forward, after checkpointing
     apply_inference_knobs(workload, exp)
     apply_weights(workload, exp.weights)  # last: it streams the layers the others left
     return workload

@@ -9,9 +9,12 @@ import dataclasses
 import gc
 import os
 import pickle
+import shutil
+import tempfile
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -66,6 +69,7 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
         return
     exp = _load_experiment(msg[1])
     settle_s = float(msg[2]) if len(msg) > 2 else 0.0
+    scratch_dir = str(msg[3]) if len(msg) > 3 else None  # the run's folder, the parent's to remove
     # The process's RSS before the workload is built: Python, torch and memlab, the runtime a
     # device profile's budget does not charge (on the device, ExecuTorch's runtime is a few
     # hundred KiB, not PyTorch's hundreds of MiB); the parent caps RSS at this plus the budget.
@@ -85,7 +89,7 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
             raise RuntimeError("memlab worker: expected 'go' from the parent")
 
     try:
-        result = _execute(exp, send, cancel, gate, settle_s=settle_s)
+        result = _execute(exp, send, cancel, gate, settle_s=settle_s, scratch_dir=scratch_dir)
     except _Cancelled:
         result = RunResult(
             peak_bytes=0,
@@ -177,6 +181,7 @@ def _execute(
     gate: Callable[[], None] = lambda: None,
     *,
     settle_s: float = 0.0,
+    scratch_dir: str | None = None,
 ) -> RunResult:
     """Build the workload, warm up, then measure ``exp.steps`` steps in one tracked block (the
     memory), then time ``exp.steps`` more steps untracked (the speed); ``gate()`` returns when
@@ -221,7 +226,7 @@ def _execute(
         torch.manual_seed(exp.seed)
         device = exp.resolved_device()
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        workload = _build(exp, device)
+        workload = _build(exp, device, scratch_dir)
         if exp.profile != "none":
             gc.collect()
             # What the build freed (a model built in fp32, then quantized or compressed) goes
@@ -534,10 +539,17 @@ def _children_pids() -> list[int]:
         return []
 
 
-def _build(exp: Experiment, device: str) -> Any:
+def _build(exp: Experiment, device: str, scratch_dir: str | None = None) -> Any:
     from memlab.knobs import build_experiment
 
-    return build_experiment(exp, device)
+    workload = build_experiment(exp, device)
+    if scratch_dir is not None:
+        from memlab.knobs.offload import use_folder
+
+        # Offloaded activations are written in the run's folder, which the parent removes
+        # whatever the run's end (RunHandle._finish), a killed worker's included.
+        use_folder(workload, scratch_dir)
+    return workload
 
 
 # ============================================================================================
@@ -631,6 +643,11 @@ class RunHandle:
         self._worker = _take_worker(use_warm)
         self._warm_next = keep_warm
         self._gate_asked = False  # the worker waits for "go" before its measured block
+        # The run's temporary folder (offloaded activations): made here and removed in
+        # _finish, so that it goes whatever the end, a worker killed mid-step included (and at
+        # the latest when the handle is collected or the interpreter exits).
+        self.scratch_dir = tempfile.mkdtemp(prefix="memlab-run-")
+        self._remove_scratch = weakref.finalize(self, shutil.rmtree, self.scratch_dir, True)
         _sched.run_started(self)
         self._thread = threading.Thread(target=self._read, name="memlab-run-reader", daemon=True)
         self._thread.start()
@@ -677,6 +694,7 @@ class RunHandle:
             result = dataclasses.replace(result, metrics={**extra, **dict(result.metrics)})
         self.result = result
         _kill(self._worker)
+        self._remove_scratch()
         _sched.run_ended(self)  # before on_done: a callback may queue a job (and wait for it)
         self._done.set()
         if self.on_done is not None:
@@ -744,7 +762,7 @@ class RunHandle:
                     return
                 kind = msg[0]
                 if kind == "ready" and not sent:
-                    w.conn.send(("run", self._payload, self.settle_s))
+                    w.conn.send(("run", self._payload, self.settle_s, self.scratch_dir))
                     sent = True
                 elif kind == "samples":
                     batch = msg[1]

@@ -122,6 +122,9 @@ class Workload:
     make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None
     #: Context wrapping forward and loss (``torch.autocast`` under the amp precisions).
     autocast: Callable[[], AbstractContextManager[Any]] = _no_autocast
+    #: Context wrapping forward and loss around autocast: where autograd keeps what it saves
+    #: for backward (``saved_tensors_hooks``; ``knobs/offload.py``). A null context by default.
+    saved_tensors: Callable[[], AbstractContextManager[Any]] = _no_autocast
     #: ``torch.amp.GradScaler`` for fp16 autocast training (fp16 gradients underflow without it).
     grad_scaler: Any = None
     #: Inputs are cast to this dtype before the model (bf16 weights need bf16 inputs).
@@ -168,7 +171,7 @@ class Workload:
         if self.mode == "inference" or self.optimizer is None:
             with torch.inference_mode(), self.autocast():
                 return self.loss_fn(self.forward(x).float(), y)
-        with self.autocast():
+        with self.saved_tensors(), self.autocast():
             # The loss in fp32: a low-precision softmax over logits loses the small terms.
             loss = self.loss_fn(self.forward(x).float(), y)
         if self.grad_scaler is not None:
