@@ -164,6 +164,18 @@ def test_lazy_allocates_on_the_first_request_only_and_holds_the_naive_plan() -> 
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_out_variant_matches_argument_types_not_only_names() -> None:
+    from memlab.knobs.inference import out_variant
+
+    # bitwise_and.Scalar and .Tensor_out share argument names (self, other): the Scalar op's
+    # out variant is Scalar_out, which takes the Scalar.
+    got = {op: out_variant(getattr(torch.ops.aten.bitwise_and, op)) for op in ("Scalar", "Tensor")}
+    assert got["Scalar"] is not None and got["Scalar"][0]._overloadname == "Scalar_out"
+    assert got["Tensor"] is not None and got["Tensor"][0]._overloadname == "Tensor_out"
+    add = out_variant(torch.ops.aten.add.Tensor)
+    assert add is not None and add[0]._overloadname == "out" and add[1] == ["out"]
+
+
 def test_an_op_without_an_out_variant_runs_eagerly_and_is_reported() -> None:
     from memlab.knobs.inference import PlannedForward
 

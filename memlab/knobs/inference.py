@@ -162,13 +162,15 @@ def out_variant(op: Any) -> tuple[Any, list[str]] | None:
     packet = getattr(getattr(torch.ops, schema.name.split("::")[0]), op._opname, None)
     if packet is None:
         return None
-    names = [a.name for a in schema.arguments]
+    # Names *and* types: ``bitwise_and.Scalar`` (other: Scalar) and ``bitwise_and.Tensor_out``
+    # (other: Tensor) share argument names; only ``Scalar_out`` takes the Scalar.
+    sig = [(a.name, str(a.type)) for a in schema.arguments]
     for ov in packet.overloads():
         cand = getattr(packet, ov)
         outs = [a.name for a in cand._schema.arguments if a.is_out]
         if not outs or len(outs) != len(schema.returns):
             continue
-        if [a.name for a in cand._schema.arguments if not a.is_out] == names:
+        if [(a.name, str(a.type)) for a in cand._schema.arguments if not a.is_out] == sig:
             return cand, outs
     return None
 
