@@ -34,7 +34,8 @@ allocating (a numpy array's, a mapping's) is outside it, which is the point: ``0
 the zero-copy paths, the tensor's bytes for the copies. RSS sees everything, with the
 allocator's and glibc's noise; at the default 64 MiB each copy is one fresh ``mmap`` (above
 glibc's largest dynamic mmap threshold, 32 MiB: malloc(3), ``M_MMAP_THRESHOLD``), so its
-pages are counted once written.
+pages are counted once written; the worker also fixes glibc's mmap threshold
+(``_pin_mmap_threshold``) so that this holds at every size.
 """
 
 from __future__ import annotations
@@ -223,6 +224,24 @@ def _measure(
     return row
 
 
+def _pin_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at its default, 128 KiB: every block above it is a fresh
+    ``mmap``, whose pages RSS counts once written and returns at ``free``. Without this glibc
+    raises the threshold to the size of each mmapped block freed (up to 32 MiB), and the next
+    copy of that size reuses heap memory already resident: RSS would not see it (malloc(3),
+    ``M_MMAP_THRESHOLD``: setting it disables the dynamic adjustment). False off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD is -3
+    except (OSError, AttributeError):
+        return False
+
+
 def zero_copy_job(size_bytes: int = 64 * 2**20, workdir: str | None = None) -> ZeroCopyResult:
     """The torch side of :func:`zero_copy`: every path of ``PATHS`` measured in this process
     (run it in a fresh one: RSS carries what ran before). Files go to a temporary folder under
@@ -236,6 +255,7 @@ def zero_copy_job(size_bytes: int = 64 * 2**20, workdir: str | None = None) -> Z
     from memlab.tracking.sources import default_source
 
     n = size_bytes // 4
+    pinned = _pin_mmap_threshold()
     with tempfile.TemporaryDirectory(prefix="memlab-zerocopy-", dir=workdir) as tmp:
         raw = os.path.join(tmp, "raw.f32")
         saved = os.path.join(tmp, "saved.pt")
@@ -338,6 +358,11 @@ def zero_copy_job(size_bytes: int = 64 * 2**20, workdir: str | None = None) -> Z
         "RSS counts file-backed pages (rss_file) for mappings of a file: the page cache's pages, "
         "shared with every process that maps the file, and droppable by the OS",
     ]
+    if pinned:
+        notes.append(
+            "glibc's mmap threshold fixed at 128 KiB (mallopt): each copy is a fresh mapping, "
+            "so its pages show in rss_anon"
+        )
     if not sys.platform.startswith("linux"):
         notes.append("not Linux: the RSS parts and the mapping checks are missing (None)")
     return ZeroCopyResult(
