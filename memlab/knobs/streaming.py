@@ -107,7 +107,7 @@ def _check_composes(workload: Workload) -> None:
     precision = a.get("precision", "fp32")
     if precision not in _PRECISIONS:
         raise KnobUnsupported(
-            f"weights 'streamed' supports precision {' or '.join(_PRECISIONS)}, got "
+            f"weights 'streamed' supports precision {' or '.join(_PRECISIONS)}, got precision "
             f"{precision!r}: quantized precisions keep packed weights outside nn.Linear, and "
             "autocast would recast every streamed layer on every request; use 'bf16'"
         )
@@ -327,7 +327,8 @@ class WeightStreamer:
             f"each layer copied out before its forward and freed after it (largest "
             f"{largest / mib:.2f} MiB), "
             + ("the next one prefetched on a thread" if self.prefetch else "no prefetch")
-            + "; the mapped pages are file-backed RSS, the copies anonymous"
+            + "; the mapped pages are file-backed RSS, the copies anonymous. The file "
+            f"({self.path}) is removed once mapped"
         )
 
     def close(self) -> None:
