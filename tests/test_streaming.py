@@ -297,3 +297,27 @@ def test_training_workload_is_refused() -> None:
 def test_estimate_says_it_cannot() -> None:
     with pytest.raises(EstimateError, match="weights 'streamed' cannot be estimated"):
         estimate(Experiment(workload="mlp", mode="inference", weights="streamed"))
+
+
+def test_a_request_that_fails_half_way_leaves_nothing_behind() -> None:
+    w = build_experiment(Experiment(workload="mlp", mode="inference"))
+    x = _batch(w)
+    ref = w.infer(x).clone()
+    apply_weights(w, "streamed")
+    fc1 = w.model.blocks[1].fc1
+    calls = []
+
+    def fail_once(*args: object) -> None:
+        if not calls:
+            calls.append(1)
+            raise RuntimeError("a layer failed")
+
+    fc1.register_forward_pre_hook(fail_once)  # after the streamer's: the weights are loaded
+    try:
+        with pytest.raises(RuntimeError, match="a layer failed"):
+            w.infer(x)
+        assert fc1.weight.numel() > 0  # the failed request left fc1's weights loaded...
+        assert torch.equal(w.infer(x), ref)  # ...the next request drops them and runs right
+        assert all(m.weight.numel() == 0 for m in w.model.modules() if isinstance(m, nn.Linear))
+    finally:
+        close_weights(w)

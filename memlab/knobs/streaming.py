@@ -241,7 +241,14 @@ class WeightStreamer:
 
     # -- the hooks ------------------------------------------------------------------------
     def _begin_request(self, module: nn.Module, args: Any) -> None:
-        self._drop_pending()  # a request that failed half-way may have left one behind
+        # A request that failed half-way (out of budget in a layer) may have left a prefetch
+        # and a layer's weights behind: drop both, so nothing crosses into this request.
+        self._drop_pending()
+        for (_, m), keys in zip(self.layers, self.params, strict=True):
+            for attr in keys:
+                t = getattr(m, attr)
+                if t.numel():
+                    setattr(m, attr, _placeholder(t))
         self._prev = None
 
     def _end_request(self, module: nn.Module, args: Any, output: Any) -> None:
