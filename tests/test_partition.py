@@ -29,7 +29,8 @@ M, MB = 4, 32  # micro-batches, samples per micro-batch
 
 def _shm_names() -> set[str]:
     d = Path("/dev/shm")
-    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+    # psm_: multiprocessing.shared_memory's names (others' semaphores come and go beside them)
+    return {p.name for p in d.iterdir() if p.name.startswith("psm_")} if d.is_dir() else set()
 
 
 def _param_bytes(model: Any, modules: list[str]) -> int:
@@ -98,10 +99,11 @@ def test_times_and_bubble(mlp2: PartitionResult) -> None:
         assert [t.index for t in s.times] == list(range(M))
         for t in s.times:
             assert t.wait_s <= t.input_s <= t.compute_end_s <= t.slot_s <= t.sent_s
-    # One clock across processes: stage 1 has micro-batch m only after stage 0 sent it.
+    # One clock across processes: stage 1 has micro-batch m only after stage 0 began to copy
+    # it (stage 0 reads its clock after the send, which may be after stage 1 received it).
     s0, s1 = mlp2.stage_results
     for a, b in zip(s0.times, s1.times, strict=True):
-        assert b.input_s >= a.sent_s
+        assert b.input_s >= a.slot_s
     assert mlp2.predicted_bubble == pytest.approx(1 / (M + 1))
     assert mlp2.throughput_per_s is not None and mlp2.anchor_throughput_per_s is not None
 
@@ -219,3 +221,18 @@ def test_stages_compose_to_the_model(name: str) -> None:
             for i, (lo, hi) in enumerate(ranges):
                 h = _stage_module(model, name, lo, hi, i == 0, i == len(ranges) - 1)(h)
             assert torch.equal(h, want), (name, k)
+
+
+def test_figures(mlp2: PartitionResult) -> None:
+    from memlab.plots_partition import gantt_figure, memory_figure
+
+    g = gantt_figure(mlp2)
+    compute = [t for t in g.data if t.name == "compute"]
+    assert sum(len(t.x) for t in compute) == 2 * M  # every stage x micro-batch
+    s0 = mlp2.stage_results[0]
+    assert compute[0].base[0] == pytest.approx(1e3 * s0.times[0].input_s)
+    assert "bubble" in g.layout.title.text
+    m = memory_figure(mlp2)
+    params = next(t for t in m.data if t.name == "parameters")
+    assert list(params.x) == ["one process", "stage 0 (blocks 0-1)", "stage 1 (blocks 2-3)"]
+    assert params.y[1] * 2**20 == pytest.approx(s0.param_bytes)

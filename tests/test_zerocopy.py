@@ -95,3 +95,13 @@ def test_kernel_side_imports_no_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_figure(result: ZeroCopyResult) -> None:
+    from memlab.plots_partition import zero_copy_figure
+
+    fig = zero_copy_figure(result)
+    alloc = next(t for t in fig.data if t.name == "PyTorch allocator")
+    assert alloc.y[0] == "from_numpy (shares)" and alloc.y[-1] == "tensor (copy)"
+    assert alloc.x[-1] == pytest.approx(SIZE / 2**20)
+    assert alloc.x[0] == 0
