@@ -76,6 +76,7 @@ class _Handle:
 
     path: str | None
     shape: tuple[int, ...]
+    stride: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
     nbytes: int
@@ -90,6 +91,22 @@ def _is_fake(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import is_fake
 
     return bool(is_fake(t)) or t.device.type == "meta"
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill one run of memory without gaps or overlaps, in some order
+    of its dimensions (a transpose of a contiguous tensor is): then its bytes can be written as
+    they lie, and read back into a tensor with the same strides. Keeping the layout matters:
+    backward kernels given a transposed operand instead of a contiguous copy can sum in another
+    order (bf16 gradients then differ in the last bit)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride(), strict=True), key=lambda p: p[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _kept_in_memory(t: torch.Tensor, threshold: int) -> bool:
@@ -166,15 +183,18 @@ class OffloadStore:
             self.kept += 1
             return t
         t0 = time.perf_counter()
-        # One contiguous run of bytes to write (a copy only for a non-contiguous view).
-        flat = t.detach().contiguous()
-        nbytes = flat.numel() * flat.element_size()
+        # One run of bytes to write: the tensor's memory as it lies when it is dense (its
+        # layout is kept), else a contiguous copy.
+        src = t.detach() if _dense(t) else t.detach().contiguous()
+        nbytes = src.numel() * src.element_size()
+        handle = _Handle(None, tuple(src.shape), src.stride(), src.dtype, src.device, nbytes)
         if _is_fake(t):  # the estimator: the same allocations, nothing written
-            return _Handle(None, tuple(t.shape), t.dtype, t.device, nbytes)
+            return handle
+        flat = src.as_strided((src.numel(),), (1,))  # its memory, in memory order
         if flat.device.type != "cpu":
             flat = flat.cpu()
         # Bytes, whatever the dtype (numpy has no bfloat16): a zero-copy uint8 view.
-        buf = flat.reshape(-1).view(torch.uint8).numpy()
+        buf = flat.view(torch.uint8).numpy()
         path = os.path.join(self._folder(), f"{self._n:07d}.bin")
         self._n += 1
         with open(path, "wb") as f:
@@ -184,7 +204,7 @@ class OffloadStore:
             else:
                 f.write(buf.data)
             written = f.tell()
-        handle = _Handle(path, tuple(t.shape), t.dtype, t.device, nbytes)
+        handle.path = path
         # The file lives as long as autograd holds the handle (until backward frees the graph).
         weakref.finalize(handle, _unlink, path)
         self.files += 1
@@ -197,10 +217,12 @@ class OffloadStore:
         if isinstance(packed, torch.Tensor):
             return packed
         t0 = time.perf_counter()
-        # Allocated by torch's allocator, so the tensor account sees the bytes come back.
-        out = torch.empty(packed.nbytes, dtype=torch.uint8)
+        # Allocated by torch's allocator, so the tensor account sees the bytes come back, with
+        # the saved tensor's strides.
+        t = torch.empty_strided(packed.shape, packed.stride, dtype=packed.dtype)
         if packed.path is not None:
-            view = out.numpy().data  # a writable memoryview of the tensor's bytes
+            flat = t.as_strided((t.numel(),), (1,)).view(torch.uint8)
+            view = flat.numpy().data  # a writable memoryview of the tensor's bytes
             with open(packed.path, "rb") as f:
                 reader = self._dctx.stream_reader(f) if self.compress else f
                 got = 0
@@ -213,7 +235,6 @@ class OffloadStore:
                         )
                     got += n
                 self.bytes_read += os.fstat(f.fileno()).st_size
-        t = out.view(packed.dtype).view(packed.shape)
         if packed.device.type != "cpu":
             t = t.to(packed.device)
         if packed.path is not None:
