@@ -4,7 +4,7 @@
                                    [--micro-batches 16] [--batch 32] [--threads 1]
                                    [--json PATH]
 
-For each workload and each K, one ``memlab.partition`` call: its one-process anchor (the whole
+For each workload and each K, one ``memlab.partitioning`` call: its one-process anchor (the whole
 model over the same micro-batches, measured first in the same call) and the K-stage pipeline.
 Prints per row: throughput (micro-batches/s) and its ratio to the anchor of the same call, the
 measured bubble beside the predicted (K-1)/(M+K-1), each stage's tracked tensor peak and RSS
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from memlab.config import Experiment  # noqa: E402
-from memlab.partition import BLOCKS, WORKLOADS, PartitionResult, partition  # noqa: E402
+from memlab.partitioning import BLOCKS, WORKLOADS, PartitionResult, partition  # noqa: E402
 
 MIB = 2**20
 

@@ -37,6 +37,10 @@ __all__ = [
     "pipeline",
     "PipelineResult",
     "pinned_memory",
+    "partition",
+    "PartitionResult",
+    "zero_copy",
+    "ZeroCopyResult",
 ]
 
 _LAZY = {
@@ -66,12 +70,17 @@ _LAZY = {
     "pipeline": "memlab.pipelining",
     "PipelineResult": "memlab.pipelining",
     "pinned_memory": "memlab.pipelining",
+    "partition": "memlab.partitioning",
+    "PartitionResult": "memlab.partitioning",
+    "zero_copy": "memlab.zerocopy",
+    "ZeroCopyResult": "memlab.zerocopy",
 }
 
 if TYPE_CHECKING:
     from memlab.config import Experiment
     from memlab.estimator import Estimate, estimate, max_batch_size
     from memlab.locality import BandwidthResult, bandwidth, conv_layouts, strided_access
+    from memlab.partitioning import PartitionResult, partition
     from memlab.pipelining import PipelineResult, pinned_memory, pipeline
     from memlab.planning import MemoryPlan, plan
     from memlab.rooflines import RooflineResult, roofline
@@ -85,6 +94,7 @@ if TYPE_CHECKING:
         format_bytes,
     )
     from memlab.tracking import Tracker, track
+    from memlab.zerocopy import ZeroCopyResult, zero_copy
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from memlab.config import MIB
-from memlab.partition import PartitionResult, StageResult
+from memlab.partitioning import PartitionResult, StageResult
 from memlab.timeline import CATEGORIES
 from memlab.zerocopy import ZeroCopyResult
 

@@ -1,4 +1,4 @@
-"""memlab.partition: a built-in model cut into stage processes, checked against one process.
+"""memlab.partitioning: a built-in model cut into stage processes, checked against one process.
 
 Independent truths: the one-process anchor's outputs (to the bit), the parameters' bytes from
 the models' shapes (built here), the bytes of the micro-batches from their shapes, the
@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from memlab.config import Experiment
-from memlab.partition import (
+from memlab.partitioning import (
     BLOCKS,
     PartitionResult,
     partition,
@@ -206,7 +206,7 @@ def test_stages_compose_to_the_model(name: str) -> None:
     """In process: the stage modules, chained, compute the model's forward to the bit."""
     import torch
 
-    from memlab.partition import _stage_module
+    from memlab.partitioning import _stage_module
     from memlab.workloads.builtin import SPECS
 
     torch.manual_seed(0)

@@ -91,7 +91,7 @@ def test_kernel_side_imports_no_torch() -> None:
     import subprocess
 
     code = (
-        "import sys; import memlab.zerocopy, memlab.partition; "
+        "import sys; import memlab.zerocopy, memlab.partitioning; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,5 +1,7 @@
 """Model partitioning: a built-in model cut into K contiguous stages, each run by its own worker
-process, inference over M micro-batches as a pipeline.
+process, inference over M micro-batches as a pipeline. (``memlab.partitioning``, not
+``memlab.partition``: a submodule named like the public function would replace it on the
+package once imported; see ``memlab.locality``.)
 
     result = memlab.partition("transformer", stages=2, micro_batches=8)
     result.summary()        # per-stage peaks, their sum vs one process, bubble, throughput
@@ -531,7 +533,7 @@ def _stage_body(
     model: Any = w.model.eval()
     if len(model.blocks) != BLOCKS[name]:
         raise RuntimeError(
-            f"the {name} model has {len(model.blocks)} blocks, memlab.partition.BLOCKS says "
+            f"the {name} model has {len(model.blocks)} blocks, memlab.partitioning.BLOCKS says "
             f"{BLOCKS[name]}: update BLOCKS"
         )
     inputs = [x for x, _ in w.make_batches(m_total)]
