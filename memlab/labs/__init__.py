@@ -7,12 +7,12 @@
     ex1.check(answer_1)                            # graded hints, then the worked solution
 
 Lab modules: :mod:`tour`, :mod:`batch_size`, :mod:`checkpointing`, :mod:`precision`,
-:mod:`sparsity`, :mod:`data_loading`, :mod:`inference`, :mod:`edge`; each re-exports the shared
-pieces its notebook uses, so a notebook needs only its own lab module. Shared modules:
-:mod:`checks` (the answer-checking framework: ``Check``, ``Exercise``), :mod:`exercises`
-(exercises several labs use, backed by real runs), :mod:`sweeps` (running experiments and
-keeping their results), :mod:`analysis` (pure functions of results) and :mod:`text` (Markdown
-helpers for the explanations).
+:mod:`sparsity`, :mod:`data_loading`, :mod:`inference`, :mod:`edge`, :mod:`beyond_ram`; each re-
+exports the shared pieces its notebook uses, so a notebook needs only its own lab module. Shared
+modules: :mod:`checks` (the answer-checking framework: ``Check``, ``Exercise``),
+:mod:`exercises` (exercises several labs use, backed by real runs), :mod:`sweeps` (running
+experiments and keeping their results), :mod:`analysis` (pure functions of results) and
+:mod:`text` (Markdown helpers for the explanations).
 
 No exercise's answer is on screen before the learner tries: each lab's ``explain`` says what
 the runs show, and the part that states an answer is that exercise's worked solution.
@@ -34,6 +34,7 @@ __all__ = [
     "data_loading",
     "inference",
     "edge",
+    "beyond_ram",
     "checks",
     "exercises",
     "sweeps",
