@@ -32,6 +32,7 @@ plain Linear layers and quantize like any other.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import warnings
@@ -107,7 +108,10 @@ def _calibration_batches(workload: Workload) -> Iterator[torch.Tensor]:
 def _lower_to_onednn(gm: torch.fx.GraphModule, example: torch.Tensor, dynamic: Any) -> Any:
     """oneDNN int8 kernels for a converted PT2E graph: transcribes torchao's
     ``lower_pt2e_quantized_to_x86`` (torchao/quantization/pt2e/lowering.py), with the batch
-    dimension kept dynamic in its re-export."""
+    dimension kept dynamic in its re-export, and that re-export non-strict (torchao's is
+    strict, through dynamo): the input is already an exported ATen graph, so dynamo has nothing
+    to add, and non-strict leaves no compiled frames or guards in dynamo's process-wide code
+    caches (which only ``torch._dynamo.reset()`` would clear, for every model in the process)."""
     from torch._inductor.constant_folding import constant_fold
     from torch._inductor.fx_passes.freezing_patterns import freezing_passes
 
@@ -117,8 +121,9 @@ def _lower_to_onednn(gm: torch.fx.GraphModule, example: torch.Tensor, dynamic: A
         if not torch._export.utils._is_cia_op(k):
             del decomp[k]
     with torch.no_grad():
-        ep = torch.export.export(gm, (example,), dynamic_shapes=dynamic, strict=True)
+        ep = torch.export.export(gm, (example,), dynamic_shapes=dynamic, strict=False)
         lowered: Any = ep.run_decompositions(decomp).module()
+        del ep  # its state_dict and graph signature are not needed by the module
         # aten.t -> permute, as torchao's _node_replace: the qlinear patterns match permute.
         g = lowered.graph
         for node in list(g.nodes):
@@ -165,14 +170,144 @@ def _onednn_ops(gm: torch.fx.GraphModule) -> dict[str, int]:
     return out
 
 
+#: ``functools.cache`` functions of a module argument that PT2E's ``prepare`` and ``convert``
+#: call (torchao/quantization/pt2e/prepare.py and convert.py, through torchao/utils.py and
+#: torch/ao/quantization/fx/utils.py) with the exported and prepared modules.
+_MODULE_CACHES = (
+    ("torchao.utils", "_assert_and_get_unique_device"),
+    ("torch.ao.quantization.fx.utils", "assert_and_get_unique_device"),
+)
+
+
+def _clear_build_caches() -> None:
+    """Empty the process-wide caches the export / PT2E / lowering flow fills for one model.
+    Each is a cache (a later call recomputes what it needs), and each held this model's state:
+
+    - ``_MODULE_CACHES``: each keeps every module it was called with, and so the exported
+      module, its graphs and the ORIGINAL fp32 Parameters it shares with the fp32 model, for
+      the life of the process (measured on the MLP: its 32 MiB of fp32 weights were reachable
+      from these two caches only);
+    - ``torch.fx.experimental.proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT``: the last
+      export trace's nodes, with their fake tensors, kept until the next trace clears it
+      (``_ModuleStackTracer.trace``); export reads it only while that trace finishes;
+    - the ``lru_cache`` methods of ``ShapeEnv`` (torch/fx/experimental/symbolic_shapes.py:
+      ``lru_cache`` / ``_lru_cache`` on ``get_axioms``, ``size_hint``, ...; each exposes
+      ``cache_clear``): a method cache keys on ``self``, so it keeps every export's
+      ``ShapeEnv`` alive, with its guards, their stacks and its own fake-tensor dispatch
+      cache;
+    - ``FakeTensorMode.cache`` (torch/_subclasses/fake_tensor.py, ``cache_clear``): fake-tensor
+      dispatch results keyed by this model's shapes;
+    - ``PhiloxStateTracker`` (torch/_decomp/decompositions_for_rng.py): AOT autograd's
+      ``record_state`` (torch/_functorch/_aot_autograd/graph_capture_wrappers.py) leaves the
+      last trace's fake seed and offset in these class attributes, and through them that
+      trace's ``FakeTensorMode`` and ``ShapeEnv``; ``reset`` puts fresh empty states back;
+    - ``linecache`` (``clearcache``): the source files read to format the stack traces export
+      records per node (about 4-6 MiB here), which ``_drop_graph_metadata`` drops.
+    """
+    import linecache
+
+    from torch._decomp.decompositions_for_rng import PhiloxStateTracker
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental import proxy_tensor
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    for module, name in _MODULE_CACHES:
+        clear = getattr(getattr(importlib.import_module(module), name, None), "cache_clear", None)
+        if clear is not None:  # a version without the cache has nothing to clear
+            clear()
+    last_trace = getattr(proxy_tensor, "_FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT", None)
+    if isinstance(last_trace, dict):
+        last_trace.clear()
+    for attr in vars(ShapeEnv).values():
+        clear = getattr(attr, "cache_clear", None)
+        if callable(clear):
+            clear()
+    FakeTensorMode.cache_clear()
+    PhiloxStateTracker.reset()
+    linecache.clearcache()
+
+
+def _drop_graph_metadata(gm: torch.fx.GraphModule) -> None:
+    """Empty the final graph's metadata, and let go of the nodes the passes erased.
+
+    Per node (torch/fx/node.py ``Node.meta``): ``val``, ``example_value`` and
+    ``eager_input_vals`` hold fake tensors, which hold their ``FakeTensorMode`` and its
+    ``ShapeEnv`` (symbols, guards, a stack summary each); ``from_node`` holds the provenance
+    chain of every earlier graph (torch/fx/traceback.py ``NodeSource``). Per graph module
+    (``gm.meta``): export's range constraints and name maps. Running the module needs none of
+    it: ``recompile`` generated ``forward`` from the nodes' ops and arguments
+    (torch/fx/graph_module.py), export's input check is the ``_guards_fn`` submodule (kept),
+    and nothing in memlab reads ``meta``.
+
+    ``Graph.erase_node`` leaves an erased node in the graph's name table
+    (torch/fx/graph.py, ``_Namespace._obj_to_name``), metadata and all, and the freezing
+    passes and constant folding erase most of the graph. ``copy.deepcopy`` of a graph
+    (``Graph.__deepcopy__``: ``graph_copy`` of the live nodes, then the output and the
+    codegen) holds the live nodes only; the ``graph`` setter recompiles ``forward`` from it."""
+    for node in gm.graph.nodes:
+        node.meta.clear()
+    gm.graph = copy.deepcopy(gm.graph)
+    gm.meta.clear()
+
+
+def _int8_graph(
+    workload_name: str, model: nn.Module, batches: list[torch.Tensor], lower: bool
+) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    """Export, prepare, calibrate, convert and (with ``lower``) lower ``model``; returns the
+    final graph and what was done. The intermediates (the ExportedPrograms, the exported,
+    prepared and converted modules) are locals here and in ``_lower_to_onednn``, so none
+    outlives this call but the one returned."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    example = batches[0]
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    dynamic = ({0: batch},)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exported = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
+    except Exception as e:  # torch.export raises many types; the message names the op
+        raise KnobUnsupported(
+            f"precision 'int8-static' needs torch.export of the {workload_name} model, which "
+            f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}. Choose 'int8-weight' "
+            "or 'int8' (dynamic)"
+        ) from e
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)  # type: ignore[arg-type]
+    del exported
+    with torch.no_grad():
+        for xb in batches:
+            prepared(xb)
+    converted = convert_pt2e(prepared)
+    del prepared
+    info: dict[str, Any] = {"kernels": "reference-qdq", "onednn_ops": {}, "lowering_error": None}
+    if not lower:
+        return converted, info
+    try:
+        lowered = _lower_to_onednn(converted, example, dynamic)
+    except Exception as e:  # noqa: BLE001 - any lowering failure falls back, and is said
+        info["lowering_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return converted, info
+    info["onednn_ops"] = _onednn_ops(lowered)
+    if not set(info["onednn_ops"]) - {"reference"}:
+        return converted, info  # nothing matched: the Q/DQ graph is the honest one
+    info["kernels"] = "onednn-int8"
+    return lowered, info
+
+
 def quantize_static_int8(workload: Workload, *, lower: bool = True) -> dict[str, Any]:
     """Replace ``workload.model`` by its static int8 graph (module docstring); returns what was
     done: ``kernels`` (``onednn-int8`` or ``reference-qdq``), the oneDNN op counts, the
-    lowering error if any, the calibration source and sample count."""
+    lowering error if any, the calibration source and sample count.
+
+    Afterwards the process holds the int8 graph and no fp32 copy of the weights: the
+    intermediates die with ``_int8_graph``, ``_clear_build_caches`` empties the caches that
+    held the exported modules, ``_drop_graph_metadata`` the graph's fake tensors and
+    provenance. What stays is loaded once per process, not per model (``BUILD_STATE_NOTE``)."""
     _need("torchao.quantization.pt2e.quantize_pt2e", "precision 'int8-static'")
     from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     model = workload.model.eval()
     sparse = [n for n, m in model.named_modules() if type(m).__name__ == "SparseLinear"]
@@ -187,46 +322,14 @@ def quantize_static_int8(workload: Workload, *, lower: bool = True) -> dict[str,
         raise KnobUnsupported("precision 'int8-static' quantizes fp32 weights only")
     fold_pruning(model)
     batches = list(_calibration_batches(workload))
-    example = batches[0]
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    dynamic = ({0: batch},)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exported = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
-    except Exception as e:  # torch.export raises many types; the message names the op
-        raise KnobUnsupported(
-            f"precision 'int8-static' needs torch.export of the {workload.name} model, which "
-            f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}. Choose 'int8-weight' "
-            "or 'int8' (dynamic)"
-        ) from e
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)  # type: ignore[arg-type]
-    with torch.no_grad():
-        for xb in batches:
-            prepared(xb)
-    converted = convert_pt2e(prepared)
-    info: dict[str, Any] = {
-        "calibration": "real digits (train split)" if workload.real_data else "synthetic data",
-        "calibration_samples": sum(len(b) for b in batches),
-        "kernels": "reference-qdq",
-        "onednn_ops": {},
-        "lowering_error": None,
-    }
-    result: Any = converted
-    if lower:
-        try:
-            result = _lower_to_onednn(converted, example, dynamic)
-            info["onednn_ops"] = _onednn_ops(result)
-            if set(info["onednn_ops"]) - {"reference"}:
-                info["kernels"] = "onednn-int8"
-            else:
-                result = converted  # nothing matched: the Q/DQ graph is the honest one
-        except Exception as e:  # noqa: BLE001 - any lowering failure falls back, and is said
-            info["lowering_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            result = converted
+        result, info = _int8_graph(workload.name, model, batches, lower)
+    finally:  # a failed export or prepare must not leave the model in the caches either
+        _clear_build_caches()
+    info["calibration"] = "real digits (train split)" if workload.real_data else "synthetic data"
+    info["calibration_samples"] = sum(len(b) for b in batches)
     _drop_unused_tensors(result)
+    _drop_graph_metadata(result)
     allow_exported_model_train_eval(result)
     workload.model = result
     workload.blocks = []  # the graph has no blocks left to wrap
