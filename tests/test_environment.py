@@ -118,9 +118,6 @@ _NOT_IMPORTED = {
     "onnxscript": "torch.onnx.export needs it (edge extra); memlab calls torch.onnx",
     "onnx": "torch.onnx.export writes ONNX with it (edge extra); planning_anchors checks for it "
     "with an actionable error before exporting",
-    # Lab 08's offload extra, declared ahead of the code that uses it (issue 13, in progress).
-    "safetensors": "lab 08's weight streaming saves and memory-maps weights with it",
-    "zstandard": "lab 08's disk-compressed activation offload",
 }
 
 
