@@ -9,7 +9,7 @@
   with ``pin_memory=True`` the same ``pack_to_cpu`` allocates a fresh ``torch.empty`` and copies
   *every* saved tensor, even a CPU one (pinning is skipped when CUDA is unavailable, the copy is
   not), which on a CPU run would add a copy of each saved weight and no saving
-  (``tests/test_offload.py`` measures that copy).
+  (``tests/test_offload.py`` checks that copy on the pack function itself).
 - ``disk``: a ``torch.autograd.graph.saved_tensors_hooks`` pair (``OffloadStore``). ``pack``
   writes each saved tensor of at least ``threshold_bytes`` to its own file in the run's
   temporary folder and returns a small handle, so the tensor's memory is freed as soon as the
