@@ -447,14 +447,22 @@ def exercise_device_estimate(rl: RooflineResult, profile: str, id: str = "3") ->
 # -- locality -----------------------------------------------------------------------------------
 
 
+def _ordinal(n: int) -> str:
+    """``2nd``, ``3rd``, ``11th``, ``32nd``."""
+    if 10 <= n % 100 <= 20:
+        return f"{n}th"
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }"
+
+
 def explain_locality(strides: StrideResult, convs: ConvLayoutResult | None = None) -> str:
     """What the strided reads and the conv layouts show, computed from them."""
     parts = []
     worst = max(strides.points, key=lambda p: p.stride)
     if worst.stride != 1:
         parts.append(
-            f"Reading every {worst.stride}th float64 touches {worst.bytes_per_useful_byte:.1f} "
-            f"bytes per useful byte ({strides.line_bytes}-byte cache lines), and took "
+            f"Reading every {_ordinal(worst.stride)} float64 touches "
+            f"{worst.bytes_per_useful_byte:.1f} bytes per useful byte "
+            f"({strides.line_bytes}-byte cache lines), and took "
             f"{strides.slowdown(worst.stride):.1f}x as long per element as a contiguous read "
             "of the same count."
         )
