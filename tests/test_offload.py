@@ -376,3 +376,21 @@ def test_cli_refuses_bad_offload_in_one_line(args: list[str], says: str) -> None
     )
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and says in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_offload_on_cuda_moves_saved_activations_off_the_device() -> None:
+    """Issue 13, item 7: on a CUDA run ``save_on_cpu`` (pinned) moves the saved activations to
+    host memory, so the device's activations at the peak drop; the copies cost step time (the
+    host-to-device traffic), reported beside it."""
+    from memlab.runner import run
+
+    base = Experiment(workload="transformer", batch_size=16, steps=3, device="cuda")
+    off = run(base, timeout_s=600)
+    cpu = run(base.replace(offload_activations="cpu"), timeout_s=600)
+    assert off.status == "ok" and cpu.status == "ok", (off.error, cpu.error)
+    acts_off = off.peak_by_category["activations"]
+    assert acts_off > 0
+    assert cpu.peak_by_category["activations"] <= 0.25 * acts_off
+    assert cpu.peak_bytes < off.peak_bytes
+    assert cpu.step_times_s and off.step_times_s  # both timed: the PCIe cost is their difference
