@@ -360,3 +360,17 @@ def test_a_profile_budget_holds_the_tracked_tensors_unless_a_budget_is_given() -
     assert r.status == "oom" and "budget" in (r.error or "")
     assert r.peak_bytes <= small
     no_zombies()
+
+
+def test_under_the_profiler_fallback_the_profile_cap_is_off_and_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The profiler fallback's event buffers grow in the worker while it records: a profile's
+    RSS cap would charge them to the model, so it is off there, and the result says so."""
+    monkeypatch.setenv("MEMLAB_EVENT_SOURCE", "profiler")
+    shutdown_warm_worker()  # a warm worker chose its event source before the variable was set
+    r = run(Experiment(workload=step_hog, profile="rpi-zero-2w", steps=4), timeout_s=180)
+    assert r.status == "ok", r.error
+    assert any("RSS cap is off" in n for n in r.notes), r.notes
+    assert "rss_cap_bytes" in r.metrics and r.metrics["rss_cap_bytes"] > 2**31
+    no_zombies()

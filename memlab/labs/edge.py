@@ -273,6 +273,12 @@ def explain_fit(search: FitSearch) -> str:
             "oneDNN's) and the data the run reads live outside the tensor account, and only "
             "RSS sees them. A budget check from tensors alone would pass them too easily."
         )
+    capless = [k for k in rows if any("RSS cap is off" in n for n in search.sweep[k].notes)]
+    if capless:
+        parts.append(
+            "Here memlab measured through its profiler fallback (no C++ compiler), so the RSS "
+            f"cap was off for {', '.join(capless)}: only the tensor budget decided what fits."
+        )
     return " ".join(parts) + "\n" + "\n".join(note(timing_note(search.sweep)))
 
 
