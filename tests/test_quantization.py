@@ -258,3 +258,18 @@ def test_executorch_program_size_and_arena() -> None:
     # The arena holds at least the input batch (32 x 1 x 16 x 16 fp32) and the output.
     assert prog["arena_bytes"] >= 32 * 256 * 4 + 32 * 10 * 4
     assert prog["delegated"] >= 1
+
+
+def test_static_int8_refuses_weight_shared_layers_clearly() -> None:
+    from memlab.knobs import KnobUnsupported, build_experiment
+
+    exp = Experiment(
+        workload="cnn",
+        mode="inference",
+        batch_size=8,
+        data_size=8,
+        compression="shared",
+        precision="int8-static",
+    )
+    with pytest.raises(KnobUnsupported, match=r"int8-static.*weight-shared layers"):
+        build_experiment(exp)

@@ -333,6 +333,17 @@ def quantize_static_int8(workload: Workload, *, lower: bool = True) -> dict[str,
             "torch.sparse.mm. Choose sparse_storage 'mask' (pruned weights quantize) or "
             "precision 'int8-weight'"
         )
+    shared = [n for n, m in model.named_modules() if type(m).__name__.startswith("Shared")]
+    if shared:
+        # A shared layer computes its weight from packed indices at every call: PT2E's
+        # quantizer finds no stored weight attribute to observe and fails deep inside
+        # ("Expected get_attr node"); the codebook is already the compression.
+        raise KnobUnsupported(
+            f"precision 'int8-static' cannot quantize weight-shared layers ({len(shared)}, "
+            f"e.g. {shared[0]}): their weights are b-bit codebook indices, made at each call. "
+            "Use compression 'shared' with precision 'fp32', or compression 'svd'/'none' with "
+            "'int8-static'"
+        )
     if workload.input_dtype is not None:
         raise KnobUnsupported("precision 'int8-static' quantizes fp32 weights only")
     fold_pruning(model)
