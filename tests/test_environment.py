@@ -36,9 +36,12 @@ def pyproject_dependencies() -> list[str]:
         return list(tomllib.load(f)["project"]["dependencies"])
 
 
-def pyproject_extra(name: str) -> list[str]:
+def pyproject_extras() -> list[str]:
+    """Every optional extra's requirements except the test tools' (``test`` only names the
+    other extras and the tools that run the suite)."""
     with open(ROOT / "pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["project"]["optional-dependencies"][name])
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    return [r for name, reqs in extras.items() if name != "test" for r in reqs]
 
 
 def environment_pip_requirements() -> list[str]:
@@ -84,7 +87,7 @@ def test_environment_yml_uses_the_same_ranges() -> None:
 
 def test_every_dependency_has_an_exact_pin() -> None:
     pins = constraint_pins()
-    extras = pyproject_extra("edge") + pyproject_extra("offload")
+    extras = pyproject_extras()
     names = sorted(requirement_name(r) for r in pyproject_dependencies() + extras)
     missing = [name for name in names if name not in pins]
     assert not missing, f"not pinned in constraints.txt: {missing}"
@@ -141,7 +144,7 @@ def test_every_declared_dependency_is_used_and_every_import_is_declared() -> Non
 
     dists = packages_distributions()
     # The extras' packages are imported inside the functions that use them (optional).
-    extras = pyproject_extra("edge") + pyproject_extra("offload")
+    extras = pyproject_extras()
     declared = {requirement_name(r) for r in pyproject_dependencies() + extras}
     used: set[str] = set()
     undeclared: list[str] = []
