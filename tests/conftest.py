@@ -38,3 +38,19 @@ def profiler_peak(fn) -> tuple[int, object]:  # type: ignore[no-untyped-def]
             running += e.typed[1].alloc_size
             peak = max(peak, running)
     return peak, value
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_store(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Runs saved by the tests go to a store of this session, never to the user's
+    ~/.memlab/runs.sqlite; subprocesses (the CLI, notebooks' kernels) inherit the variable."""
+    import os
+
+    path = tmp_path_factory.mktemp("memlab-store") / "runs.sqlite"
+    old = os.environ.get("MEMLAB_STORE")
+    os.environ["MEMLAB_STORE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MEMLAB_STORE", None)
+    else:
+        os.environ["MEMLAB_STORE"] = old

@@ -613,6 +613,8 @@ class RunHandle:
         keep_warm: bool = False,
         on_samples: SamplesFn | None = None,
         settle_s: float = 0.0,
+        save: bool = True,
+        source: str = "run",
     ) -> None:
         if not isinstance(experiment, Experiment):
             raise TypeError(
@@ -622,6 +624,14 @@ class RunHandle:
         self.samples: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
         self.result: RunResult | None = None
+        #: The run's id in the run store once saved (``memlab.load(handle.run_id)``); None
+        #: while it runs, when saving is off, for a cancelled run, or if saving failed.
+        self.run_id: str | None = None
+        from memlab.store import SOURCES
+
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        self._save, self._source = bool(save), source
         self.on_sample, self.on_step, self.on_done = on_sample, on_step, on_done
         self.on_samples = on_samples
         if not isinstance(settle_s, (int, float)) or not 0 <= settle_s <= 10:
@@ -703,11 +713,39 @@ class RunHandle:
         _kill(self._worker)
         self._remove_scratch()
         _sched.run_ended(self)  # before on_done: a callback may queue a job (and wait for it)
+        # Saved after the worker is gone (nothing of the run is left to slow down) and before
+        # the run counts as done, so memlab.runs() lists it as soon as run() returns.
+        self.result = self._store(result)
         self._done.set()
         if self.on_done is not None:
-            self.on_done(result)
+            self.on_done(self.result)
         if self._warm_next:  # the next run's worker starts once this one no longer measures
             warm_up()
+
+    def _store(self, result: RunResult) -> RunResult:
+        """Save the finished run in the run store (``memlab.store``); return the result, with
+        a note if saving failed: a store that cannot be written never breaks a run.
+
+        Saved: ``ok``, ``oom`` and ``error`` runs, each an answer about the experiment (a
+        sweep's cache must know that a setting does not fit, or does not run). Not saved:
+        ``cancelled`` runs, which say nothing about the experiment (the panel cancels the run
+        in progress at every change of a setting). Off with ``save=False`` or
+        ``MEMLAB_STORE=off``."""
+        if not self._save or result.status == "cancelled":
+            return result
+        import warnings
+
+        from memlab import store
+
+        if not store.store_enabled():
+            return result
+        try:
+            self.run_id = store.default_store().save(result, source=self._source)
+        except Exception as e:  # noqa: BLE001 - the run's result matters more than its copy
+            why = f"the run was not saved in the run store: {type(e).__name__}: {e}"
+            warnings.warn(why, store.StoreWarning, stacklevel=2)
+            return dataclasses.replace(result, notes=(*result.notes, why))
+        return result
 
     def _built(self, rss: int | None, capped: bool = True) -> None:
         """The workload is built and converted: from now on a profile's cap holds (the
@@ -866,6 +904,8 @@ def start(
     warm: bool = False,
     on_samples: SamplesFn | None = None,
     settle_s: float = 0.0,
+    save: bool = True,
+    source: str = "run",
 ) -> RunHandle:
     """Start ``experiment`` in a worker process and return at once.
 
@@ -882,6 +922,8 @@ def start(
     ``warm`` a new one is started once this run has ended, for the next run. The measured
     block waits for a service job in progress (:func:`submit`) to end; jobs queued meanwhile
     wait for the run (``timeout_s`` counts from the start, the wait included).
+    With ``save`` (the default, unless ``MEMLAB_STORE=off``) the finished run is saved in the
+    run store (``memlab.runs()``), as coming from ``source``; ``handle.run_id`` is its id.
     """
     return RunHandle(
         experiment,
@@ -894,6 +936,8 @@ def start(
         keep_warm=warm,
         on_samples=on_samples,
         settle_s=settle_s,
+        save=save,
+        source=source,
     )
 
 
@@ -903,9 +947,12 @@ def run(
     *,
     rss_cap_bytes: int | None = None,
     timeout_s: float | None = None,
+    save: bool = True,
 ) -> RunResult:
     """Run ``experiment`` in a fresh worker process and return its result (never raises for a
-    failed run: the result's ``status`` and ``error`` say what happened)."""
+    failed run: the result's ``status`` and ``error`` say what happened). With ``save`` (the
+    default, unless ``MEMLAB_STORE=off``) the run is saved in the run store (``memlab.runs()``
+    lists it; a cancelled run is not saved)."""
     handle = RunHandle(
         experiment,
         on_sample=on_sample,
@@ -913,6 +960,7 @@ def run(
         timeout_s=timeout_s,
         use_warm=True,
         keep_warm=False,
+        save=save,
     )
     return handle.wait()
 
