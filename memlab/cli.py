@@ -1,5 +1,6 @@
-"""The command line: ``memlab run ...``, ``memlab estimate ...``, ``memlab plan ...`` and
-``memlab bandwidth`` (also ``python -m memlab``).
+"""The command line: ``memlab run ...``, ``memlab estimate ...``, ``memlab plan ...``,
+``memlab bandwidth``, and the run store's ``memlab runs``, ``memlab show RUN`` and
+``memlab compare A B`` (also ``python -m memlab``).
 
 Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled`` (or a model that
 cannot be estimated); 2 a bad argument (one line naming it, no traceback).
@@ -129,7 +130,146 @@ def _parser() -> _Parser:
     )
     rf.add_argument("--requests", type=_lenient(int), default=5, metavar="N", help="timed requests")
     rf.add_argument("--top", type=int, default=15, metavar="N", help="ops shown, slowest first")
+    rs = sub.add_parser("runs", help="list the saved runs, newest first (the run store)")
+    rs.add_argument("--json", action="store_true", help="print the runs as JSON")
+    rs.add_argument("--limit", type=_lenient(int), default=20, metavar="N", help="runs shown")
+    rs.add_argument("--status", default=None, help="only runs of this status (ok, oom, error)")
+    rs.add_argument("--workload", default=None, help="only runs of this workload")
+    sh = sub.add_parser("show", help="one saved run's figures (an id or a unique prefix)")
+    sh.add_argument("run_id", metavar="RUN")
+    sh.add_argument("--json", action="store_true", help="print the result as JSON")
+    cp = sub.add_parser("compare", help="run B against run A: memory and speed deltas")
+    cp.add_argument("a", metavar="A", help="a run id (or a unique prefix)")
+    cp.add_argument("b", metavar="B", help="a run id (or a unique prefix)")
+    cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return p
+
+
+def _store_command(ns: argparse.Namespace) -> int:
+    """``runs``, ``show`` and ``compare``: read the store; a missing run, an unreadable store
+    or a bad filter is one line on stderr and exit code 2."""
+    from memlab.store import StoreError
+
+    try:
+        if ns.command == "runs":
+            return _runs(ns)
+        if ns.command == "show":
+            return _show(ns)
+        return _compare(ns)
+    except KeyError as e:  # a run id that is not there (KeyError quotes its message)
+        print(f"memlab: error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except (StoreError, ValueError, TypeError) as e:
+        print(f"memlab: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN (pandas' missing number) as null, numpy scalars as Python's."""
+    if v is None:
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _runs(ns: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from memlab.store import runs
+
+    if not isinstance(ns.limit, int) or ns.limit < 1:
+        raise ValueError(f"--limit must be a positive int, got {ns.limit!r}")
+    df = runs(status=ns.status, workload=ns.workload, limit=ns.limit)
+    if ns.json:
+        rows = [
+            {k: (v.isoformat() if k == "created" else _json_safe(v)) for k, v in row.items()}
+            for row in df.to_dict(orient="records")
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if df.empty:
+        print("no saved runs (memlab run ... saves one)")
+        return 0
+    print(
+        f"  {'id':<12}  {'created':<16}  {'status':<9} {'workload':<11} {'mode':<9} "
+        f"{'batch':>5} {'precision':<11} {'peak':>10} {'step':>10}  changes"
+    )
+    for row in df.itertuples(index=False):
+        step = _json_safe(row.step_time_s)
+        peak = format_bytes(row.peak_bytes) if row.status in ("ok", "oom") else "-"
+        when = datetime.fromtimestamp(row.created.timestamp()).strftime("%Y-%m-%d %H:%M")
+        print(
+            f"  {row.id:<12}  {when:<16}  {row.status:<9} {str(row.workload)[:11]:<11} "
+            f"{str(row.mode):<9} {_json_safe(row.batch_size) or '-':>5} "
+            f"{str(row.precision):<11} {peak:>10} "
+            f"{'-' if step is None else f'{step * 1e3:.1f} ms':>10}  {row.changes}"
+        )
+    return 0
+
+
+def _show(ns: argparse.Namespace) -> int:
+    from memlab.store import default_store
+
+    store = default_store()
+    rid = store.resolve(ns.run_id)
+    r = store.load(rid)
+    if ns.json:
+        info = store.info(rid)
+        print(
+            json.dumps(
+                {
+                    **result_json(r),
+                    "run_id": rid,
+                    "created": info.created,
+                    "source": info.source,
+                    "label": info.label,
+                    "machine": dict(info.machine),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"run {rid}")
+    print(result_table(r))
+    return 0
+
+
+def _compare(ns: argparse.Namespace) -> int:
+    from memlab.compare import compare
+
+    c = compare(ns.a, ns.b)
+    if ns.json:
+        print(json.dumps(c.to_dict(), indent=2))
+        return 0
+    print(compare_table(c))
+    return 0
+
+
+def compare_table(c: Any) -> str:
+    """A ``Comparison`` as text: what changed, then each figure of both runs and the delta."""
+    from memlab.compare import SECTIONS, changed_fields
+
+    a, b = c.labels
+    changed = changed_fields(c.a, c.b)
+    lines = [
+        f"memlab compare: {b} against {a} ({c.a.status} -> {c.b.status})",
+        "  changed: "
+        + (", ".join(f"{k} {va} -> {vb}" for k, (va, vb) in changed.items()) or "nothing"),
+    ]
+    for section in SECTIONS:
+        rows = c.section(section)
+        if not rows:
+            continue
+        lines.append(f"  {section}")
+        for d in rows.values():
+            ratio = "" if d.ratio is None else f"  x{d.ratio:.3g}"
+            lines.append(
+                f"    {d.name[:28]:<28} {d.text(d.a):>12} -> {d.text(d.b):>12}"
+                f"  {d.text(d.delta, signed=True):>12}{ratio}"
+            )
+    return "\n".join(lines)
 
 
 def _bandwidth(ns: argparse.Namespace) -> int:
@@ -344,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command == "bandwidth":
         return _bandwidth(ns)
+    if ns.command in ("runs", "show", "compare"):
+        return _store_command(ns)
     from memlab.config import ConfigError
 
     try:
@@ -357,13 +499,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plan(ns, exp)
     if ns.command == "roofline":
         return _roofline(ns, exp)
-    from memlab.runner import run
+    from memlab.runner import start
 
-    result = run(exp, timeout_s=ns.timeout)
+    handle = start(exp, timeout_s=ns.timeout)  # = memlab.run, keeping the handle's run id
+    result = handle.wait()
     if ns.json:
-        print(json.dumps(result_json(result), indent=2))
+        print(json.dumps({**result_json(result), "run_id": handle.run_id}, indent=2))
     else:
         print(result_table(result))
+        if handle.run_id is not None:
+            print(f"  saved as run {handle.run_id} (memlab show {handle.run_id})")
         if result.error:
             print(f"\n{result.status}: {result.error}", file=sys.stderr)
     return EXIT[result.status]

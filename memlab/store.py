@@ -671,7 +671,7 @@ class Store:
                 }
             )
         df = pd.DataFrame(out, columns=_COLUMNS)
-        df["created"] = pd.to_datetime(df["created"], unit="s", utc=True)
+        df["created"] = pd.to_datetime(df["created"], unit="s", utc=True).dt.floor("us")
         return df
 
 
