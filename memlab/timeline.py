@@ -26,6 +26,9 @@ __all__ = [
     "RunResult",
     "Timing",
     "Latency",
+    "AliveSite",
+    "AliveStep",
+    "AliveReport",
     "format_bytes",
 ]
 
@@ -337,6 +340,190 @@ class Latency:
         return cls(**kw)
 
 
+@dataclass(frozen=True)
+class AliveSite:
+    """Blocks still alive at a step boundary that were allocated at one place.
+
+    ``phase`` is the phase of their allocation (``entry``: alive when the block began, before
+    anything ran), ``module`` the innermost module running then (``""``: none), ``line`` the
+    user's source ``file:line`` that called the op (``None``: not recorded; opt in with
+    ``memlab.track(..., source_lines=True)``), ``category`` their category, ``bytes`` and
+    ``count`` their total size and number."""
+
+    phase: str
+    module: str
+    line: str | None
+    category: str
+    bytes: int
+    count: int
+
+    @property
+    def where(self) -> str:
+        """One readable label: ``module (phase) at file:line``."""
+        if self.phase == "entry":
+            return "alive at entry"
+        mod = self.module or "(outside modules)"
+        return f"{mod} ({self.phase})" + ("" if self.line is None else f" at {self.line}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AliveSite:
+        return cls(
+            phase=str(d["phase"]),
+            module=str(d["module"]),
+            line=None if d.get("line") is None else str(d["line"]),
+            category=str(d["category"]),
+            bytes=int(d["bytes"]),
+            count=int(d["count"]),
+        )
+
+
+@dataclass(frozen=True)
+class AliveStep:
+    """What is still alive at one step boundary (``Tracker.step``): the tensor bytes live then,
+    by category (summing to ``total_bytes``), and the allocation sites holding the most bytes
+    (``sites``, largest first, at most the tracker's ``top_sites``)."""
+
+    label: str
+    t_s: float
+    total_bytes: int
+    by_category: Mapping[str, int]
+    sites: tuple[AliveSite, ...] = ()
+
+    def __post_init__(self) -> None:
+        d = _int_dict(self.by_category)
+        unknown = set(d) - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"by_category: unknown categories {sorted(unknown)}")
+        object.__setattr__(self, "by_category", {c: d.get(c, 0) for c in CATEGORIES})
+        object.__setattr__(self, "sites", tuple(self.sites))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "t_s": self.t_s,
+            "total_bytes": self.total_bytes,
+            "by_category": dict(self.by_category),
+            "sites": [s.to_dict() for s in self.sites],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AliveStep:
+        return cls(
+            label=str(d["label"]),
+            t_s=float(d["t_s"]),
+            total_bytes=int(d["total_bytes"]),
+            by_category=d["by_category"],
+            sites=tuple(AliveSite.from_dict(s) for s in d.get("sites", ())),
+        )
+
+
+def _slope(y: Sequence[float]) -> float | None:
+    """Least-squares slope of ``y`` against its index; None with fewer than 2 points."""
+    if len(y) < 2:
+        return None
+    x = np.arange(len(y), dtype=np.float64)
+    yy = np.asarray(y, dtype=np.float64)
+    return float(np.sum((x - x.mean()) * (yy - yy.mean())) / np.sum((x - x.mean()) ** 2))
+
+
+@dataclass(frozen=True)
+class AliveReport:
+    """The tensor bytes still alive at each step boundary of a tracked block, and their growth.
+
+    ``entry_bytes``/``entry_by_category`` are what was live when the block began; ``steps`` one
+    :class:`AliveStep` per ``Tracker.step()`` call. The growth per step is the least-squares
+    slope of the alive bytes over the step boundaries, after ``warmup`` steps (the first step
+    allocates lazily: optimizer state, caches): with ``warmup=1`` the fit runs over every step's
+    end, so the first step's rise from the entry is left out. A loop that frees what each step
+    made grows by 0; a leak grows by the bytes it keeps per step.
+    """
+
+    entry_bytes: int
+    entry_by_category: Mapping[str, int]
+    steps: tuple[AliveStep, ...] = ()
+    warmup: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an int >= 0, got {self.warmup!r}")
+        d = _int_dict(self.entry_by_category)
+        object.__setattr__(self, "entry_by_category", {c: d.get(c, 0) for c in CATEGORIES})
+        object.__setattr__(self, "steps", tuple(self.steps))
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def totals(self) -> np.ndarray:
+        """Alive bytes at each step boundary."""
+        return np.asarray([s.total_bytes for s in self.steps], dtype=np.int64)
+
+    def by_category(self, category: str) -> np.ndarray:
+        """Alive bytes of ``category`` at each step boundary."""
+        if category not in CATEGORIES:
+            raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
+        return np.asarray([s.by_category[category] for s in self.steps], dtype=np.int64)
+
+    @property
+    def growth_bytes(self) -> np.ndarray:
+        """Each step's change of the alive bytes (the first step's from the entry)."""
+        return np.diff(np.concatenate([[self.entry_bytes], self.totals]))
+
+    def _fit(self, series: Sequence[float]) -> float | None:
+        return _slope(list(series)[self.warmup :])
+
+    @property
+    def growth_per_step_bytes(self) -> float | None:
+        """Least-squares growth of the alive bytes per step after the warm-up (bytes/step);
+        None with fewer than two points to fit."""
+        return self._fit([self.entry_bytes, *self.totals.tolist()])
+
+    @property
+    def growth_by_category(self) -> dict[str, float | None]:
+        """:attr:`growth_per_step_bytes` of each category."""
+        return {
+            c: self._fit([self.entry_by_category[c], *self.by_category(c).tolist()])
+            for c in CATEGORIES
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entry_bytes": self.entry_bytes,
+            "entry_by_category": dict(self.entry_by_category),
+            "steps": [s.to_dict() for s in self.steps],
+            "warmup": self.warmup,
+            "growth_per_step_bytes": self.growth_per_step_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AliveReport:
+        return cls(
+            entry_bytes=int(d["entry_bytes"]),
+            entry_by_category=d["entry_by_category"],
+            steps=tuple(AliveStep.from_dict(s) for s in d.get("steps", ())),
+            warmup=int(d.get("warmup", 1)),
+        )
+
+    def to_dataframe(self) -> Any:
+        """One row per step: ``label``, ``t_s``, one column per category, ``total`` and
+        ``growth`` (from the previous step)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover - pandas is a dependency
+            raise ImportError("AliveReport.to_dataframe needs pandas: pip install pandas") from e
+        df = pd.DataFrame(
+            {"label": [s.label for s in self.steps], "t_s": [s.t_s for s in self.steps]}
+        )
+        for c in CATEGORIES:
+            df[c] = self.by_category(c)
+        df["total"] = self.totals
+        df["growth"] = self.growth_bytes
+        return df
+
+
 @dataclass(frozen=True, eq=False)
 class RunResult:
     """What a tracked block or a whole run measured. Pure data; renders itself.
@@ -380,6 +567,8 @@ class RunResult:
     timing: Timing | None = None
     #: Per-request latency and allocator calls of an inference run; None for training runs.
     latency: Latency | None = None
+    #: What was still alive at each step boundary (``Tracker.step``); None: no step marked.
+    alive: AliveReport | None = None
 
     def __post_init__(self) -> None:
         for name in ("peak_by_category", "entry_by_category", "end_by_category"):
@@ -406,6 +595,8 @@ class RunResult:
             object.__setattr__(self, "timing", Timing.from_dict(self.timing))
         if isinstance(self.latency, Mapping):
             object.__setattr__(self, "latency", Latency.from_dict(self.latency))
+        if isinstance(self.alive, Mapping):
+            object.__setattr__(self, "alive", AliveReport.from_dict(self.alive))
 
     # -- derived figures -------------------------------------------------------------------
     @property
@@ -432,7 +623,7 @@ class RunResult:
                 if timeline:
                     d[f.name] = v.to_dict()
                 continue
-            if f.name in ("timing", "latency"):
+            if f.name in ("timing", "latency", "alive"):
                 d[f.name] = None if v is None else v.to_dict()
                 continue
             d[f.name] = (
@@ -461,6 +652,8 @@ class RunResult:
             kw["timing"] = Timing.from_dict(d["timing"])
         if d.get("latency") is not None:
             kw["latency"] = Latency.from_dict(d["latency"])
+        if d.get("alive") is not None:
+            kw["alive"] = AliveReport.from_dict(d["alive"])
         for k in ("step_times_s", "tracked_step_times_s", "notes"):
             if k in kw:
                 kw[k] = tuple(kw[k])

@@ -14,6 +14,10 @@ block gets exactly one category, decided once its whole life is known:
 4. alive at the end of the block, allocated outside any phase: ``other``;
 5. everything else -- op-internal buffers, intermediate results, optimizer scratch: ``temporaries``.
 
+At every step mark (``Tracker.step``) the blocks alive then are summed by category and grouped
+by where they were allocated (phase, module, and the user's source line when recorded):
+:func:`alive_report`, the per-step "still alive" report that shows a leak's growth.
+
 Blocks alive at entry come in with the category the tracker found for their storage. A free of a
 block that was neither allocated inside the block nor counted at entry is dropped, as
 torch.profiler drops it (c10/core/CPUAllocator.cpp, ProfiledCPUMemoryReporter::Delete).
@@ -26,9 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memlab.timeline import CATEGORIES, PHASES, Timeline
+from memlab.timeline import CATEGORIES, PHASES, AliveReport, AliveSite, AliveStep, Timeline
 
-__all__ = ["Mark", "CategoryMark", "Attribution", "attribute"]
+__all__ = ["Mark", "CategoryMark", "Attribution", "attribute", "DEFAULT_TOP_SITES"]
+
+#: How many allocation sites each step of the alive report keeps (largest first).
+DEFAULT_TOP_SITES = 10
 
 _CAT = {c: i for i, c in enumerate(CATEGORIES)}
 _PHASE = {p: i for i, p in enumerate(PHASES)}
@@ -74,6 +81,8 @@ class Attribution:
     peak_phase: str
     block_alloc_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     block_cat: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: What was alive at each step mark; None when no step was marked.
+    alive: AliveReport | None = None
 
     @property
     def block_category(self) -> dict[int, str]:
@@ -132,11 +141,16 @@ def attribute(
     initial_phase: str = "other",
     module_names: Mapping[int, str] | None = None,
     source: str = "cpu-allocator",
+    line_of_event: np.ndarray | None = None,
+    line_names: Sequence[str] = (),
+    top_sites: int = DEFAULT_TOP_SITES,
 ) -> Attribution:
     """Categorize ``events`` (rows of ``t_ns, addr, delta, tag``) recorded inside one block.
 
     ``entry_blocks`` maps the address of every storage counted at entry to ``(bytes, category)``.
     ``tag`` is the id of the innermost module running at the allocation (0: none).
+    ``line_of_event[i]`` indexes ``line_names`` with the source line of event ``i`` (-1: none);
+    it names the sites of the alive report, which keeps ``top_sites`` sites per step.
     """
     ev = np.asarray(events, dtype=np.int64).reshape(-1, 4)
     n = len(ev)
@@ -255,7 +269,32 @@ def attribute(
         marks=mark_list,
         source=source,
     )
+    alive = _alive_report(
+        marks,
+        t0_ns=t0_ns,
+        running=running,
+        kept=k_idx,
+        blocks=_Blocks(
+            alloc=alloc_idx,
+            free=free_idx[alloc_idx],
+            nbytes=delta[alloc_idx],
+            cat=cat[alloc_idx],
+            phase=phase_of[alloc_idx].astype(np.int64),
+            tag=tag[alloc_idx],
+            line=(
+                np.full(len(alloc_idx), -1, dtype=np.int64)
+                if line_of_event is None
+                else np.asarray(line_of_event, dtype=np.int64)[alloc_idx]
+            ),
+        ),
+        entry_blocks=entry_blocks,
+        entry_frees=(np.flatnonzero(entry_cat >= 0), entry_cat, delta),
+        module_names=names,
+        line_names=line_names,
+        top_sites=top_sites,
+    )
     return Attribution(
+        alive=alive,
         timeline=timeline,
         peak_bytes=int(total[peak_at]),
         peak_by_category={c: int(running[i, peak_at]) for i, c in enumerate(CATEGORIES)},
@@ -267,4 +306,135 @@ def attribute(
         peak_phase=PHASES[int(ph[peak_at])],
         block_alloc_idx=alloc_idx,
         block_cat=cat[alloc_idx],
+    )
+
+
+@dataclass
+class _Blocks:
+    """The blocks allocated inside, one entry each: allocation and free event index (free: n
+    when never freed), bytes, category, phase and tag of the allocation, source-line code."""
+
+    alloc: np.ndarray
+    free: np.ndarray
+    nbytes: np.ndarray
+    cat: np.ndarray
+    phase: np.ndarray
+    tag: np.ndarray
+    line: np.ndarray
+
+
+def _alive_report(
+    marks: Sequence[Mark],
+    *,
+    t0_ns: int,
+    running: np.ndarray,
+    kept: np.ndarray,
+    blocks: _Blocks,
+    entry_blocks: Mapping[int, tuple[int, str]],
+    entry_frees: tuple[np.ndarray, np.ndarray, np.ndarray],
+    module_names: Mapping[int, str],
+    line_names: Sequence[str],
+    top_sites: int,
+) -> AliveReport | None:
+    """The blocks alive at each step mark: bytes by category (the timeline's own running sums,
+    so the report agrees with it exactly) and the ``top_sites`` largest allocation sites.
+
+    A step mark at ``k`` sits after ``k`` events: a block is alive there when it was allocated
+    before (``alloc < k``) and freed at or after (``free >= k``). Only the blocks that span a
+    boundary are grouped, so the cost is one pass over the blocks plus the long-lived ones.
+    """
+    steps = [m for m in marks if m.kind == "step"]
+    if not steps:
+        return None
+    ks = np.asarray([m.idx for m in steps], dtype=np.int64)
+    n_steps = len(ks)
+    cols = np.searchsorted(kept, ks, side="left")  # kept events before each boundary
+    by_cat = running[:, cols]  # categories x steps
+
+    # -- blocks allocated inside, grouped by site -------------------------------------------
+    j0 = np.searchsorted(ks, blocks.alloc, side="right")  # first boundary after the alloc
+    j1 = np.searchsorted(ks, blocks.free, side="right")  # boundaries at or before the free
+    span = j1 > j0
+    keys = np.stack(
+        [blocks.cat[span], blocks.phase[span], blocks.tag[span], blocks.line[span]], axis=1
+    )
+    site_keys, inv = (
+        np.unique(keys, axis=0, return_inverse=True)
+        if len(keys)
+        else (np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64))
+    )
+    inv = np.asarray(inv).reshape(-1)
+    n_sites = len(site_keys)
+    site_bytes = np.zeros((n_steps + 1, n_sites), dtype=np.int64)
+    site_count = np.zeros((n_steps + 1, n_sites), dtype=np.int64)
+    np.add.at(site_bytes, (j0[span], inv), blocks.nbytes[span])
+    np.add.at(site_bytes, (j1[span], inv), -blocks.nbytes[span])
+    np.add.at(site_count, (j0[span], inv), 1)
+    np.add.at(site_count, (j1[span], inv), -1)
+    site_bytes = np.cumsum(site_bytes, axis=0)[:n_steps]
+    site_count = np.cumsum(site_count, axis=0)[:n_steps]
+
+    # -- blocks alive at entry, by category, less those freed before each boundary ----------
+    entry_b = np.zeros(len(CATEGORIES), dtype=np.int64)
+    entry_n = np.zeros(len(CATEGORIES), dtype=np.int64)
+    for nbytes, c in entry_blocks.values():
+        entry_b[_CAT[c]] += int(nbytes)
+        entry_n[_CAT[c]] += 1
+    e_idx, e_cat, delta = entry_frees
+    freed_b = np.zeros((n_steps + 1, len(CATEGORIES)), dtype=np.int64)
+    freed_n = np.zeros((n_steps + 1, len(CATEGORIES)), dtype=np.int64)
+    je = np.searchsorted(ks, e_idx, side="right")  # first boundary after the free
+    np.add.at(freed_b, (je, e_cat[e_idx]), -delta[e_idx])
+    np.add.at(freed_n, (je, e_cat[e_idx]), 1)
+    freed_b, freed_n = np.cumsum(freed_b, axis=0)[:n_steps], np.cumsum(freed_n, axis=0)[:n_steps]
+
+    def name_of(tag: int) -> str:
+        return module_names.get(tag, "") if tag else ""
+
+    site_meta: list[tuple[str, str, str | None, str]] = [
+        (
+            PHASES[int(ph)],
+            name_of(int(tg)),
+            None if ln < 0 or ln >= len(line_names) else line_names[int(ln)],
+            CATEGORIES[int(c)],
+        )
+        for c, ph, tg, ln in site_keys.tolist()
+    ]
+    out: list[AliveStep] = []
+    for s, m in enumerate(steps):
+        # the largest sites first (ties by key order, so the report is deterministic)
+        top = np.argsort(-site_bytes[s], kind="stable")[:top_sites]
+        sites = [
+            AliveSite(
+                phase=site_meta[i][0],
+                module=site_meta[i][1],
+                line=site_meta[i][2],
+                category=site_meta[i][3],
+                bytes=int(site_bytes[s, i]),
+                count=int(site_count[s, i]),
+            )
+            for i in top.tolist()
+            if site_count[s, i] > 0
+        ]
+        for ci, cname in enumerate(CATEGORIES):
+            n_alive = int(entry_n[ci] - freed_n[s, ci])
+            if n_alive > 0:
+                sites.append(
+                    AliveSite("entry", "", None, cname, int(entry_b[ci] - freed_b[s, ci]), n_alive)
+                )
+        sites.sort(key=lambda x: (-x.bytes, x.where, x.category))
+        by = {c: int(by_cat[i, s]) for i, c in enumerate(CATEGORIES)}
+        out.append(
+            AliveStep(
+                label=m.value,
+                t_s=(m.t_ns - t0_ns) / 1e9,
+                total_bytes=sum(by.values()),
+                by_category=by,
+                sites=tuple(sites[:top_sites]),
+            )
+        )
+    return AliveReport(
+        entry_bytes=int(entry_b.sum()),
+        entry_by_category={c: int(entry_b[i]) for i, c in enumerate(CATEGORIES)},
+        steps=tuple(out),
     )

@@ -12,6 +12,11 @@ forward hooks (forward), ``torch.autograd.backward``/``grad`` (backward), the op
 hooks (optimizer), and ``rec.phase("data")`` for the user's own. Categories are assigned after
 the block, once every block's life is known (``attribution.py``).
 
+At every ``rec.step()`` the result's ``alive`` report (``timeline.AliveReport``) records what is
+still alive: bytes by category, the allocation sites holding them (phase, module, and with
+``source_lines=True`` the user's source line), and the growth per step -- a leak's signature.
+It is computed from the events after the block, so it costs nothing while the steps run.
+
 Each ``Tracker`` owns its phase, module stack and marks. Blocks nest: the hooks reach every
 active block, and a phase or step marked in one is marked in those around it too (they measure
 the same code), so an inner block agrees with the outer one on what it saw.
@@ -20,6 +25,9 @@ the same code), so an inner block agrees with the outer one on what it saw.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +37,7 @@ import numpy as np
 
 from memlab.timeline import CATEGORY_ATTR, PHASES, ProcessSeries, RunResult
 from memlab.tracking import hooks, procmem
-from memlab.tracking.attribution import CategoryMark, Mark, attribute
+from memlab.tracking.attribution import DEFAULT_TOP_SITES, CategoryMark, Mark, attribute
 from memlab.tracking.sources import CudaSource, EventSource, cuda_source, default_source
 
 __all__ = ["track", "Tracker"]
@@ -102,6 +110,90 @@ def _storage_key(t: Any, source: EventSource) -> tuple[int, int, str] | None:
         return None
 
 
+# -- source lines (opt in: ``source_lines=True``) -------------------------------------------
+# An op run under a tracker that records lines carries a negative tag, -(code + 1), where
+# ``_LINE_KEYS[code]`` is (innermost module's id, "file:line" of the user's call). Module tags
+# are ids (positive), so the two never collide; the table is process-wide so that any block,
+# nested or not, can decode what another one tagged.
+_LINE_CODES: dict[tuple[int, str, int], int] = {}
+_LINE_KEYS: list[tuple[int, str]] = []
+
+
+@functools.cache
+def _skipped_dirs() -> tuple[str, ...]:
+    """Frames in these directories are torch's or the tracker's, not the user's."""
+    import torch
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep, here + os.sep)
+
+
+def _short_path(path: str) -> str:
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-2:])
+
+
+def _line_tag(module_tag: int) -> int:
+    """The tag of an op called now: the first frame outside torch and the tracker."""
+    skip = _skipped_dirs()
+    f: Any = sys._getframe(2)
+    while f is not None and f.f_code.co_filename.startswith(skip):
+        f = f.f_back
+    if f is None:
+        return module_tag
+    key = (module_tag, f.f_code.co_filename, f.f_lineno)
+    code = _LINE_CODES.get(key)
+    if code is None:
+        code = len(_LINE_KEYS)
+        _LINE_KEYS.append((module_tag, f"{_short_path(key[1])}:{key[2]}"))
+        _LINE_CODES[key] = code
+    return -(code + 1)
+
+
+def _decode_lines(events: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Events with module tags restored, each event's line code (-1: none) and the lines."""
+    tags = events[:, 3]
+    neg = tags < 0
+    if not neg.any():
+        return events, None, []
+    codes = -tags[neg] - 1
+    mods = np.asarray([k[0] for k in _LINE_KEYS], dtype=np.int64)
+    events = events.copy()
+    events[neg, 3] = mods[codes]
+    line_of = np.full(len(events), -1, dtype=np.int64)
+    line_of[neg] = codes
+    return events, line_of, [k[1] for k in _LINE_KEYS]
+
+
+@functools.cache
+def _line_mode_class() -> type:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _LineTagger(TorchDispatchMode):
+        """Tags every op's allocations with the user's source line, then restores the module
+        tag. One Python frame walk per op: opt-in (``source_lines=True``)."""
+
+        def __init__(self, tracker: Tracker) -> None:
+            super().__init__()
+            self.tracker = tracker
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            tr = self.tracker
+            src = tr._source
+            mod = tr._stack[-1] if tr._stack else 0
+            if src is None:
+                return func(*args, **(kwargs or {}))
+            src.set_tag(_line_tag(mod))
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                src.set_tag(mod)
+
+    return _LineTagger
+
+
 # ----------------------------------------------------------------------------------------
 class Tracker:
     """The object ``memlab.track`` yields. ``result`` is set when the block exits."""
@@ -115,8 +207,14 @@ class Tracker:
         sample_interval_s: float | None = 0.01,
         on_sample: SampleCallback | None = None,
         budget_bytes: int | None = None,
+        source_lines: bool = False,
+        top_sites: int = DEFAULT_TOP_SITES,
         _source: EventSource | None = None,
     ) -> None:
+        if not isinstance(source_lines, bool):
+            raise ValueError(f"source_lines must be True or False, got {source_lines!r}")
+        if isinstance(top_sites, bool) or not isinstance(top_sites, int) or top_sites < 1:
+            raise ValueError(f"top_sites must be an int >= 1, got {top_sites!r}")
         if budget_bytes is not None and (
             isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0
         ):
@@ -143,6 +241,9 @@ class Tracker:
         self.sample_interval_s = sample_interval_s
         self.on_sample = on_sample
         self.budget_bytes = budget_bytes
+        self.source_lines = source_lines
+        self.top_sites = top_sites
+        self._line_mode: Any = None
         self.result: RunResult | None = None
         self._requested_source = _source
         self._source: EventSource | None = None  # chosen at entry
@@ -318,6 +419,9 @@ class Tracker:
         self._live_at_entry = source.live()
         self._ev_start = source.position()
         hooks.activate(self)
+        if self.source_lines:
+            self._line_mode = _line_mode_class()(self)
+            self._line_mode.__enter__()
         if self.sample_interval_s is not None:
             cb = None if self.on_sample is None else self._emit_sample
             self._sampler = procmem.ProcessSampler(
@@ -381,6 +485,9 @@ class Tracker:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         source = self._source
         assert source is not None
+        if self._line_mode is not None:
+            self._line_mode.__exit__(None, None, None)
+            self._line_mode = None
         self._clear_budget()
         ev_end = source.position()
         duration = (time.monotonic_ns() - self._t0) / 1e9
@@ -403,6 +510,7 @@ class Tracker:
         marks, cat_marks = (
             self._placed_by_time(events[:, 0]) if self._by_time else (self._marks, self._cat_marks)
         )
+        events, line_of, line_names = _decode_lines(events)
         att = attribute(
             events,
             t0_ns=self._t0,
@@ -412,6 +520,9 @@ class Tracker:
             initial_phase=self._initial_phase,
             module_names=self._module_names(),
             source=source.name,
+            line_of_event=line_of,
+            line_names=line_names,
+            top_sites=self.top_sites,
         )
         notes: list[str] = list(source.notes)
         packed = (
@@ -424,6 +535,8 @@ class Tracker:
                 f"{len(packed)} quantized layers keep their weights packed outside PyTorch's "
                 "allocator (fbgemm), so those bytes are not in the tensor account"
             )
+        if self.source_lines and isinstance(source, CudaSource):
+            notes.append("the CUDA trace carries no tags: the alive report has no source lines")
         if cuda_stats is not None and cuda_stats.get("peak", 0) > att.peak_bytes:
             notes.append("CUDA allocator peak exceeds the traced peak; trace may be truncated")
         status = _status_of(exc)
@@ -464,6 +577,7 @@ class Tracker:
             status=status,
             error=error,
             notes=tuple(notes),
+            alive=att.alive,
         )
         if late_oom:
             import torch
@@ -488,6 +602,8 @@ def track(
     sample_interval_s: float | None = 0.01,
     on_sample: SampleCallback | None = None,
     budget_bytes: int | None = None,
+    source_lines: bool = False,
+    top_sites: int = DEFAULT_TOP_SITES,
 ) -> Tracker:
     """Measure the tensor memory of a block, exactly, by category and phase.
 
@@ -498,6 +614,12 @@ def track(
     bytes, the phase and the RSS parts. ``budget_bytes`` simulates a device limit: an
     allocation that would take the block's account past it raises ``torch.OutOfMemoryError``
     (the result's status is then ``oom``).
+
+    Each ``rec.step()`` marks a step boundary; the result's ``alive`` report then says what was
+    still alive there (bytes by category, the ``top_sites`` allocation sites holding the most)
+    and the growth per step: usable on any training loop to find a leak. ``source_lines=True``
+    also names the user's source ``file:line`` of each site (a frame walk per op: it slows
+    the block; off by default).
     """
     return Tracker(
         model,
@@ -506,4 +628,6 @@ def track(
         sample_interval_s=sample_interval_s,
         on_sample=on_sample,
         budget_bytes=budget_bytes,
+        source_lines=source_lines,
+        top_sites=top_sites,
     )
