@@ -13,6 +13,15 @@
 //
 // The C ABI below is loaded with ctypes (memlab/tracking/_native.py); no pybind11, no torch/extension.h,
 // which keeps the one-time compile short.
+//
+// A shared pool (memlab_set_pool, used by memlab.scheduling): several worker processes charge
+// their allocations to one counter in a shared-memory block, like tasks sharing one device's
+// memory. An allocation that would take the pool past its limit fails with OutOfMemoryError in
+// the process that asks, before the memory is taken: exact and atomic (fetch_add on a lock-free
+// std::atomic<int64_t>, which is address-free and so works across processes mapping the block:
+// [atomics.lockfree], "operations that are lock-free should also be address-free"). Only blocks
+// allocated while the pool is set are charged, and each one is released from the pool at its
+// free. With no pool set nothing of this runs.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/StorageImpl.h>
@@ -25,6 +34,7 @@
 #include <ctime>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace {
@@ -38,12 +48,19 @@ struct Event {
 
 std::mutex g_mu;
 std::unordered_map<void*, int64_t> g_sizes;  // live blocks -> bytes
+std::unordered_set<void*> g_pooled;          // live blocks charged to the shared pool
 std::vector<Event> g_events;
 int64_t g_live = 0;
 int64_t g_peak = 0;
 std::atomic<int64_t> g_tag{0};
 std::atomic<bool> g_recording{false};
 std::atomic<int64_t> g_limit{0};  // 0: none; else live bytes an allocation may not pass
+// The shared pool's block: [0] live bytes of every process, [1] their peak, [2] the limit
+// (0: none), then one counter per process (its own charged bytes, [3 + slot]). Null: no pool.
+static_assert(std::atomic<int64_t>::is_always_lock_free, "the shared pool needs lock-free int64");
+// Set and cleared under g_mu (memlab_set_pool); read without it by allocate, hence atomic.
+std::atomic<std::atomic<int64_t>*> g_pool{nullptr};
+std::atomic<std::atomic<int64_t>*> g_pool_mine{nullptr};
 c10::Allocator* g_base = nullptr;
 c10::DeleterFnPtr g_base_delete = nullptr;
 
@@ -63,12 +80,36 @@ inline void log_locked(void* p, int64_t delta) {
   }
 }
 
+// Take n bytes from the pool: false (nothing taken) if that would pass its limit.
+bool pool_take(std::atomic<int64_t>* pool, std::atomic<int64_t>* mine, int64_t n) {
+  const int64_t now = pool[0].fetch_add(n) + n;
+  const int64_t limit = pool[2].load();
+  if (limit > 0 && now > limit) {
+    pool[0].fetch_sub(n);
+    return false;
+  }
+  mine->fetch_add(n);
+  int64_t peak = pool[1].load();
+  while (now > peak && !pool[1].compare_exchange_weak(peak, now)) {
+  }
+  return true;
+}
+
+inline void pool_give(std::atomic<int64_t>* pool, std::atomic<int64_t>* mine, int64_t n) {
+  pool[0].fetch_sub(n);
+  mine->fetch_sub(n);
+}
+
+// Caller holds g_mu (so the pool cannot change meanwhile).
+inline void pool_give_locked(int64_t n) { pool_give(g_pool.load(), g_pool_mine.load(), n); }
+
 void tracked_delete(void* p) {
   {
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = g_sizes.find(p);
     if (it != g_sizes.end()) {
       log_locked(p, -it->second);
+      if (g_pooled.erase(p) > 0) pool_give_locked(it->second);
       g_sizes.erase(it);
     }
   }
@@ -99,17 +140,47 @@ struct RecordingAllocator final : public c10::Allocator {
             std::string(msg));
       }
     }
-    c10::DataPtr d = g_base->allocate(n);
+    // The shared pool, read once: memlab_set_pool changes it under g_mu only between tasks.
+    std::atomic<int64_t>* pool = g_pool.load();
+    std::atomic<int64_t>* mine = g_pool_mine.load();
+    const bool pooled = pool != nullptr && mine != nullptr && n > 0;
+    if (pooled && !pool_take(pool, mine, static_cast<int64_t>(n))) {
+      char msg[256];
+      std::snprintf(msg, sizeof(msg),
+                    "memlab shared pool exhausted: allocating %zu bytes would pass the pool's "
+                    "limit of %lld bytes (%lld bytes live in all processes)",
+                    n, static_cast<long long>(pool[2].load()),
+                    static_cast<long long>(pool[0].load()));
+      throw c10::OutOfMemoryError(
+          c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+          std::string(msg));
+    }
+    c10::DataPtr d;
+    try {
+      d = g_base->allocate(n);
+    } catch (...) {
+      if (pooled) pool_give(pool, mine, static_cast<int64_t>(n));
+      throw;
+    }
     void* p = d.get();
     // Only blocks whose context is the address itself (the default CPU allocator's) can be
-    // re-labelled without changing their ownership; anything else passes through untouched.
+    // re-labelled without changing their ownership; anything else passes through untouched
+    // (and is not charged to the pool: its free would not be seen).
     if (n == 0 || p == nullptr || d.get_context() != p ||
-        d.get_deleter() != g_base_delete) {
+        d.get_deleter() != g_base_delete ||
+        !d.compare_exchange_deleter(g_base_delete, &tracked_delete)) {
+      if (pooled) pool_give(pool, mine, static_cast<int64_t>(n));
       return d;
     }
-    if (!d.compare_exchange_deleter(g_base_delete, &tracked_delete)) return d;
     std::lock_guard<std::mutex> lock(g_mu);
     g_sizes[p] = static_cast<int64_t>(n);
+    if (pooled) {
+      if (g_pool.load() == pool) {
+        g_pooled.insert(p);
+      } else {  // the pool changed while allocating: give back to the one that was charged
+        pool_give(pool, mine, static_cast<int64_t>(n));
+      }
+    }
     log_locked(p, static_cast<int64_t>(n));
     return d;
   }
@@ -171,6 +242,32 @@ void memlab_reset_peak() {
 
 // Live-byte limit for new allocations (0 turns it off). See RecordingAllocator::allocate.
 void memlab_set_limit(int64_t limit) { g_limit.store(limit); }
+
+// Charge this process's allocations to the shared pool at `pool` (see the top of this file)
+// under per-process counter `slot`; 0 detaches (blocks charged so far are released from it).
+// The block must stay mapped while set. Returns 1.
+int memlab_set_pool(int64_t pool, int64_t slot) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (g_pool.load() != nullptr) {
+    for (void* p : g_pooled) {
+      auto it = g_sizes.find(p);
+      if (it != g_sizes.end()) pool_give_locked(it->second);
+    }
+  }
+  g_pooled.clear();
+  auto* a = reinterpret_cast<std::atomic<int64_t>*>(pool);
+  g_pool_mine.store(a != nullptr ? a + 3 + slot : nullptr);
+  g_pool.store(a);
+  return 1;
+}
+
+// Add delta to the pool's live bytes and to counter `slot` (a replacement process gives back
+// what a dead one held). The pool need not be set in this process.
+void memlab_pool_add(int64_t pool, int64_t slot, int64_t delta) {
+  auto* a = reinterpret_cast<std::atomic<int64_t>*>(pool);
+  a[0].fetch_add(delta);
+  a[3 + slot].fetch_add(delta);
+}
 
 void memlab_set_tag(int64_t tag) { g_tag.store(tag, std::memory_order_relaxed); }
 

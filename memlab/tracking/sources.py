@@ -146,6 +146,46 @@ class NativeSource:
     def addr(self, t: Any) -> int:
         return int(t.untyped_storage().data_ptr())
 
+    # -- the shared pool (memlab.scheduling) ----------------------------------------------------
+    def _pool_fns(self) -> tuple[Any, Any] | None:
+        """The recorder's pool entry points, declared here (not in ``_native._declare``) so a
+        library built before they existed still loads: then ``None``."""
+        set_pool = getattr(self.lib, "memlab_set_pool", None)
+        pool_add = getattr(self.lib, "memlab_pool_add", None)
+        if set_pool is None or pool_add is None:
+            return None
+        i64 = ctypes.c_int64
+        set_pool.argtypes, set_pool.restype = [i64, i64], ctypes.c_int
+        pool_add.argtypes, pool_add.restype = [i64, i64, i64], None
+        return set_pool, pool_add
+
+    @property
+    def supports_pool(self) -> bool:
+        """Whether this recorder can charge a shared pool (``set_pool``)."""
+        return self._pool_fns() is not None
+
+    def set_pool(self, address: int, slot: int) -> None:
+        """Charge this process's CPU allocations from now on to the shared pool whose int64
+        block starts at ``address`` (``[live, peak, limit, per-slot bytes...]``, in shared
+        memory that stays mapped while set), under per-process counter ``slot``; an allocation
+        that would take the pool's live bytes past its limit raises ``torch.OutOfMemoryError``.
+        ``address`` 0 detaches (what was charged is given back). See ``_alloc.cpp``."""
+        fns = self._pool_fns()
+        if fns is None:
+            raise RuntimeError(
+                "this build of memlab's recorder has no shared pool (built before it existed); "
+                "remove the cached build under $TORCH_EXTENSIONS_DIR to rebuild it"
+            )
+        fns[0](int(address), int(slot))
+
+    def pool_add(self, address: int, slot: int, delta: int) -> None:
+        """Atomically add ``delta`` to the pool's live bytes and to ``slot``'s counter (a new
+        process gives back what a dead one in that slot held)."""
+        fns = self._pool_fns()
+        if fns is None:
+            raise RuntimeError("this build of memlab's recorder has no shared pool")
+        fns[1](int(address), int(slot), int(delta))
+
 
 # ----------------------------------------------------------------------------------------------
 class _Ledger:
