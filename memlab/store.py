@@ -361,7 +361,7 @@ class Store:
         """Read-only checks: integrity, owner, schema version. Returns the version."""
         rows = con.execute("PRAGMA quick_check").fetchall()
         if [tuple(r) for r in rows] != [("ok",)]:
-            first = "; ".join(str(r[0]) for r in rows[:3])
+            first = "; ".join(" ".join(str(r[0]).split()) for r in rows[:3])
             raise self._fail(f"failed SQLite's integrity check ({first})")
         version = int(con.execute("PRAGMA user_version").fetchone()[0])
         app = int(con.execute("PRAGMA application_id").fetchone()[0])
