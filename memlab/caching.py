@@ -452,7 +452,7 @@ class CacheResult:
 
     def __repr__(self) -> str:
         head = (
-            f"CacheResult({self.items}, {self.name}: {len(self.trace)} requests over "
+            f"CacheResult({self.items} on {self.name}: {len(self.trace)} requests over "
             f"{len(set(self.trace))} items of {format_bytes(self.distinct_bytes)}, capacity "
             f"{format_bytes(self.capacity_bytes)})"
         )
@@ -883,7 +883,7 @@ def cache_replay_job(
         )
     return CacheResult(
         items=items,
-        name=name or f"{len(t)} requests over {len(set(t))} items",
+        name=name or "a trace",
         trace=t,
         inputs=inputs,
         item_bytes=sizes,
