@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,10 @@ def test_run_json_has_every_figure() -> None:
     assert 0 < timing["cpu_share"] and 0 <= timing["disturbed_steps"] <= 2
     # the reported median is the timed steps' (untracked), which the JSON lists
     assert d["step_time_s"]["median"] == pytest.approx(statistics.median(timing["step_wall_s"]))
+    # saved in the run store (the session's, conftest.py), under the id it printed
+    from memlab.store import load
+
+    assert load(d["run_id"]).to_dict(timeline=False) == {k: d[k] for k in d if k != "run_id"}
 
 
 def test_run_table_is_readable() -> None:
@@ -206,3 +211,65 @@ def test_out_of_range_value_gives_the_config_message(
     flag = "--" + FIELDS[name].option.replace("_", "-")
     assert cli.main(["estimate", flag, text]) == 2
     assert capsys.readouterr().err == f"memlab: error: {ei.value}\n"
+
+
+def _store_cli(path: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MEMLAB_STORE": str(path)}
+    return subprocess.run(
+        [sys.executable, "-m", "memlab", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_runs_show_and_compare_read_the_store(tmp_path: Any) -> None:
+    from memlab.store import Store
+
+    from .runs_data import make_result
+
+    path = tmp_path / "runs.sqlite"
+    a, b = make_result(1), make_result(2, status="oom")
+    with Store(path) as s:
+        ia, ib = s.save(a), s.save(b)
+    p = _store_cli(path, "runs", "--json", "--limit", "5")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["id"] for r in rows] == [ib, ia]
+    assert [r["peak_bytes"] for r in rows] == [b.peak_bytes, a.peak_bytes]
+    assert rows[0]["status"] == "oom" and rows[1]["step_time_s"] == a.step_time_median_s
+    p = _store_cli(path, "runs")
+    assert p.returncode == 0 and ia in p.stdout and ib in p.stdout
+    p = _store_cli(path, "compare", ia[:6], ib, "--json")
+    assert p.returncode == 0, p.stderr
+    c = json.loads(p.stdout)
+    assert (c["a"]["id"], c["b"]["id"]) == (ia, ib)
+    peak = next(d for d in c["deltas"] if d["name"] == "peak tensors")
+    assert peak["delta"] == b.peak_bytes - a.peak_bytes
+    p = _store_cli(path, "compare", ia, ib)
+    assert p.returncode == 0 and "changed: batch_size 9 -> 10, seed 1 -> 2" in p.stdout
+    p = _store_cli(path, "show", ib, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["run_id"] == ib
+    assert json.loads(p.stdout)["peak_bytes"] == b.peak_bytes
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["compare", "0123", "abcd"], "no run '0123'"),
+        (["show", "run-1"], "run ids are hexadecimal"),
+        (["runs", "--status", "done"], "status must be one of"),
+        (["runs", "--limit", "x"], "--limit must be a positive int"),
+    ],
+)
+def test_store_commands_bad_input_is_one_line_exit_2(
+    tmp_path: Any, args: list[str], needle: str
+) -> None:
+    p = _store_cli(tmp_path / "runs.sqlite", *args)
+    assert p.returncode == 2 and needle in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_store_commands_refuse_a_file_that_is_not_a_store(tmp_path: Any) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a database")
+    p = _store_cli(bad, "runs")
+    assert p.returncode == 2 and "not a SQLite database" in p.stderr and str(bad) in p.stderr
+    assert bad.read_text() == "not a database"
