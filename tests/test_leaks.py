@@ -200,3 +200,27 @@ def test_no_steps_no_report() -> None:
     with memlab.track(sample_interval_s=None) as rec:
         torch.ones(8)
     assert rec.result is not None and rec.result.alive is None
+
+
+# -- figures ---------------------------------------------------------------------------------
+def test_figures_draw_the_report(results) -> None:  # type: ignore[no-untyped-def]
+    from memlab import plots_leaks
+
+    leaky, fixed = results[("forward_hook", False)], results[("forward_hook", True)]
+    fig = plots_leaks.leak_pair_figure(leaky, fixed)
+    # stacked bars per category: the sum of a step's bars is its alive total, in KiB
+    for col, r in ((0, leaky), (1, fixed)):
+        axis = "x" if col == 0 else "x2"
+        bars = [t for t in fig.data if t.xaxis == axis]
+        sums = [sum(t.y[i] for t in bars) for i in range(STEPS)]
+        assert sums == pytest.approx([v / 1024 for v in r.alive.totals])
+    assert len({t.name for t in fig.data if t.showlegend}) == len({t.name for t in fig.data})
+    one = plots_leaks.alive_figure(leaky.alive)
+    assert "growth 32.0 KiB/step" in one.layout.title.text
+    g = plots_leaks.growth_figure(list(results.values()))
+    by = {t.name: dict(zip(t.x, t.y, strict=True)) for t in g.data}
+    for ex in leaks.EXAMPLES:
+        assert by["leaky"][ex] * 1024 == pytest.approx(results[(ex, False)].growth_per_step_bytes)
+        assert by["fixed"][ex] == pytest.approx(0.0)
+    empty = plots_leaks.alive_figure(AliveReport(entry_bytes=0, entry_by_category={}))
+    assert not empty.data and "no step" in empty.layout.annotations[0].text
