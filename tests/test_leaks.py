@@ -224,3 +224,29 @@ def test_figures_draw_the_report(results) -> None:  # type: ignore[no-untyped-de
         assert by["fixed"][ex] == pytest.approx(0.0)
     empty = plots_leaks.alive_figure(AliveReport(entry_bytes=0, entry_by_category={}))
     assert not empty.data and "no step" in empty.layout.annotations[0].text
+
+
+def test_profiler_fallback_gives_the_same_report() -> None:
+    """Without a compiler the profiler's events, placed by time, give the same report."""
+    from memlab.tracking.sources import ProfilerSource
+    from memlab.tracking.tracker import Tracker
+
+    reports = []
+    for source in (None, ProfilerSource()):
+        s = leaks.build_setup(0)
+        with Tracker(
+            s.model,
+            optimizer=s.optimizer,
+            sample_interval_s=None,
+            source_lines=True,
+            _source=source,
+        ) as rec:
+            kept = leaks.forward_hook(s, 3, False, rec)
+            with rec.phase("other"):
+                del kept
+        assert rec.result is not None and rec.result.alive is not None
+        reports.append(rec.result.alive)
+    native, profiler = reports
+    assert profiler.totals.tolist() == native.totals.tolist()
+    assert profiler.steps[-1].sites == native.steps[-1].sites
+    assert native.growth_per_step_bytes == hook_truth()
