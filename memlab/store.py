@@ -152,6 +152,15 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def _json_default(v: Any) -> Any:
+    """numpy scalars and arrays in a result's metrics, as their Python values."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"a {type(v).__name__} cannot be stored as JSON: {v!r}")
+
+
 def experiment_hash(experiment: Experiment | Mapping[str, Any]) -> str:
     """A stable content hash of an experiment: sha256 of its canonical JSON (``to_dict``,
     keys sorted, no spaces), hex. Equal for equal experiments in any process and any Python
@@ -441,7 +450,7 @@ class Store:
             exp_d = experiment.to_dict() if hasattr(experiment, "to_dict") else dict(experiment)
             result = dataclasses.replace(result, experiment=exp_d)
         exp = result.experiment
-        res_json = json.dumps(result.to_dict(timeline=False))
+        res_json = json.dumps(result.to_dict(timeline=False), default=_json_default)
         blob = _pack_timeline(result)
         res_hash = hashlib.sha256(res_json.encode() + blob).hexdigest()
         machine = machine_info()

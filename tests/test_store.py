@@ -4,6 +4,7 @@ experiment hash, the listing, and the runner saving a real run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -82,6 +83,12 @@ def test_save_load_round_trip_is_exact(store: Store) -> None:
     rid2 = store.save(r, exp)
     assert store.load(rid2).experiment == exp.to_dict()
     assert store.info(rid2).exp_hash == experiment_hash(exp)
+
+
+def test_numpy_figures_in_metrics_are_stored_as_numbers(store: Store) -> None:
+    r = make_result(0)
+    r = dataclasses.replace(r, metrics={"loss": np.float32(0.5), "bytes": np.arange(3)})
+    assert store.load(store.save(r)).metrics == {"loss": 0.5, "bytes": [0, 1, 2]}
 
 
 def test_bad_arguments_name_the_field(store: Store) -> None:
