@@ -343,13 +343,16 @@ class Store:
                 head = f.read(len(_HEADER))
             if head != _HEADER:
                 raise self._fail("is not a SQLite database (its first bytes are not SQLite's)")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level None: no implicit transactions; each write is an explicit
-        # BEGIN IMMEDIATE ... COMMIT (takes the write lock up front, so a busy store waits in
-        # the busy handler rather than failing half-way through a transaction).
-        con = sqlite3.connect(
-            str(p), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level None: no implicit transactions; each write is an explicit
+            # BEGIN IMMEDIATE ... COMMIT (takes the write lock up front, so a busy store waits
+            # in the busy handler rather than failing half-way through a transaction).
+            con = sqlite3.connect(
+                str(p), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise self._fail(f"cannot be opened ({type(e).__name__}: {e})", e) from e
         try:
             version = self._check(con)
             self._migrate(con, version)
@@ -361,6 +364,9 @@ class Store:
         except StoreError:
             con.close()
             raise
+        except sqlite3.OperationalError as e:  # locked past the busy timeout, read-only, ...
+            con.close()
+            raise self._fail(f"cannot be used ({e})", e) from e
         except sqlite3.DatabaseError as e:
             con.close()
             raise self._fail(f"is damaged or not a SQLite database ({e})", e) from e

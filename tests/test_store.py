@@ -306,6 +306,14 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
     _assert_refused(path, "not a SQLite database")
 
 
+def test_a_path_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StoreError, match="cannot be opened .*MEMLAB_STORE"):
+        Store(tmp_path / "a-file" / "runs.sqlite")
+    with pytest.raises(StoreError, match="is a directory"):
+        Store(tmp_path)
+
+
 def test_a_damaged_store_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
     with Store(path) as s:
