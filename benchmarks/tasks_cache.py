@@ -87,6 +87,17 @@ def print_result(r: CacheResult) -> None:
             f"{row['p99_ms']:>9.3f}{row['mean_ms']:>9.3f}{_fmt(mean_x, '>7.2f')}x"
             f"{_fmt(row['mean_miss_cost_ms'], '>9.3f')}{row['peak_bytes'] / MIB:>10.2f}  {timing}"
         )
+    work = [
+        f"{row['policy']} {_fmt(row['miss_work_p50_ms'], '.3f')} vs "
+        f"{_fmt(row['hit_work_p50_ms'], '.3f')}"
+        for row in rows
+        if row["misses"] and row["hits"]
+    ]
+    if work:
+        print(
+            "  the request's own work, p50 ms, on a miss (tensors just loaded) vs a hit: "
+            + "; ".join(work)
+        )
 
 
 def print_memo(plain: CacheResult, memo: CacheResult) -> None:

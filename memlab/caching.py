@@ -238,11 +238,12 @@ class PolicyRun:
     """One policy's replay of the trace: a per-request series (for plotting) and its summary.
 
     ``outcome[i]`` is ``hit``, ``miss`` or ``memo``; ``latency_s[i]`` the request's time;
-    ``load_s[i]`` its load from disk (0.0 unless a miss); ``bytes_held[i]`` the item cache's
-    bytes after it (0 for ``none``). ``capacity_bytes`` is the bound (None: ``none`` and
-    ``unbounded``). ``evictions``: items the cache dropped; ``memo_bytes_peak``: the memo's
-    largest size (None without memoization). ``timing``: whether other processes disturbed
-    the replay (one window over the whole replay, ``memlab.timing.assess``)."""
+    ``load_s[i]`` its load from disk (0.0 unless a miss); ``work_s[i]`` the request's own work
+    (the forward or the look-up; 0.0 for a memo hit; empty if not recorded); ``bytes_held[i]``
+    the item cache's bytes after it (0 for ``none``). ``capacity_bytes`` is the bound (None:
+    ``none`` and ``unbounded``). ``evictions``: items the cache dropped; ``memo_bytes_peak``:
+    the memo's largest size (None without memoization). ``timing``: whether other processes
+    disturbed the replay (one window over the whole replay, ``memlab.timing.assess``)."""
 
     policy: str
     capacity_bytes: int | None
@@ -253,12 +254,15 @@ class PolicyRun:
     evictions: int = 0
     memo_bytes_peak: int | None = None
     timing: Timing | None = None
+    work_s: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.outcome)
         for name in ("latency_s", "load_s", "bytes_held"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PolicyRun.{name} must have one entry per request ({n})")
+        if len(self.work_s) not in (0, n):
+            raise ValueError(f"PolicyRun.work_s must be empty or have one entry per request ({n})")
         bad = sorted(set(self.outcome) - set(OUTCOMES))
         if bad:
             raise ValueError(f"PolicyRun.outcome must be among {', '.join(OUTCOMES)}, got {bad}")
@@ -319,6 +323,12 @@ class PolicyRun:
         """The replay's time: the sum of the requests' latencies."""
         return sum(self.latency_s)
 
+    def work_ms(self, q: float, outcome: str) -> float:
+        """The ``q``-th percentile of the requests' own work (ms) for one outcome: on a miss it
+        runs on tensors just loaded, on a hit on tensors already in use. NaN if not recorded."""
+        work = [t for t, o in zip(self.work_s, self.outcome, strict=False) if o == outcome]
+        return 1e3 * _percentile(work, q)
+
     @property
     def mean_miss_cost_ms(self) -> float:
         """Mean load time of a miss (ms), measured; NaN without misses."""
@@ -349,6 +359,8 @@ class PolicyRun:
             "miss_p50_ms": self.latency_ms(50, "miss"),
             "memo_p50_ms": self.latency_ms(50, "memo"),
             "mean_miss_cost_ms": self.mean_miss_cost_ms,
+            "hit_work_p50_ms": self.work_ms(50, "hit"),
+            "miss_work_p50_ms": self.work_ms(50, "miss"),
             "peak_bytes": self.peak_bytes,
             "final_bytes": self.final_bytes,
             "capacity_bytes": self.capacity_bytes,
@@ -359,7 +371,7 @@ class PolicyRun:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("outcome", "latency_s", "load_s", "bytes_held"):
+        for name in ("outcome", "latency_s", "load_s", "bytes_held", "work_s"):
             d[name] = list(d[name])
         d["timing"] = None if self.timing is None else self.timing.to_dict()
         return d
@@ -370,6 +382,7 @@ class PolicyRun:
         d["outcome"] = tuple(str(v) for v in d["outcome"])
         d["latency_s"] = tuple(float(v) for v in d["latency_s"])
         d["load_s"] = tuple(float(v) for v in d["load_s"])
+        d["work_s"] = tuple(float(v) for v in d.get("work_s", ()))
         d["bytes_held"] = tuple(int(v) for v in d["bytes_held"])
         d["timing"] = None if d.get("timing") is None else Timing.from_dict(d["timing"])
         return cls(**d)
@@ -712,6 +725,7 @@ def _replay(
     outcome: list[str] = []
     latency: list[float] = []
     load: list[float] = []
+    work: list[float] = []
     held: list[int] = []
     evictions = 0
     memo_peak = 0
@@ -727,6 +741,7 @@ def _replay(
             outcome.append("memo")
             latency.append(t1 - t0)
             load.append(0.0)
+            work.append(0.0)
             held.append(0 if cache is None else int(cache.currsize))
             continue
         loaded = 0.0
@@ -741,7 +756,9 @@ def _replay(
                 n_before = len(cache)
                 cache[item] = obj
                 evictions += n_before + 1 - len(cache)
+        w0 = clock()
         y = store.run(obj, x)
+        w1 = clock()
         if memo is not None and _tensor_bytes([y]) <= memo.maxsize:
             memo[key] = y
         t1 = clock()
@@ -749,6 +766,7 @@ def _replay(
         outcome.append(kind)
         latency.append(t1 - t0)
         load.append(loaded)
+        work.append(w1 - w0)
         held.append(0 if cache is None else int(cache.currsize))
         if memo is not None:
             memo_peak = max(memo_peak, int(memo.currsize))
@@ -767,6 +785,7 @@ def _replay(
         outcome=tuple(outcome),
         latency_s=tuple(latency),
         load_s=tuple(load),
+        work_s=tuple(work),
         bytes_held=tuple(held),
         evictions=evictions,
         memo_bytes_peak=memo_peak if memoize else None,
@@ -857,6 +876,9 @@ def cache_replay_job(
         "not a cold disk read (dropping the page cache needs root)",
         "item size = bytes of the item's tensors (numel x element_size), from the tensors "
         "loaded; the cache's own bookkeeping and Python objects are not counted",
+        "a miss's cost (mean_miss_cost_ms) is the load alone; its latency also holds the "
+        "request's work on the tensors just loaded, which can take longer than the same work "
+        "on tensors already in use (compare miss_work_p50_ms with hit_work_p50_ms)",
         f"torch used {threads} intra-op threads on {cpus} CPUs; the inputs were made before "
         "the clock; each policy started with an empty cache",
     ]

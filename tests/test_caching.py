@@ -196,11 +196,14 @@ def test_mixed_trace_hits_and_bytes_equal_the_reference(mixed: CacheResult) -> N
     none = mixed["none"]
     assert none.hits == 0 and none.misses == len(MIXED) and set(none.bytes_held) == {0}
     assert all(t > 0 for t in none.load_s)
-    # Loads happen exactly on misses; each latency includes its load.
+    # Loads happen exactly on misses; each latency holds its load and its work (a forward).
     for run in mixed.runs:
-        for o, load, lat in zip(run.outcome, run.load_s, run.latency_s, strict=True):
+        for o, load, work, lat in zip(
+            run.outcome, run.load_s, run.work_s, run.latency_s, strict=True
+        ):
             assert (load > 0) == (o == "miss")
-            assert lat >= load
+            assert work > 0
+            assert lat >= load + work
     assert any("page cache" in n for n in mixed.notes)
 
 
@@ -231,6 +234,7 @@ def test_embeddings_memoization_and_miss_cost(emb: CacheResult) -> None:
         assert got == expected, run.policy
         assert run.memo_hits == expected.count("memo") > 0
         assert run.memo_bytes_peak == len(seen) * 4 * SHARD["embedding_dim"]  # one float32 row
+        assert all((w == 0) == (o == "memo") for w, o in zip(run.work_s, run.outcome, strict=True))
     # The item cache sees only the memo's misses; its hits follow the reference on that trace.
     served = [item for item, e in zip(EMB_TRACE, expected, strict=True) if e == "served"]
     cap = emb.capacity_bytes
@@ -281,6 +285,8 @@ def test_policy_run_summary_is_computed_from_its_series() -> None:
         PolicyRun("lru", None, ("cached",), (0.1,), (0.0,), (0,))
     with pytest.raises(ValueError, match="one entry per request"):
         PolicyRun("lru", None, ("hit",), (0.1, 0.2), (0.0,), (0,))
+    with pytest.raises(ValueError, match="work_s must be empty or have one entry per request"):
+        PolicyRun("lru", None, ("hit",), (0.1,), (0.0,), (0,), work_s=(0.1, 0.1))
 
 
 def test_caching_imports_neither_torch_nor_cachetools() -> None:
