@@ -41,6 +41,22 @@ __all__ = [
     "PartitionResult",
     "zero_copy",
     "ZeroCopyResult",
+    "cache_replay",
+    "CacheResult",
+    "schedule",
+    "ScheduleResult",
+    "Task",
+    "contention",
+    "ContentionResult",
+    "leak_check",
+    "LeakResult",
+    "AliveReport",
+    "runs",
+    "load",
+    "save",
+    "Store",
+    "compare",
+    "Comparison",
 ]
 
 _LAZY = {
@@ -74,20 +90,43 @@ _LAZY = {
     "PartitionResult": "memlab.partitioning",
     "zero_copy": "memlab.zerocopy",
     "ZeroCopyResult": "memlab.zerocopy",
+    "cache_replay": "memlab.caching",
+    "CacheResult": "memlab.caching",
+    "schedule": "memlab.scheduling",
+    "ScheduleResult": "memlab.scheduling",
+    "Task": "memlab.scheduling",
+    "contention": "memlab.contention",
+    "ContentionResult": "memlab.contention",
+    "leak_check": "memlab.leaks",
+    "LeakResult": "memlab.leaks",
+    "AliveReport": "memlab.timeline",
+    "runs": "memlab.store",
+    "load": "memlab.store",
+    "save": "memlab.store",
+    "Store": "memlab.store",
+    "compare": "memlab.compare",
+    "Comparison": "memlab.compare",
 }
 
 if TYPE_CHECKING:
+    from memlab.caching import CacheResult, cache_replay
+    from memlab.compare import Comparison, compare
     from memlab.config import Experiment
+    from memlab.contention import ContentionResult, contention
     from memlab.estimator import Estimate, estimate, max_batch_size
+    from memlab.leaks import LeakResult, leak_check
     from memlab.locality import BandwidthResult, bandwidth, conv_layouts, strided_access
     from memlab.partitioning import PartitionResult, partition
     from memlab.pipelining import PipelineResult, pinned_memory, pipeline
     from memlab.planning import MemoryPlan, plan
     from memlab.rooflines import RooflineResult, roofline
     from memlab.runner import RunHandle, run, start
+    from memlab.scheduling import ScheduleResult, Task, schedule
+    from memlab.store import Store, load, runs, save
     from memlab.timeline import (
         CATEGORIES,
         PHASES,
+        AliveReport,
         ProcessSeries,
         RunResult,
         Timeline,

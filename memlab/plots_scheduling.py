@@ -34,6 +34,7 @@ STATUS_COLORS = {
     "oom": "#E45756",
     "error": "#B279A2",
     "cancelled": "#B0B0B0",
+    "running": "#4C78A8",  # a live view's task under way (memlab/ui/schedule.py)
 }
 _MEMORY, _BUDGET = "#4C78A8", "#E45756"
 _LEGEND_BELOW: dict[str, Any] = {
