@@ -1,6 +1,7 @@
 """The command line: ``memlab run ...``, ``memlab estimate ...``, ``memlab plan ...``,
-``memlab bandwidth``, and the run store's ``memlab runs``, ``memlab show RUN`` and
-``memlab compare A B`` (also ``python -m memlab``).
+``memlab bandwidth``, and the run store's ``memlab runs``, ``memlab show RUN``,
+``memlab compare A B``, ``memlab report RUN [B]`` and ``memlab export RUN --format F -o PATH``
+(also ``python -m memlab``).
 
 Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled`` (or a model that
 cannot be estimated); 2 a bad argument (one line naming it, no traceback).
@@ -142,6 +143,21 @@ def _parser() -> _Parser:
     cp.add_argument("a", metavar="A", help="a run id (or a unique prefix)")
     cp.add_argument("b", metavar="B", help="a run id (or a unique prefix)")
     cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    rp = sub.add_parser("report", help="a standalone HTML page of a run, or of B against A")
+    rp.add_argument("run_id", metavar="RUN", help="a run id (or a unique prefix)")
+    rp.add_argument("other", metavar="B", nargs="?", default=None, help="compare B against RUN")
+    rp.add_argument("-o", "--output", default=None, metavar="PATH", help="default: RUN.html")
+    ex = sub.add_parser("export", help="a saved run in another tool's format")
+    ex.add_argument("run_id", metavar="RUN", help="a run id (or a unique prefix)")
+    ex.add_argument(
+        "--format",
+        required=True,
+        dest="fmt",
+        metavar="{html,memory_viz,chrome,tensorboard,parquet}",
+        help="html: offline page; memory_viz: torch.cuda._memory_viz pickle; chrome: "
+        "Trace Event JSON (Perfetto); tensorboard: a log directory; parquet: the timeline",
+    )
+    ex.add_argument("-o", "--output", required=True, metavar="PATH", help="file (or log dir)")
     return p
 
 
@@ -155,10 +171,13 @@ def _store_command(ns: argparse.Namespace) -> int:
             return _runs(ns)
         if ns.command == "show":
             return _show(ns)
+        if ns.command in ("report", "export"):
+            return _export(ns)
         return _compare(ns)
     except KeyError as e:  # a run id that is not there (KeyError quotes its message)
         print(f"memlab: error: {e.args[0] if e.args else e}", file=sys.stderr)
-    except (StoreError, ValueError, TypeError) as e:
+    except (StoreError, ValueError, TypeError, ImportError, OSError) as e:
+        # ImportError: an export's optional library; OSError: an -o path that cannot be written
         print(f"memlab: error: {e}", file=sys.stderr)
     return 2
 
@@ -244,6 +263,31 @@ def _compare(ns: argparse.Namespace) -> int:
         print(json.dumps(c.to_dict(), indent=2))
         return 0
     print(compare_table(c))
+    return 0
+
+
+def _export(ns: argparse.Namespace) -> int:
+    """``report`` and ``export``: a saved run (or two) written by ``memlab.exports``."""
+    from memlab import exports
+    from memlab.store import default_store
+
+    store = default_store()
+    if ns.command == "export" and ns.fmt not in exports.FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(exports.FORMATS)}, got {ns.fmt!r}")
+    rid = store.resolve(ns.run_id)
+    if ns.command == "report":
+        if ns.other is not None:
+            from memlab.compare import compare
+
+            c = compare(rid, ns.other, store=store)
+            out = exports.to_html(c, ns.output or f"{rid}-{c.b_id}.html")
+        else:
+            out = exports.to_html(store.load(rid), ns.output or f"{rid}.html")
+    else:
+        # This process is the CLI's own, short-lived: torch (TensorBoard) may load here.
+        kw = {"in_worker": False} if ns.fmt == "tensorboard" else {}
+        out = exports.export(store.load(rid), ns.fmt, ns.output, **kw)
+    print(f"wrote {out}")
     return 0
 
 
@@ -484,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command == "bandwidth":
         return _bandwidth(ns)
-    if ns.command in ("runs", "show", "compare"):
+    if ns.command in ("runs", "show", "compare", "report", "export"):
         return _store_command(ns)
     from memlab.config import ConfigError
 
