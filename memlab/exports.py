@@ -67,13 +67,8 @@ MEMORY_VIZ_CATEGORIES: dict[str, str] = {
 _INSTALL = "pip install 'memlab[export]'"
 
 
-def _need(module: str, what: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{what} needs {module.split('.')[0]}: {_INSTALL}") from e
+def _missing(what: str, e: ImportError) -> ImportError:
+    return ImportError(f"{what} needs {e.name or 'a library'}: {_INSTALL}")
 
 
 def _check_result(result: Any, fn: str) -> RunResult:
@@ -123,7 +118,10 @@ def to_parquet(result: RunResult, path: str | Path) -> Path:
     """:func:`to_dataframe` written as Parquet (pyarrow); ``pandas.read_parquet`` reads back the
     same frame, attrs included. Returns the path."""
     result = _check_result(result, "to_parquet")
-    _need("pyarrow", "to_parquet")
+    try:
+        import pyarrow  # noqa: F401  (pandas' Parquet engine)
+    except ImportError as e:
+        raise _missing("to_parquet", e) from e
     p = _path(path)
     to_dataframe(result).to_parquet(p, engine="pyarrow", index=False)
     return p
@@ -413,7 +411,10 @@ def tensorboard_points(result: RunResult, max_points: int | None = 10_000) -> np
 
 def _write_tensorboard(result: RunResult, logdir: str, max_points: int | None) -> str:
     """The torch side of :func:`to_tensorboard` (in the service worker by default)."""
-    _need("tensorboard", "to_tensorboard")
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard writes through it)
+    except ImportError as e:
+        raise _missing("to_tensorboard", e) from e
     from torch.utils.tensorboard import SummaryWriter
 
     tl = result.timeline
