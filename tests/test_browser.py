@@ -408,3 +408,68 @@ def test_lab05_in_voila(voila_server: tuple[str, str]) -> None:
 
     _in_browser(base, flow, "voila-05_data_loading.png")
     _assert_fit(fit)
+
+
+# -- the %%memlab cell magic in JupyterLab ----------------------------------------------------
+MAGIC_NB = "magic.ipynb"
+MAGIC_CELL = "%%memlab --label browser-magic\nimport torch\nx = torch.empty(1_000_000)\n"
+MAGIC_RUN_S = 180  # generous: the kernel imports torch in the cell (seconds on 2 idle cores)
+
+
+@pytest.fixture(scope="module")
+def magic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """JupyterLab serving a scratch notebook: ``%load_ext`` and one ``%%memlab`` cell. Its
+    kernel inherits ``MEMLAB_STORE`` (this session's store, tests/conftest.py)."""
+    pytest.importorskip("jupyterlab")
+    import nbformat
+
+    tmp = tmp_path_factory.mktemp("magic")
+    root = tmp / "notebooks"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext memlab.magic"),
+        nbformat.v4.new_code_cell(MAGIC_CELL),
+    ]
+    # As the labs' notebooks say it (a kernelspec JupyterLab finds, so it asks nothing).
+    kernel = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata.update(kernelspec=kernel, language_info={"name": "python"})
+    nbformat.write(nb, root / MAGIC_NB)
+    with jupyterlab(root, tmp) as server:
+        yield server
+
+
+def test_magic_in_jupyterlab(magic_server: tuple[str, str]) -> None:
+    """Run All on a user's ``%%memlab`` cell: the output shows the run id and the peak, which
+    is the tensor's 4,000,000 bytes, exactly what the store holds for that id (source
+    ``magic``); the timeline is drawn by plotly's JupyterLab renderer."""
+    import re
+
+    import memlab.store as st
+    from memlab.timeline import CATEGORIES
+
+    base, token = magic_server
+    seen: dict[str, str] = {}
+
+    def flow(page: Any) -> None:
+        open_and_run(page, base, token, MAGIC_NB, MAGIC_RUN_S)
+        header = page.locator(".jp-OutputArea-output .memlab-magic").first
+        header.wait_for(timeout=30_000)
+        text = header.inner_text()
+        m = re.search(r"memlab run ([0-9a-f]{12}): ok, peak .* \(4,000,000 bytes\)", text)
+        assert m, text
+        seen["id"] = m.group(1)
+        # The timeline: a plotly graph with one trace per category, in the cell's outputs (the
+        # renderer's own node is the graph div, itself an output: .jp-OutputArea, not -output).
+        page.locator(".jp-OutputArea .js-plotly-plot").first.wait_for(timeout=30_000)
+        n = page.evaluate(
+            "() => document.querySelector('.jp-OutputArea .js-plotly-plot').data.length"
+        )
+        assert n == len(CATEGORIES), n
+        page.locator(".jp-OutputArea-output .memlab-magic").first.scroll_into_view_if_needed()
+
+    _in_browser(base, flow, "browser-magic.png", on_retry=lambda: shutdown_kernels(base, token))
+    result = st.load(seen["id"])
+    info = st.default_store().info(seen["id"])
+    assert result.peak_bytes == 4_000_000 and result.status == "ok"
+    assert info.source == "magic" and info.label == "browser-magic"
