@@ -88,7 +88,7 @@ def contention_part(workload: str, steps: int) -> dict[str, Any]:
     return r.to_dict()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--contention", default="cnn", choices=["mlp", "cnn", "transformer"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     out = {
         "scheduling": scheduling(a.n, a.seed, a.budget_mib * MIB, a.slots),
         "contention": contention_part(a.contention, a.steps),

@@ -57,6 +57,7 @@ __all__ = [
     "Store",
     "compare",
     "Comparison",
+    "exports",
 ]
 
 _LAZY = {
@@ -137,6 +138,12 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "exports":  # a submodule: memlab.exports.to_html(...), to_parquet(...), ...
+        import importlib
+
+        module = importlib.import_module("memlab.exports")
+        globals()[name] = module
+        return module
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'memlab' has no attribute {name!r}")
@@ -149,3 +156,10 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext memlab``: registers the ``%%memlab`` cell magic (memlab/magic.py)."""
+    from memlab.magic import load_ipython_extension as load
+
+    load(ipython)

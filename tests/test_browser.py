@@ -428,7 +428,7 @@ def magic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     root.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell("%load_ext memlab.magic"),
+        nbformat.v4.new_code_cell("%load_ext memlab"),
         nbformat.v4.new_code_cell(MAGIC_CELL),
     ]
     # As the labs' notebooks say it (a kernelspec JupyterLab finds, so it asks nothing).

@@ -164,9 +164,5 @@ def test_bad_options_are_usage_errors(ip: Any, line: str, says: str) -> None:
 
 
 def test_load_ext_memlab(ip: Any) -> None:
-    import memlab
-
-    if not hasattr(memlab, "load_ipython_extension"):
-        pytest.skip("memlab/__init__.py does not export load_ipython_extension yet")
     ip.run_line_magic("load_ext", "memlab")
     assert "memlab" in ip.magics_manager.magics["cell"]

@@ -43,6 +43,7 @@ __all__ = [
     "explain_caching",
     "memo_table",
     "explain_memo",
+    "run_alone",
     "service_times",
     "with_deadlines",
     "tasks_table",
@@ -64,7 +65,8 @@ __all__ = [
 
 
 def _ms(v: float | None) -> str:
-    return "–" if v is None or v != v else f"{v:.2f}"
+    """Milliseconds to 3 significant figures (a memo hit takes microseconds)."""
+    return "–" if v is None or v != v else f"{v:.3g}"
 
 
 def _pct(v: float | None) -> str:
@@ -195,12 +197,12 @@ def memo_table(result: CacheResult) -> str:
             _pct(r.memo_hit_rate),
             _ms(r.p50_ms),
             _ms(r.latency_ms(50, "memo")),
-            _mib(r.memo_bytes_peak),
+            format_bytes(r.memo_bytes_peak),
         )
         for r in result.runs
     ]
     return md_table(
-        ["policy", "item hit rate", "memo hit rate", "p50 ms", "memo hit p50 ms", "memo MiB"],
+        ["policy", "item hit rate", "memo hit rate", "p50 ms", "memo hit p50 ms", "memo held"],
         rows,
     )
 
@@ -213,11 +215,25 @@ def explain_memo(memo: CacheResult, plain: CacheResult) -> str:
         f"(same item, same input: {len(set(memo.inputs))} distinct inputs per item), in "
         f"{_ms(b.latency_ms(50, 'memo'))} ms at the median, without touching the item cache or "
         f"running the model. LRU's p50 went from {_ms(a.p50_ms)} to {_ms(b.p50_ms)} ms; the "
-        f"memo held up to {_mib(b.memo_bytes_peak)} MiB of outputs."
+        f"memo held up to {format_bytes(b.memo_bytes_peak)} of outputs."
     )
 
 
 # -- scheduling --------------------------------------------------------------------------------
+
+
+def run_alone(tasks: Sequence[Task], predicted: Sequence[int]) -> ScheduleResult:
+    """Every task alone, one after the other (all arrived at 0, one slot, a budget twice their
+    sum): the service times the deadlines are set from."""
+    from memlab.scheduling import schedule
+
+    return schedule(
+        [dataclasses.replace(t, arrival_s=0.0) for t in tasks],
+        "fifo",
+        budget_bytes=2 * sum(predicted),
+        slots=1,
+        predicted=predicted,
+    )
 
 
 def service_times(result: ScheduleResult) -> list[float]:
@@ -467,10 +483,10 @@ def _top_growing_site(report: AliveReport) -> str:
     """The site whose bytes grew most from the first step to the last."""
     if len(report.steps) < 2:
         return "–"
-    first = {s.where: s.bytes for s in report.steps[0].sites}
+    first = {(s.where, s.category): s.bytes for s in report.steps[0].sites}
     last = report.steps[-1].sites
-    grown = sorted(last, key=lambda s: s.bytes - first.get(s.where, 0), reverse=True)
-    if not grown or grown[0].bytes - first.get(grown[0].where, 0) <= 0:
+    grown = sorted(last, key=lambda s: s.bytes - first.get((s.where, s.category), 0), reverse=True)
+    if not grown or grown[0].bytes - first.get((grown[0].where, grown[0].category), 0) <= 0:
         return "–"
     s = grown[0]
     return f"{s.where}: {s.category}, {s.count} blocks"
@@ -482,9 +498,15 @@ def explain_leaks(leaks: Mapping[str, Mapping[str, LeakResult]]) -> str:
         a, b = pair["leaky"], pair["fixed"]
         out.append(
             f"- **{ex}**: {_bytes(a.growth_per_step_bytes)} more alive after each step; "
-            f"fixed: {_bytes(b.growth_per_step_bytes)}. {a.leak} Fix: {a.fix}"
+            f"fixed: {_bytes(b.growth_per_step_bytes)}. The leak: {_sentence(a.leak)} "
+            f"The fix: {_sentence(a.fix)}"
         )
     return "\n".join(out)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text.endswith(".") else text + "."
 
 
 def alive_table(report: AliveReport, top: int = 6) -> str:
