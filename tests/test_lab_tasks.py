@@ -175,3 +175,63 @@ def test_panel_runs_a_schedule_and_draws_its_result() -> None:
     alive = {p.pid for p in psutil.Process().children(recursive=True)}
     assert not alive & set(r.pids), "a slot worker outlived the schedule"
     panel.close()
+
+
+def _lru_scan_hits(sizes: list[int], capacity: int, rounds: int = 3) -> int:
+    """cachetools' LRU on a cyclic scan, items larger than the cache served uncached (as
+    memlab.caching does): the independent truth for ``scan_capacity``."""
+    from cachetools import LRUCache
+
+    cache: LRUCache[int, int] = LRUCache(maxsize=capacity, getsizeof=lambda v: v)
+    hits = 0
+    for _ in range(rounds):
+        for i, size in enumerate(sizes):
+            if i in cache:
+                hits += 1
+                continue
+            try:
+                cache[i] = size
+            except ValueError:  # larger than the whole cache
+                pass
+    return hits
+
+
+@pytest.mark.parametrize("sizes", [[3, 3, 3, 3], [1, 1, 10], [5, 1, 2, 40, 7], [8]])
+def test_scan_capacity_is_where_lru_starts_to_hit(sizes: list[int]) -> None:
+    from memlab.caching import CacheResult
+
+    scan = CacheResult(
+        items="embeddings",
+        name="scan",
+        trace=tuple(range(len(sizes))) * 3,
+        inputs=(0,) * (3 * len(sizes)),
+        item_bytes=tuple(sizes),
+        capacity_bytes=1,
+        memoize=False,
+        seed=0,
+        cpus=2,
+        threads=1,
+        runs=(),
+    )
+    c = lab.scan_capacity(scan)
+    assert _lru_scan_hits(sizes, c) > 0
+    assert _lru_scan_hits(sizes, c - 1) == 0
+    ex = lab.exercise_scan_capacity({"scan": scan})
+    assert ex.check(c / MIB).ok and not ex.check(0.9 * c / MIB).ok
+
+
+def test_leak_exercise_and_table_from_a_measured_leak() -> None:
+    from memlab.leaks import run_example
+
+    leaky = run_example("forward_hook", steps=4, fixed=False)
+    fixed = run_example("forward_hook", steps=4, fixed=True)
+    leaks = {"forward_hook": {"leaky": leaky, "fixed": fixed}}
+    params = leaky.alive.entry_by_category["parameters"]
+    growth = leaky.growth_per_step_bytes
+    assert growth and growth > 0 and fixed.growth_per_step_bytes == 0
+    ex = lab.exercise_leak_growth(leaks)
+    assert ex.check(params / growth + 0.5).ok and not ex.check(params / growth + 2).ok
+    table = lab.leaks_table(leaks)
+    assert f"| forward_hook | {params:,} B | {growth:,.0f} B | 0 B |" in table
+    with pytest.raises(ValueError, match="did not grow"):
+        lab.exercise_leak_growth({"forward_hook": {"leaky": fixed}})
