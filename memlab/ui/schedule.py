@@ -237,6 +237,7 @@ class SchedulePanel:
             self._set_status(f"<b>not run</b>: {e}")
             return
         handle = self._handle
+        self._draw(self._state.result(0.0))  # the previous run's chart goes at once
         self._schedule_redraw()
 
         import threading
