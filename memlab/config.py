@@ -118,6 +118,17 @@ _UNITS: dict[str, int] = {
 _BYTES_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: a value the user got
+    wrong may be huge (a 5,000-digit int, whose repr raises past Python's int-to-str limit) or
+    have a repr that fails, and the message must still be one short line naming the field."""
+    try:
+        text = repr(value)
+    except Exception:  # any user object's __repr__, or int's digit limit (ValueError)
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_bytes(value: int | str, *, name: str = "size") -> int:
     """Bytes from an int or a string such as ``"512MB"``, ``"2GB"``, ``"1.5GiB"``, ``"4096"``.
 
@@ -125,23 +136,24 @@ def parse_bytes(value: int | str, *, name: str = "size") -> int:
     The result must be a positive whole number of bytes. ``name`` goes into the error message.
     """
     if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a byte size such as 512MB or 2GiB, got {value!r}")
+        raise ConfigError(f"{name} must be a byte size such as 512MB or 2GiB, got {_show(value)}")
     if isinstance(value, int):
         if value <= 0:
-            raise ConfigError(f"{name} must be a positive number of bytes, got {value}")
+            raise ConfigError(f"{name} must be a positive number of bytes, got {_show(value)}")
         return value
     if not isinstance(value, str):
-        raise ConfigError(f"{name} must be a byte size such as 512MB or 2GiB, got {value!r}")
+        raise ConfigError(f"{name} must be a byte size such as 512MB or 2GiB, got {_show(value)}")
     m = _BYTES_RE.match(value)
     unit = m.group(2).upper() if m else ""
     if m is None or unit not in _UNITS:
         allowed = ", ".join(u for u in _UNITS if u)
         raise ConfigError(
-            f"{name} must be a byte size such as 512MB or 2GiB (units: {allowed}), got {value!r}"
+            f"{name} must be a byte size such as 512MB or 2GiB (units: {allowed}), "
+            f"got {_show(value)}"
         )
     n = float(m.group(1)) * _UNITS[unit]
     if not math.isfinite(n) or n < 1 or n != int(n):
-        raise ConfigError(f"{name} must be a positive whole number of bytes, got {value!r}")
+        raise ConfigError(f"{name} must be a positive whole number of bytes, got {_show(value)}")
     return int(n)
 
 
@@ -171,8 +183,8 @@ def _resolve_qualname(name: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(mod_name)
         for part in qual.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"workload {name!r} cannot be loaded: {e}") from e
+    except Exception as e:  # importing a module runs its code: any error (or '..' relative)
+        raise ConfigError(f"workload {name!r} cannot be loaded: {type(e).__name__}: {e}") from e
     if not callable(obj):
         raise ConfigError(f"workload {name!r} is not callable")
     return obj  # type: ignore[no-any-return]
@@ -257,7 +269,7 @@ class FieldSpec:
             if not isinstance(value, str) or value not in self.choices:
                 raise ConfigError(
                     f"{self.name} must be {self.rule()} or a callable factory(experiment, "
-                    f"device) returning a Workload, got {value!r}"
+                    f"device) returning a Workload, got {_show(value)}"
                 )
             return value
         if self.kind == "bytes":
@@ -272,13 +284,13 @@ class FieldSpec:
             ok = (
                 not isinstance(value, bool)
                 and isinstance(value, (int, float))
-                and math.isfinite(value)
+                and (isinstance(value, int) or math.isfinite(value))  # 10**400: no float
                 and self._in_range(value)
             )
             if ok:
                 value = float(value)
         if not ok:
-            raise ConfigError(f"{self.name} must be {self.rule()}, got {value!r}")
+            raise ConfigError(f"{self.name} must be {self.rule()}, got {_show(value)}")
         return value
 
     def _in_range(self, v: float) -> bool:
@@ -637,8 +649,9 @@ class Experiment:
             raise ConfigError(f"an Experiment dict must be a mapping, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown Experiment field(s): {', '.join(sorted(unknown))}")
+        if unknown:  # keys of any type: sorted as text
+            names = ", ".join(sorted(map(str, unknown)))
+            raise ConfigError(f"unknown Experiment field(s): {names}")
         kw = dict(d)
         wl = kw.get("workload")
         if isinstance(wl, str) and wl not in WORKLOADS and ":" in wl:
