@@ -158,7 +158,80 @@ def _parser() -> _Parser:
         "Trace Event JSON (Perfetto); tensorboard: a log directory; parquet: the timeline",
     )
     ex.add_argument("-o", "--output", required=True, metavar="PATH", help="file (or log dir)")
+    _sweep_parser(sub)
     return p
+
+
+def _sweep_parser(sub: Any) -> None:
+    """``memlab sweep``: the options of ``memlab run`` are the base experiment."""
+    sw = sub.add_parser("sweep", help="run every combination of --grid values (cached runs)")
+    _experiment_args(sw)
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="a field and its values, e.g. --grid batch_size=8,16 (repeatable)",
+    )
+    sw.add_argument("--repeat", type=_lenient(int), default=1, metavar="N", help="runs each")
+    sw.add_argument("--rerun", action="store_true", help="run again what the store holds")
+    sw.add_argument(
+        "--backend",
+        default=None,
+        metavar="{local,ray}",
+        help="default: ray if RAY_ADDRESS is set, else local",
+    )
+    sw.add_argument("--timeout", type=float, default=None, help="seconds per run before giving up")
+
+
+def _grid_value(spec: FieldSpec, text: str) -> Any:
+    """One ``--grid`` value as its field stores it; the sweep checks it (and names the field)."""
+    if spec.kind == "int":
+        return _lenient(int)(text)
+    if spec.kind == "float":
+        return _lenient(float)(text)
+    if spec.kind == "bool":
+        return {"true": True, "false": False}.get(text.lower(), text)
+    if spec.optional and text.lower() == "none":
+        return None
+    return text
+
+
+def _sweep(ns: argparse.Namespace, exp: Experiment) -> int:
+    """Exit 0 when every run finished (ok or oom), 1 when one failed, 2 for a bad argument."""
+    from memlab.config import FIELDS
+    from memlab.sweeping import sweep
+
+    grid: dict[str, list[Any]] = {}
+    try:
+        for item in ns.grid:
+            name, sep, values = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or not values.strip():
+                raise ValueError(f"--grid must be FIELD=V1,V2,..., got {item!r}")
+            spec = next((s for s in FIELDS.values() if name in (s.name, s.alias)), None)
+            vals = [v.strip() for v in values.split(",")]
+            grid[name] = vals if spec is None else [_grid_value(spec, v) for v in vals]
+        res = sweep(
+            exp,
+            grid,
+            repeat=ns.repeat,
+            rerun=ns.rerun,
+            backend=ns.backend,
+            progress=not ns.json,
+            timeout_s=ns.timeout,
+        )
+    except (ValueError, TypeError, ImportError) as e:
+        print(f"memlab: error: {e}", file=sys.stderr)
+        return 2
+    if ns.json:
+        rows = [{k: _json_safe(v) for k, v in r.items()} for r in res.table().to_dict("records")]
+        out = {"backend": res.backend, "wall_s": res.wall_s, "rows": rows}
+        print(json.dumps(out, indent=2))
+    else:
+        print(res.table().to_string(index=False))
+        print(f"{res.n_run} run(s) measured, {res.n_cached} cached, {res.wall_s:.1f} s")
+    return 1 if any(r.status not in ("ok", "oom") for r in res.rows) else 0
 
 
 def _store_command(ns: argparse.Namespace) -> int:
@@ -543,6 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plan(ns, exp)
     if ns.command == "roofline":
         return _roofline(ns, exp)
+    if ns.command == "sweep":
+        return _sweep(ns, exp)
     from memlab.runner import start
 
     handle = start(exp, timeout_s=ns.timeout)  # = memlab.run, keeping the handle's run id
