@@ -369,10 +369,10 @@ def _mprun_pass(
         rise_bytes=rise,
         attribution=attribution,
         notes=(
-            "a line's increment is RSS after it minus before it, summed over the steps: "
-            "memory glibc keeps after a free never shows as a negative increment, and memory "
-            "it reuses never shows as a positive one; the def line's first increment is the "
-            "whole process (memory_profiler starts it from 0)",
+            "a line's increment is RSS after it minus before it, summed over the steps: it "
+            "shows what glibc asked the kernel for or gave back (large blocks are mapped and "
+            "unmapped, small ones are kept and reused), not what the line allocated; the def "
+            "line's first increment is the whole process (memory_profiler starts it from 0)",
         ),
     )
     return reading, tuple(rows), buf.getvalue()
