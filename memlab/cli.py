@@ -618,6 +618,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _roofline(ns, exp)
     if ns.command == "sweep":
         return _sweep(ns, exp)
+    t = ns.timeout  # -5 would start a worker only to fail it; nan would never time out
+    if t is not None and not (isinstance(t, float) and 0 < t < float("inf")):
+        print(
+            f"memlab: error: --timeout must be a positive number of seconds, got {t}",
+            file=sys.stderr,
+        )
+        return 2
     from memlab.runner import start
 
     handle = start(exp, timeout_s=ns.timeout)  # = memlab.run, keeping the handle's run id
