@@ -341,6 +341,12 @@ def argvs(draw: st.DrawFn) -> tuple[list[str], dict[str, Any], set[str], set[str
             values[name] = stored(spec, v)
             bad.discard(name)
         argv += [flag, text]
+    if cmd == "run" and draw(st.booleans()):
+        # seconds: a positive finite number; '-5' is a negative number to argparse, 'x' not float
+        text = draw(st.sampled_from(["5", "0.5", "1e3", "-5", "0", "nan", "inf", "x", ""]))
+        argv += ["--timeout", text]
+        if text not in ("5", "0.5", "1e3"):
+            refused.add("--timeout")
     tail = draw(st.sampled_from(["", "", "", "", "", "", "--frobnicate", "stray", "-q", "--seed"]))
     if tail:
         argv.append(tail)
