@@ -57,6 +57,8 @@ __all__ = [
     "Store",
     "compare",
     "Comparison",
+    "sweep",
+    "SweepResult",
     "exports",
 ]
 
@@ -107,6 +109,8 @@ _LAZY = {
     "Store": "memlab.store",
     "compare": "memlab.compare",
     "Comparison": "memlab.compare",
+    "sweep": "memlab.sweeping",
+    "SweepResult": "memlab.sweeping",
 }
 
 if TYPE_CHECKING:
@@ -124,6 +128,7 @@ if TYPE_CHECKING:
     from memlab.runner import RunHandle, run, start
     from memlab.scheduling import ScheduleResult, Task, schedule
     from memlab.store import Store, load, runs, save
+    from memlab.sweeping import SweepResult, sweep
     from memlab.timeline import (
         CATEGORIES,
         PHASES,

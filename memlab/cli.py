@@ -1,7 +1,7 @@
 """The command line: ``memlab run ...``, ``memlab estimate ...``, ``memlab plan ...``,
 ``memlab bandwidth``, and the run store's ``memlab runs``, ``memlab show RUN``,
-``memlab compare A B``, ``memlab report RUN [B]`` and ``memlab export RUN --format F -o PATH``
-(also ``python -m memlab``).
+``memlab compare A B``, ``memlab report RUN [B]`` and ``memlab export RUN --format F -o PATH``,
+and ``memlab sweep --grid FIELD=V1,V2 ...`` (also ``python -m memlab``).
 
 Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled`` (or a model that
 cannot be estimated); 2 a bad argument (one line naming it, no traceback).
