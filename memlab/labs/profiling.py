@@ -131,7 +131,7 @@ def explain(c: ProfilerComparison, hide_cost: tuple[str, ...] = ("mprun",)) -> s
             f"{mp.peak_bytes / c.truth_bytes:.1f}x the tensors' peak, because RSS holds "
             f"Python, torch's libraries and the memory glibc keeps. While the steps ran, RSS "
             f"rose by {mp.rise_bytes / MIB:.2f} MiB; the allocator's count rose by "
-            f"{c.truth_rise_bytes / MIB:.2f} MiB within every step."
+            f"{c.truth_rise_bytes / MIB:.2f} MiB during a step, and fell back after it."
         )
     a = c.anchor_step_s
     if a:
