@@ -59,6 +59,8 @@ __all__ = [
     "Comparison",
     "sweep",
     "SweepResult",
+    "compare_profilers",
+    "ProfilerComparison",
     "exports",
 ]
 
@@ -111,6 +113,8 @@ _LAZY = {
     "Comparison": "memlab.compare",
     "sweep": "memlab.sweeping",
     "SweepResult": "memlab.sweeping",
+    "compare_profilers": "memlab.profilers",
+    "ProfilerComparison": "memlab.profilers",
 }
 
 if TYPE_CHECKING:
@@ -124,6 +128,7 @@ if TYPE_CHECKING:
     from memlab.partitioning import PartitionResult, partition
     from memlab.pipelining import PipelineResult, pinned_memory, pipeline
     from memlab.planning import MemoryPlan, plan
+    from memlab.profilers import ProfilerComparison, compare_profilers
     from memlab.rooflines import RooflineResult, roofline
     from memlab.runner import RunHandle, run, start
     from memlab.scheduling import ScheduleResult, Task, schedule

@@ -1,7 +1,8 @@
 """The command line: ``memlab run ...``, ``memlab estimate ...``, ``memlab plan ...``,
 ``memlab bandwidth``, and the run store's ``memlab runs``, ``memlab show RUN``,
 ``memlab compare A B``, ``memlab report RUN [B]`` and ``memlab export RUN --format F -o PATH``,
-and ``memlab sweep --grid FIELD=V1,V2 ...`` (also ``python -m memlab``).
+``memlab sweep --grid FIELD=V1,V2 ...`` and ``memlab schedule`` (lab 09's task mix under the
+scheduling policies) (also ``python -m memlab``).
 
 Exit codes: 0 the run was ``ok``; 3 ``oom``; 1 ``error`` or ``cancelled`` (or a model that
 cannot be estimated); 2 a bad argument (one line naming it, no traceback).
@@ -159,7 +160,99 @@ def _parser() -> _Parser:
     )
     ex.add_argument("-o", "--output", required=True, metavar="PATH", help="file (or log dir)")
     _sweep_parser(sub)
+    _schedule_parser(sub)
     return p
+
+
+def _schedule_parser(sub: Any) -> None:
+    """``memlab schedule``: lab 09's task mix under one policy or all four, from a shell."""
+    sc = sub.add_parser("schedule", help="a seeded mix of inference tasks under a policy")
+    sc.add_argument(
+        "--policy",
+        default="all",
+        metavar="{fifo,priority,edf,memory-aware,all}",
+        help="all: the four on the same mix and warm workers (default)",
+    )
+    sc.add_argument("--tasks", type=_lenient(int), default=8, metavar="N", help="tasks (8)")
+    sc.add_argument("--seed", type=_lenient(int), default=0, metavar="S", help="the mix's seed")
+    sc.add_argument(
+        "--requests", default="4,10", metavar="LO,HI", help="requests per task, drawn in LO..HI"
+    )
+    sc.add_argument("--budget", default="64MiB", metavar="SIZE", help="the shared memory")
+    sc.add_argument("--slots", type=_lenient(int), default=2, metavar="N", help="workers (2)")
+    sc.add_argument(
+        "--slack",
+        default=None,
+        metavar="LO,HI",
+        help="deadlines as LO..HI x each task's service time measured alone first (as lab 09 "
+        "does); default: the mix's own deadlines",
+    )
+    sc.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _pair(text: str, name: str, kind: Callable[[str], Any]) -> tuple[Any, Any]:
+    parts = text.split(",")
+    try:
+        lo, hi = (kind(v) for v in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        lo = hi = None
+    if lo is None or hi is None:
+        raise ValueError(f"{name} must be two numbers LO,HI, got {text!r}")
+    return lo, hi
+
+
+def _schedule(ns: argparse.Namespace) -> int:
+    """Run the mix; one row per policy (misses, oom, p50/p99, makespan, exact peak)."""
+    from memlab.config import parse_bytes
+    from memlab.scheduling import POLICIES, compare_policies, mixed_tasks, predict_peaks
+
+    try:
+        if ns.policy != "all" and ns.policy not in POLICIES:
+            raise ValueError(f"--policy must be one of {', '.join(POLICIES)} or all")
+        requests = _pair(ns.requests, "--requests", int)
+        slack = None if ns.slack is None else _pair(ns.slack, "--slack", float)
+        budget = parse_bytes(ns.budget)
+        tasks = mixed_tasks(n=ns.tasks, seed=ns.seed, requests=requests)
+    except ValueError as e:
+        print(f"memlab: error: {e}", file=sys.stderr)
+        return 2
+    policies = list(POLICIES) if ns.policy == "all" else [ns.policy]
+    try:
+        predicted = predict_peaks(tasks)
+        if slack is not None:
+            from memlab.labs.tasks import run_alone, service_times, with_deadlines
+
+            tasks = with_deadlines(
+                tasks, service_times(run_alone(tasks, predicted)), slack=slack, seed=ns.seed
+            )
+        results = compare_policies(
+            tasks, budget, policies=policies, slots=ns.slots, predicted=predicted
+        )
+    except ValueError as e:  # e.g. a task memory-aware admission could never admit
+        print(f"memlab: error: {e}", file=sys.stderr)
+        return 2
+    if ns.json:
+        print(json.dumps({p: r.summary() for p, r in results.items()}, indent=2))
+        return 0
+    print(f"{len(tasks)} tasks (seed {ns.seed}), budget {format_bytes(budget)}, {ns.slots} slots")
+    head = f"{'policy':<14}{'misses':>8}{'oom':>5}{'p50 s':>8}{'p99 s':>8}{'makespan s':>12}"
+    print(head + f"{'peak':>12}  enforced by")
+    for p, r in results.items():
+
+        def sec(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        print(
+            f"{p:<14}{r.deadline_misses:>5}/{len(r.tasks):<2}{r.oom_count:>5}"
+            f"{sec(r.p50_latency_s):>8}{sec(r.p99_latency_s):>8}{sec(r.makespan_s):>12}"
+            f"{format_bytes(r.peak_bytes):>12}  {r.enforcement}"
+        )
+        for n in r.notes:
+            print(f"  {p}: {n}")
+        for t in r.tasks:
+            if t.status == "error":
+                print(f"  {p}: {t.name} failed: {t.error}")
+    return 0
 
 
 def _sweep_parser(sub: Any) -> None:
@@ -603,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bandwidth(ns)
     if ns.command in ("runs", "show", "compare", "report", "export"):
         return _store_command(ns)
+    if ns.command == "schedule":
+        return _schedule(ns)
     from memlab.config import ConfigError
 
     try:

@@ -235,3 +235,33 @@ def test_leak_exercise_and_table_from_a_measured_leak() -> None:
     assert f"| forward_hook | {params:,} B | {growth:,.0f} B | 0 B |" in table
     with pytest.raises(ValueError, match="did not grow"):
         lab.exercise_leak_growth({"forward_hook": {"leaky": fixed}})
+
+
+def test_cli_schedule_runs_the_mix_and_refuses_bad_input_in_one_line() -> None:
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "memlab", "schedule", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    p = cli("--tasks", "2", "--requests", "1,1", "--policy", "memory-aware", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    r = out["memory-aware"]
+    assert list(out) == ["memory-aware"] and r["tasks"] == 2 and r["oom"] == 0
+    assert 0 < r["peak_bytes"] <= r["budget_bytes"] == 64 * MIB
+    for args, says in [
+        (["--policy", "lifo"], "--policy must be one of"),
+        (["--requests", "3"], "--requests must be two numbers"),
+        (["--budget", "lots"], "lots"),
+        (["--tasks", "0"], "n must be an int >= 1"),
+    ]:
+        p = cli(*args)
+        assert p.returncode == 2 and says in p.stderr, (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
