@@ -161,7 +161,76 @@ def _parser() -> _Parser:
     ex.add_argument("-o", "--output", required=True, metavar="PATH", help="file (or log dir)")
     _sweep_parser(sub)
     _schedule_parser(sub)
+    _search_parser(sub)
     return p
+
+
+def _search_parser(sub: Any) -> None:
+    """``memlab search``: lab 11's memory-aware architecture search (memlab.nas), from a shell."""
+    se = sub.add_parser("search", help="search small models for the digits under a device budget")
+    se.add_argument("--device", required=True, metavar="PROFILE", help="a device profile")
+    se.add_argument(
+        "--budget",
+        default=None,
+        metavar="SIZE",
+        help="the model's share, e.g. 16MB (default: the profile's budget)",
+    )
+    se.add_argument("--trials", type=_lenient(int), default=20, metavar="N", help="default 20")
+    se.add_argument("--sampler", default="nsga2", metavar="{random,nsga2}", help="default nsga2")
+    se.add_argument("--seed", type=_lenient(int), default=0, metavar="S")
+    se.add_argument(
+        "--train-steps", type=_lenient(int), default=100, metavar="N", help="per candidate"
+    )
+    se.add_argument("--no-verify", action="store_true", help="skip the chosen model's real run")
+    se.add_argument("--json", action="store_true", help="the SearchResult as JSON")
+
+
+def _search(ns: argparse.Namespace) -> int:
+    """Exit 0 when the chosen model ran within its prediction's tolerance (or was not
+    verified), 1 when nothing fitted or the verification failed, 2 for a bad argument."""
+    from memlab.nas import search_architectures
+    from memlab.timeline import format_bytes
+
+    try:
+        r = search_architectures(
+            profile=ns.device,
+            budget_bytes=ns.budget,
+            trials=ns.trials,
+            sampler=ns.sampler,
+            seed=ns.seed,
+            train_steps=ns.train_steps,
+            verify=not ns.no_verify,
+        )
+    except ValueError as e:
+        print(f"memlab: error: {e}", file=sys.stderr)
+        return 2
+    v = r.verification
+    ok = r.chosen is not None and (ns.no_verify or (v is not None and v.within_tolerance))
+    if ns.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0 if ok else 1
+    print(f"{r.sampler} search on {r.profile}, budget {format_bytes(r.budget_bytes)}:")
+    for c in r.candidates:
+        acc = "not trained (over budget)" if not c.trained else f"accuracy {c.accuracy:.3f}"
+        lat = "" if c.latency_s is None else f", {c.latency_s * 1e3:.2f} ms"
+        front = " *" if c.number in r.pareto else ""
+        print(
+            f"  {c.number:3d} {c.architecture:24s} predicted {format_bytes(c.predicted_peak_bytes)}"
+            f"  {acc}{lat}{front}"
+        )
+    print("  (* on the Pareto front: accuracy, predicted peak, latency measured here)")
+    if r.chosen is None:
+        print("no candidate fitted the budget", file=sys.stderr)
+        return 1
+    print(f"chosen: {r.chosen.architecture} (accuracy {r.chosen.accuracy:.3f})")
+    if v is not None:
+        measured = "-" if v.measured_peak_bytes is None else format_bytes(v.measured_peak_bytes)
+        err = "" if v.relative_error is None else f" ({v.relative_error:+.1%})"
+        print(
+            f"verified: {v.status}, measured {measured} against predicted "
+            f"{format_bytes(v.predicted_peak_bytes)}{err}"
+        )
+    return 0 if ok else 1
 
 
 def _schedule_parser(sub: Any) -> None:
@@ -698,6 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _store_command(ns)
     if ns.command == "schedule":
         return _schedule(ns)
+    if ns.command == "search":
+        return _search(ns)
     from memlab.config import ConfigError
 
     try:
