@@ -29,6 +29,8 @@ __all__ = [
     "AliveSite",
     "AliveStep",
     "AliveReport",
+    "PeakBlock",
+    "PeakReport",
     "format_bytes",
 ]
 
@@ -524,6 +526,118 @@ class AliveReport:
         return df
 
 
+@dataclass(frozen=True)
+class PeakBlock:
+    """Tensor memory alive at the peak: one block (``count`` 1) or the blocks of one site.
+
+    ``phase`` is the phase of the allocation (``entry``: alive when the tracked block began),
+    ``module`` the innermost module running then (``""``: none), ``op`` the ATen op that
+    allocated it (``aten::addmm``; ``None``: not recorded, see ``memlab.track(ops=...)``),
+    ``line`` the user's ``file:line`` that called the op (``None``: not recorded, opt in with
+    ``source_lines=True``), ``t_s`` when it was allocated (seconds from the block's start; the
+    earliest of a site's; ``None`` for blocks alive at entry)."""
+
+    bytes: int
+    category: str
+    phase: str
+    module: str = ""
+    op: str | None = None
+    line: str | None = None
+    count: int = 1
+    t_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise ValueError(f"category must be one of {CATEGORIES}, got {self.category!r}")
+        if self.phase != "entry" and self.phase not in PHASES:
+            raise ValueError(f"phase must be 'entry' or one of {PHASES}, got {self.phase!r}")
+
+    @property
+    def where(self) -> str:
+        """One readable label: ``op in module (phase) at file:line``."""
+        if self.phase == "entry":
+            return "alive at entry"
+        mod = self.module or "(outside modules)"
+        op = "" if self.op is None else f"{self.op} in "
+        return f"{op}{mod} ({self.phase})" + ("" if self.line is None else f" at {self.line}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PeakBlock:
+        return cls(
+            bytes=int(d["bytes"]),
+            category=str(d["category"]),
+            phase=str(d["phase"]),
+            module=str(d.get("module", "")),
+            op=None if d.get("op") is None else str(d["op"]),
+            line=None if d.get("line") is None else str(d["line"]),
+            count=int(d.get("count", 1)),
+            t_s=None if d.get("t_s") is None else float(d["t_s"]),
+        )
+
+
+@dataclass(frozen=True)
+class PeakReport:
+    """What was alive at the peak of a tracked block (the first event where the tensor bytes
+    reach ``RunResult.peak_bytes``): the largest blocks and the largest sites (blocks grouped
+    by category, phase, module, op and line), largest first, at most the tracker's
+    ``top_blocks`` of each. ``total_bytes`` is the peak; ``n_blocks`` how many blocks were
+    alive then; the blocks not listed hold :attr:`rest_bytes`."""
+
+    total_bytes: int
+    t_s: float
+    phase: str
+    n_blocks: int
+    blocks: tuple[PeakBlock, ...] = ()
+    sites: tuple[PeakBlock, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "sites", tuple(self.sites))
+
+    @property
+    def rest_bytes(self) -> int:
+        """The peak's bytes in blocks not listed in ``blocks``."""
+        return self.total_bytes - sum(b.bytes for b in self.blocks)
+
+    @property
+    def sites_rest_bytes(self) -> int:
+        """The peak's bytes in sites not listed in ``sites``."""
+        return self.total_bytes - sum(b.bytes for b in self.sites)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_bytes": self.total_bytes,
+            "t_s": self.t_s,
+            "phase": self.phase,
+            "n_blocks": self.n_blocks,
+            "blocks": [b.to_dict() for b in self.blocks],
+            "sites": [b.to_dict() for b in self.sites],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PeakReport:
+        return cls(
+            total_bytes=int(d["total_bytes"]),
+            t_s=float(d["t_s"]),
+            phase=str(d["phase"]),
+            n_blocks=int(d["n_blocks"]),
+            blocks=tuple(PeakBlock.from_dict(b) for b in d.get("blocks", ())),
+            sites=tuple(PeakBlock.from_dict(b) for b in d.get("sites", ())),
+        )
+
+    def to_dataframe(self, *, sites: bool = False) -> Any:
+        """One row per block (or per site): bytes, count, category, phase, module, op, line."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover - pandas is a dependency
+            raise ImportError("PeakReport.to_dataframe needs pandas: pip install pandas") from e
+        rows = self.sites if sites else self.blocks
+        return pd.DataFrame([b.to_dict() for b in rows])
+
+
 @dataclass(frozen=True, eq=False)
 class RunResult:
     """What a tracked block or a whole run measured. Pure data; renders itself.
@@ -569,6 +683,8 @@ class RunResult:
     latency: Latency | None = None
     #: What was still alive at each step boundary (``Tracker.step``); None: no step marked.
     alive: AliveReport | None = None
+    #: What was alive at the peak, largest first (``PeakReport``); None: not recorded.
+    peak_report: PeakReport | None = None
 
     def __post_init__(self) -> None:
         for name in ("peak_by_category", "entry_by_category", "end_by_category"):
@@ -597,6 +713,8 @@ class RunResult:
             object.__setattr__(self, "latency", Latency.from_dict(self.latency))
         if isinstance(self.alive, Mapping):
             object.__setattr__(self, "alive", AliveReport.from_dict(self.alive))
+        if isinstance(self.peak_report, Mapping):
+            object.__setattr__(self, "peak_report", PeakReport.from_dict(self.peak_report))
 
     # -- derived figures -------------------------------------------------------------------
     @property
@@ -623,7 +741,7 @@ class RunResult:
                 if timeline:
                     d[f.name] = v.to_dict()
                 continue
-            if f.name in ("timing", "latency", "alive"):
+            if f.name in ("timing", "latency", "alive", "peak_report"):
                 d[f.name] = None if v is None else v.to_dict()
                 continue
             d[f.name] = (
@@ -654,6 +772,8 @@ class RunResult:
             kw["latency"] = Latency.from_dict(d["latency"])
         if d.get("alive") is not None:
             kw["alive"] = AliveReport.from_dict(d["alive"])
+        if d.get("peak_report") is not None:
+            kw["peak_report"] = PeakReport.from_dict(d["peak_report"])
         for k in ("step_times_s", "tracked_step_times_s", "notes"):
             if k in kw:
                 kw[k] = tuple(kw[k])

@@ -30,12 +30,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memlab.timeline import CATEGORIES, PHASES, AliveReport, AliveSite, AliveStep, Timeline
+from memlab.timeline import (
+    CATEGORIES,
+    PHASES,
+    AliveReport,
+    AliveSite,
+    AliveStep,
+    PeakBlock,
+    PeakReport,
+    Timeline,
+)
 
-__all__ = ["Mark", "CategoryMark", "Attribution", "attribute", "DEFAULT_TOP_SITES"]
+__all__ = [
+    "Mark",
+    "CategoryMark",
+    "Attribution",
+    "attribute",
+    "DEFAULT_TOP_SITES",
+    "DEFAULT_TOP_BLOCKS",
+]
 
 #: How many allocation sites each step of the alive report keeps (largest first).
 DEFAULT_TOP_SITES = 10
+#: How many blocks (and sites) the peak report keeps (largest first).
+DEFAULT_TOP_BLOCKS = 20
 
 _CAT = {c: i for i, c in enumerate(CATEGORIES)}
 _PHASE = {p: i for i, p in enumerate(PHASES)}
@@ -83,6 +101,8 @@ class Attribution:
     block_cat: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: What was alive at each step mark; None when no step was marked.
     alive: AliveReport | None = None
+    #: What was alive at the peak, largest first.
+    peak_report: PeakReport | None = None
 
     @property
     def block_category(self) -> dict[int, str]:
@@ -144,6 +164,9 @@ def attribute(
     line_of_event: np.ndarray | None = None,
     line_names: Sequence[str] = (),
     top_sites: int = DEFAULT_TOP_SITES,
+    op_of_event: np.ndarray | None = None,
+    op_names: Sequence[str] = (),
+    top_blocks: int = DEFAULT_TOP_BLOCKS,
 ) -> Attribution:
     """Categorize ``events`` (rows of ``t_ns, addr, delta, tag``) recorded inside one block.
 
@@ -151,6 +174,8 @@ def attribute(
     ``tag`` is the id of the innermost module running at the allocation (0: none).
     ``line_of_event[i]`` indexes ``line_names`` with the source line of event ``i`` (-1: none);
     it names the sites of the alive report, which keeps ``top_sites`` sites per step.
+    ``op_of_event[i]`` indexes ``op_names`` with the ATen op of event ``i`` (-1: none); the
+    peak report keeps the ``top_blocks`` largest blocks and sites alive at the peak.
     """
     ev = np.asarray(events, dtype=np.int64).reshape(-1, 4)
     n = len(ev)
@@ -293,7 +318,32 @@ def attribute(
         line_names=line_names,
         top_sites=top_sites,
     )
+    peak_report = _peak_report(
+        peak_at=peak_at,
+        kept=k_idx,
+        t_s=float(t[peak_at]),
+        phase=PHASES[int(ph[peak_at])],
+        total=int(total[peak_at]),
+        t0_ns=t0_ns,
+        t_ns=t_ns,
+        addr=addr,
+        delta=delta,
+        alloc_idx=alloc_idx,
+        free_of_alloc=free_idx[alloc_idx],
+        cat=cat,
+        phase_of=phase_of,
+        tag=tag,
+        line_of=line_of_event,
+        line_names=line_names,
+        op_of=op_of_event,
+        op_names=op_names,
+        entry_blocks=entry_blocks,
+        entry_frees=np.flatnonzero(entry_cat >= 0),
+        module_names=names,
+        top_blocks=top_blocks,
+    )
     return Attribution(
+        peak_report=peak_report,
         alive=alive,
         timeline=timeline,
         peak_bytes=int(total[peak_at]),
@@ -437,4 +487,89 @@ def _alive_report(
         entry_bytes=int(entry_b.sum()),
         entry_by_category={c: int(entry_b[i]) for i, c in enumerate(CATEGORIES)},
         steps=tuple(out),
+    )
+
+
+def _peak_report(
+    *,
+    peak_at: int,
+    kept: np.ndarray,
+    t_s: float,
+    phase: str,
+    total: int,
+    t0_ns: int,
+    t_ns: np.ndarray,
+    addr: np.ndarray,
+    delta: np.ndarray,
+    alloc_idx: np.ndarray,
+    free_of_alloc: np.ndarray,
+    cat: np.ndarray,
+    phase_of: np.ndarray,
+    tag: np.ndarray,
+    line_of: np.ndarray | None,
+    line_names: Sequence[str],
+    op_of: np.ndarray | None,
+    op_names: Sequence[str],
+    entry_blocks: Mapping[int, tuple[int, str]],
+    entry_frees: np.ndarray,
+    module_names: Mapping[int, str],
+    top_blocks: int,
+) -> PeakReport:
+    """The blocks alive at the peak, the timeline's column ``peak_at`` (0: the entry; ``j``:
+    after the kept event ``kept[j - 1]``). A block allocated inside is alive there when its
+    allocation is at or before that event and its free after it; a block alive at entry when
+    its free (if any) is after it. Their bytes sum to the timeline's total there, exactly."""
+    e = int(kept[peak_at - 1]) if peak_at > 0 else -1
+    alive = alloc_idx[(alloc_idx <= e) & (free_of_alloc > e)]
+    freed = {int(addr[i]) for i in entry_frees.tolist() if i <= e}
+
+    def name(codes: np.ndarray | None, names: Sequence[str], i: int) -> str | None:
+        if codes is None or not 0 <= int(codes[i]) < len(names):
+            return None
+        return names[int(codes[i])]
+
+    rows = [
+        PeakBlock(
+            bytes=int(delta[i]),
+            category=CATEGORIES[int(cat[i])],
+            phase=PHASES[int(phase_of[i])],
+            module=module_names.get(int(tag[i]), "") if tag[i] else "",
+            op=name(op_of, op_names, i),
+            line=name(line_of, line_names, i),
+            t_s=(int(t_ns[i]) - t0_ns) / 1e9,
+        )
+        for i in alive.tolist()
+    ]
+    rows += [
+        PeakBlock(bytes=int(nb), category=c, phase="entry")
+        for a, (nb, c) in entry_blocks.items()
+        if a not in freed
+    ]
+    rows.sort(key=lambda b: (-b.bytes, b.t_s if b.t_s is not None else -1.0))
+    sites: dict[tuple[str, str, str, str | None, str | None], PeakBlock] = {}
+    for b in rows:
+        key = (b.category, b.phase, b.module, b.op, b.line)
+        s = sites.get(key)
+        sites[key] = (
+            b
+            if s is None
+            else PeakBlock(
+                bytes=s.bytes + b.bytes,
+                category=b.category,
+                phase=b.phase,
+                module=b.module,
+                op=b.op,
+                line=b.line,
+                count=s.count + 1,
+                t_s=None if s.t_s is None or b.t_s is None else min(s.t_s, b.t_s),
+            )
+        )
+    by_site = sorted(sites.values(), key=lambda b: (-b.bytes, b.where, b.category))
+    return PeakReport(
+        total_bytes=total,
+        t_s=t_s,
+        phase=phase,
+        n_blocks=len(rows),
+        blocks=tuple(rows[:top_blocks]),
+        sites=tuple(by_site[:top_blocks]),
     )

@@ -25,6 +25,7 @@ the same code), so an inner block agrees with the outer one on what it saw.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import sys
@@ -37,10 +38,19 @@ import numpy as np
 
 from memlab.timeline import CATEGORY_ATTR, PHASES, ProcessSeries, RunResult
 from memlab.tracking import hooks, procmem
-from memlab.tracking.attribution import DEFAULT_TOP_SITES, CategoryMark, Mark, attribute
+from memlab.tracking.attribution import (
+    DEFAULT_TOP_BLOCKS,
+    DEFAULT_TOP_SITES,
+    CategoryMark,
+    Mark,
+    attribute,
+)
 from memlab.tracking.sources import CudaSource, EventSource, cuda_source, default_source
 
-__all__ = ["track", "Tracker"]
+__all__ = ["track", "Tracker", "OPS_DEFAULT"]
+
+#: Whether ``track`` names the ATen op of every allocation when ``ops`` is not given.
+OPS_DEFAULT = False
 
 SampleCallback = Callable[[float, dict[str, Any]], None]
 
@@ -110,13 +120,13 @@ def _storage_key(t: Any, source: EventSource) -> tuple[int, int, str] | None:
         return None
 
 
-# -- source lines (opt in: ``source_lines=True``) -------------------------------------------
-# An op run under a tracker that records lines carries a negative tag, -(code + 1), where
-# ``_LINE_KEYS[code]`` is (innermost module's id, "file:line" of the user's call). Module tags
-# are ids (positive), so the two never collide; the table is process-wide so that any block,
-# nested or not, can decode what another one tagged.
-_LINE_CODES: dict[tuple[int, str, int], int] = {}
-_LINE_KEYS: list[tuple[int, str]] = []
+# -- op names and source lines (``ops=True``, ``source_lines=True``) ------------------------
+# An op run under a tracker that records ops carries a negative tag, -(code + 1), where
+# ``_TAG_KEYS[code]`` is (innermost module's id, the user's "file:line" or None, the ATen op's
+# name). Module tags are ids (positive), so the two never collide; the table is process-wide so
+# that any block, nested or not, can decode what another one tagged.
+_TAG_CODES: dict[tuple[Any, ...], int] = {}
+_TAG_KEYS: list[tuple[int, str | None, str]] = []
 
 
 @functools.cache
@@ -133,49 +143,98 @@ def _short_path(path: str) -> str:
     return "/".join(parts[-2:])
 
 
-def _line_tag(module_tag: int) -> int:
-    """The tag of an op called now: the first frame outside torch and the tracker."""
+def _op_name(func: Any) -> str:
+    """``aten::addmm`` for the OpOverload ``aten.addmm.default`` (the overload is dropped)."""
+    schema = getattr(func, "_schema", None)
+    return str(schema.name) if schema is not None else str(func)
+
+
+def _new_code(key: tuple[Any, ...], entry: tuple[int, str | None, str]) -> int:
+    code = len(_TAG_KEYS)
+    _TAG_KEYS.append(entry)
+    _TAG_CODES[key] = code
+    return code
+
+
+def _op_tag(module_tag: int, func: Any) -> int:
+    """The tag of an op called now: its module and its name (one dict look-up)."""
+    key = (module_tag, func)
+    code = _TAG_CODES.get(key)
+    if code is None:
+        code = _new_code(key, (module_tag, None, _op_name(func)))
+    return -(code + 1)
+
+
+def _line_tag(module_tag: int, func: Any) -> int:
+    """The tag of an op called now: its module, its name and the first frame outside torch and
+    the tracker (the user's line)."""
     skip = _skipped_dirs()
     f: Any = sys._getframe(2)
     while f is not None and f.f_code.co_filename.startswith(skip):
         f = f.f_back
     if f is None:
-        return module_tag
-    key = (module_tag, f.f_code.co_filename, f.f_lineno)
-    code = _LINE_CODES.get(key)
+        return _op_tag(module_tag, func)
+    key = (module_tag, func, f.f_code.co_filename, f.f_lineno)
+    code = _TAG_CODES.get(key)
     if code is None:
-        code = len(_LINE_KEYS)
-        _LINE_KEYS.append((module_tag, f"{_short_path(key[1])}:{key[2]}"))
-        _LINE_CODES[key] = code
+        line = f"{_short_path(key[2])}:{key[3]}"
+        code = _new_code(key, (module_tag, line, _op_name(func)))
     return -(code + 1)
 
 
-def _decode_lines(events: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Events with module tags restored, each event's line code (-1: none) and the lines."""
+@dataclasses.dataclass
+class _Decoded:
+    """Events with module tags restored; each event's line and op (indices, -1: none)."""
+
+    events: np.ndarray
+    line_of: np.ndarray | None = None
+    lines: list[str] = dataclasses.field(default_factory=list)
+    op_of: np.ndarray | None = None
+    ops: list[str] = dataclasses.field(default_factory=list)
+
+
+def _decode_tags(events: np.ndarray) -> _Decoded:
     tags = events[:, 3]
     neg = tags < 0
     if not neg.any():
-        return events, None, []
+        return _Decoded(events)
     codes = -tags[neg] - 1
-    mods = np.asarray([k[0] for k in _LINE_KEYS], dtype=np.int64)
+    lines: dict[str, int] = {}
+    ops: dict[str, int] = {}
+    mods = np.empty(len(_TAG_KEYS), dtype=np.int64)
+    line_code = np.empty(len(_TAG_KEYS), dtype=np.int64)
+    op_code = np.empty(len(_TAG_KEYS), dtype=np.int64)
+    for i, (mod, line, op) in enumerate(_TAG_KEYS):
+        mods[i] = mod
+        line_code[i] = -1 if line is None else lines.setdefault(line, len(lines))
+        op_code[i] = ops.setdefault(op, len(ops))
     events = events.copy()
     events[neg, 3] = mods[codes]
     line_of = np.full(len(events), -1, dtype=np.int64)
-    line_of[neg] = codes
-    return events, line_of, [k[1] for k in _LINE_KEYS]
+    line_of[neg] = line_code[codes]
+    op_of = np.full(len(events), -1, dtype=np.int64)
+    op_of[neg] = op_code[codes]
+    return _Decoded(
+        events,
+        line_of if (line_of >= 0).any() else None,
+        list(lines),
+        op_of,
+        list(ops),
+    )
 
 
 @functools.cache
-def _line_mode_class() -> type:
+def _op_mode_class() -> type:
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class _LineTagger(TorchDispatchMode):
-        """Tags every op's allocations with the user's source line, then restores the module
-        tag. One Python frame walk per op: opt-in (``source_lines=True``)."""
+    class _OpTagger(TorchDispatchMode):
+        """Tags every op's allocations with the op's name (and with ``lines``, the user's source
+        line: one Python frame walk per op), then restores the module tag."""
 
-        def __init__(self, tracker: Tracker) -> None:
+        def __init__(self, tracker: Tracker, lines: bool) -> None:
             super().__init__()
             self.tracker = tracker
+            self.tag = _line_tag if lines else _op_tag
 
         def __torch_dispatch__(
             self, func: Any, types: Any, args: Any = (), kwargs: Any = None
@@ -185,13 +244,13 @@ def _line_mode_class() -> type:
             mod = tr._stack[-1] if tr._stack else 0
             if src is None:
                 return func(*args, **(kwargs or {}))
-            src.set_tag(_line_tag(mod))
+            src.set_tag(self.tag(mod, func))
             try:
                 return func(*args, **(kwargs or {}))
             finally:
                 src.set_tag(mod)
 
-    return _LineTagger
+    return _OpTagger
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,10 +268,16 @@ class Tracker:
         budget_bytes: int | None = None,
         source_lines: bool = False,
         top_sites: int = DEFAULT_TOP_SITES,
+        ops: bool | None = None,
+        top_blocks: int = DEFAULT_TOP_BLOCKS,
         _source: EventSource | None = None,
     ) -> None:
         if not isinstance(source_lines, bool):
             raise ValueError(f"source_lines must be True or False, got {source_lines!r}")
+        if ops is not None and not isinstance(ops, bool):
+            raise ValueError(f"ops must be True, False or None (the default), got {ops!r}")
+        if isinstance(top_blocks, bool) or not isinstance(top_blocks, int) or top_blocks < 1:
+            raise ValueError(f"top_blocks must be an int >= 1, got {top_blocks!r}")
         if isinstance(top_sites, bool) or not isinstance(top_sites, int) or top_sites < 1:
             raise ValueError(f"top_sites must be an int >= 1, got {top_sites!r}")
         if budget_bytes is not None and (
@@ -242,8 +307,11 @@ class Tracker:
         self.on_sample = on_sample
         self.budget_bytes = budget_bytes
         self.source_lines = source_lines
+        # Source lines are found per op, so they name the op too.
+        self.ops = source_lines or (OPS_DEFAULT if ops is None else ops)
         self.top_sites = top_sites
-        self._line_mode: Any = None
+        self.top_blocks = top_blocks
+        self._op_mode: Any = None
         self.result: RunResult | None = None
         self._requested_source = _source
         self._source: EventSource | None = None  # chosen at entry
@@ -419,9 +487,9 @@ class Tracker:
         self._live_at_entry = source.live()
         self._ev_start = source.position()
         hooks.activate(self)
-        if self.source_lines:
-            self._line_mode = _line_mode_class()(self)
-            self._line_mode.__enter__()
+        if self.ops:
+            self._op_mode = _op_mode_class()(self, self.source_lines)
+            self._op_mode.__enter__()
         if self.sample_interval_s is not None:
             cb = None if self.on_sample is None else self._emit_sample
             self._sampler = procmem.ProcessSampler(
@@ -485,9 +553,9 @@ class Tracker:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         source = self._source
         assert source is not None
-        if self._line_mode is not None:
-            self._line_mode.__exit__(None, None, None)
-            self._line_mode = None
+        if self._op_mode is not None:
+            self._op_mode.__exit__(None, None, None)
+            self._op_mode = None
         self._clear_budget()
         ev_end = source.position()
         duration = (time.monotonic_ns() - self._t0) / 1e9
@@ -510,9 +578,9 @@ class Tracker:
         marks, cat_marks = (
             self._placed_by_time(events[:, 0]) if self._by_time else (self._marks, self._cat_marks)
         )
-        events, line_of, line_names = _decode_lines(events)
+        dec = _decode_tags(events)
         att = attribute(
-            events,
+            dec.events,
             t0_ns=self._t0,
             entry_blocks=self._entry,
             marks=marks,
@@ -520,9 +588,12 @@ class Tracker:
             initial_phase=self._initial_phase,
             module_names=self._module_names(),
             source=source.name,
-            line_of_event=line_of,
-            line_names=line_names,
+            line_of_event=dec.line_of,
+            line_names=dec.lines,
             top_sites=self.top_sites,
+            op_of_event=dec.op_of,
+            op_names=dec.ops,
+            top_blocks=self.top_blocks,
         )
         notes: list[str] = list(source.notes)
         packed = (
@@ -535,8 +606,10 @@ class Tracker:
                 f"{len(packed)} quantized layers keep their weights packed outside PyTorch's "
                 "allocator (fbgemm), so those bytes are not in the tensor account"
             )
-        if self.source_lines and isinstance(source, CudaSource):
-            notes.append("the CUDA trace carries no tags: the alive report has no source lines")
+        if self.ops and isinstance(source, CudaSource):
+            notes.append(
+                "the CUDA trace carries no tags: the alive and peak reports have no ops or lines"
+            )
         if cuda_stats is not None and cuda_stats.get("peak", 0) > att.peak_bytes:
             notes.append("CUDA allocator peak exceeds the traced peak; trace may be truncated")
         status = _status_of(exc)
@@ -578,6 +651,7 @@ class Tracker:
             error=error,
             notes=tuple(notes),
             alive=att.alive,
+            peak_report=att.peak_report,
         )
         if late_oom:
             import torch
@@ -604,6 +678,8 @@ def track(
     budget_bytes: int | None = None,
     source_lines: bool = False,
     top_sites: int = DEFAULT_TOP_SITES,
+    ops: bool | None = None,
+    top_blocks: int = DEFAULT_TOP_BLOCKS,
 ) -> Tracker:
     """Measure the tensor memory of a block, exactly, by category and phase.
 
@@ -630,4 +706,6 @@ def track(
         budget_bytes=budget_bytes,
         source_lines=source_lines,
         top_sites=top_sites,
+        ops=ops,
+        top_blocks=top_blocks,
     )

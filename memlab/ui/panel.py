@@ -21,10 +21,12 @@ what was measured).
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from memlab.config import ConfigError, Experiment
-from memlab.timeline import RunResult, format_bytes
+from memlab.timeline import PeakReport, RunResult, format_bytes
 from memlab.ui.charts import (
     CHARTS,
     DEFAULT_MAX_FPS,
@@ -64,9 +66,10 @@ from memlab.ui.predict import Predictor
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from memlab.compare import Comparison
     from memlab.runner import RunHandle
 
-__all__ = ["Panel", "run_labels"]
+__all__ = ["Panel", "run_labels", "peak_table_html", "compare_table_html"]
 
 _log = logging.getLogger(__name__)
 
@@ -270,8 +273,22 @@ class Panel:
             list(self._charts.cells.values()),
             layout=widgets.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))", width="100%"),
         )
+        #: What was alive at the peak of the run shown: filled by a click on the timeline
+        #: (``show_peak``).
+        self.peak_view = widgets.HTML()
+        #: The latest ok run against the ok run before it (``memlab.compare``), once there are
+        #: two (``show_compare``).
+        self.compare_view = widgets.HTML()
+        #: The comparison ``compare_view`` shows, or None.
+        self.comparison: Comparison | None = None
+        fw = self.figures.get("memory")
+        if fw is not None:
+            # The category traces are updated in place (plots.update_timeline), so the
+            # handlers stay with them. Clicks arrive on the loop's thread; post() runs there.
+            for trace in fw.data:
+                trace.on_click(self._on_timeline_click)
         #: The ipywidgets container to display.
-        self.widget = widgets.VBox([knob_box, buttons, grid])
+        self.widget = widgets.VBox([knob_box, buttons, grid, self.peak_view, self.compare_view])
 
         #: Predicts each valid setting before it runs (``None`` without a prediction chart).
         self.predictor: Predictor | None = (
@@ -439,6 +456,35 @@ class Panel:
         self.runs.clear()
         self._setup_s.clear()
         self._charts.show_history([], [])
+        self.peak_view.value = ""
+        self.compare_view.value = ""
+        self.comparison = None
+
+    def show_peak(self, result: RunResult | None = None, *, rows: int = 10) -> None:
+        """List what was alive at the peak of ``result`` (default: the run shown), the
+        largest blocks first, under the charts. What a click on the timeline calls."""
+        result = self.result if result is None else result
+        if result is None:
+            self.peak_view.value = "<i>No run yet: the peak's allocations appear after one.</i>"
+            return
+        self.peak_view.value = peak_table_html(result, rows=rows)
+
+    def show_compare(self) -> Comparison | None:
+        """Compare the latest ok run with the ok run before it (``memlab.compare``) in
+        ``compare_view``; clears it with fewer than two ok runs. Called when a run ends."""
+        ok = [(i, r) for i, r in enumerate(self.runs, 1) if r.status == "ok"]
+        if len(ok) < 2:
+            self.compare_view.value = ""
+            self.comparison = None
+            return None
+        (ia, a), (ib, b) = ok[-2], ok[-1]
+        c = _compare()(a, b)
+        self.comparison = dataclasses.replace(c, a_id=f"run {ia}", b_id=f"run {ib}")
+        self.compare_view.value = compare_table_html(self.comparison)
+        return self.comparison
+
+    def _on_timeline_click(self, _trace: Any, _points: Any, _state: Any) -> None:
+        self._ui.post(self.show_peak)
 
     def close(self) -> None:
         """Stop any run and the predictions, and close the widgets."""
@@ -683,6 +729,9 @@ class Panel:
             planned = self._planned.steps if self._planned is not None else None
             self._charts.finish(result, len(self.runs), planned)
             self._charts.show_history(self.runs, run_labels(self.runs), run_hover(self.runs))
+            # The previous run's drill-down no longer matches the timeline shown.
+            self.peak_view.value = ""
+            self.show_compare()
             estimate = None
             if self.predictor is not None:
                 self.predictor.measured(result)
@@ -717,3 +766,84 @@ class Panel:
             return None
         warmup = int((result.experiment or {}).get("warmup") or 0)
         return max(0.0, began - warmup * med)
+
+
+def _compare() -> Callable[..., Comparison]:
+    """``memlab.compare``, the function. Read through the package, never by importing the
+    submodule ``memlab.compare`` first: a first import of the submodule would set the package's
+    attribute ``compare`` to the module and shadow the function (``memlab/__init__.py`` loads
+    its public names lazily)."""
+    import memlab
+
+    fn = memlab.compare
+    return fn.compare if isinstance(fn, types.ModuleType) else fn
+
+
+_CELL = "style='text-align:{}; padding:1px 8px'"
+
+
+def _row(cells: Sequence[str], aligns: str, tag: str = "td") -> str:
+    align = {"l": "left", "r": "right"}
+    return (
+        "<tr>"
+        + "".join(
+            f"<{tag} {_CELL.format(align[a])}>{html.escape(c)}</{tag}>"
+            for c, a in zip(cells, aligns, strict=True)
+        )
+        + "</tr>"
+    )
+
+
+def peak_table_html(result: RunResult, *, rows: int = 10) -> str:
+    """An HTML table of the largest blocks alive at ``result``'s peak (``RunResult.peak_report``):
+    bytes, category, op, module (phase), source line; and how much the rest holds."""
+    rep: PeakReport | None = result.peak_report
+    if rep is None:
+        return "<i>This run has no peak drill-down (it was measured without one).</i>"
+    head = _row(["bytes", "category", "op", "module (phase)", "line"], "rllll", "th")
+    body = []
+    for b in rep.blocks[:rows]:
+        where = "alive at entry" if b.phase == "entry" else f"{b.module or '-'} ({b.phase})"
+        body.append(
+            _row(
+                [format_bytes(b.bytes), b.category, b.op or "-", where, b.line or "-"],
+                "rllll",
+            )
+        )
+    shown = sum(b.bytes for b in rep.blocks[:rows])
+    rest = rep.total_bytes - shown
+    n_rest = rep.n_blocks - min(rows, len(rep.blocks))
+    if n_rest > 0:
+        body.append(_row([format_bytes(rest), f"{n_rest} more blocks", "", "", ""], "rllll"))
+    caption = (
+        f"Alive at the peak: {format_bytes(rep.total_bytes)} in {rep.n_blocks} blocks at "
+        f"{rep.t_s:.3f} s ({rep.phase}), largest first"
+    )
+    return (
+        f"<table><caption style='text-align:left'>{html.escape(caption)}</caption>"
+        f"{head}{''.join(body)}</table>"
+    )
+
+
+_COMPARE_SECTIONS = ("total", "at peak", "speed")
+
+
+def compare_table_html(c: Comparison) -> str:
+    """An HTML table of ``c``: the peaks, each category's bytes at the peak and the speed, b
+    against a (``memlab.compare``'s own figures)."""
+    a_label, b_label = c.labels
+    head = _row(["figure", a_label, b_label, "delta", "ratio"], "lrrrr", "th")
+    body = []
+    for d in c.deltas:
+        if d.section not in _COMPARE_SECTIONS or (d.a in (None, 0) and d.b in (None, 0)):
+            continue
+        ratio = "n/a" if d.ratio is None else f"x{d.ratio:.3g}"
+        name = d.name if d.section != "at peak" else f"{d.name} at peak"
+        body.append(
+            _row([name, d.text(d.a), d.text(d.b), d.text(d.delta, signed=True), ratio], "lrrrr")
+        )
+    caption = f"{b_label} against {a_label} (memlab.compare)"
+    return (
+        f"<table><caption style='text-align:left'>{html.escape(caption)}</caption>"
+        f"{head}{''.join(body)}</table>"
+    )
