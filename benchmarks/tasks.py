@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke check)")
     a = ap.parse_args(argv)
     cache_args = ["--items", "models,embeddings"]
-    sched_args: list[str] = []
+    sched_args: list[str] = ["--slack", "1.5,4"]
     if a.quick:
         cache_args = ["--items", "embeddings", "--n-items", "12", "--requests", "90"]
-        sched_args = ["--n", "4", "--steps", "3", "--contention", "mlp"]
+        sched_args = ["--n", "4", "--steps", "3", "--contention", "mlp", "--slack", "1.5,4"]
     print("== caching ==", flush=True)
     rc = tasks_cache.main(cache_args)
     if rc:

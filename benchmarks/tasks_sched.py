@@ -1,7 +1,8 @@
 """Many tasks in one memory (lab 09): scheduling policies and contention.
 
     python benchmarks/tasks_sched.py [--n 8] [--seed 0] [--budget-mib 64] [--slots 2]
-                                     [--contention cnn] [--steps 20] [--json PATH]
+                                     [--slack 1.5,4] [--contention cnn] [--steps 20]
+                                     [--json PATH]
 
 Part 1, scheduling: ``memlab.scheduling.mixed_tasks(n, seed)`` (a seeded mix of inference
 tasks over the three built-in models) under the four policies, one after another on the same
@@ -32,19 +33,28 @@ sys.path.insert(0, str(ROOT))
 
 from memlab.config import MIB, Experiment  # noqa: E402
 from memlab.contention import contention  # noqa: E402
-from memlab.scheduling import compare_policies, mixed_tasks  # noqa: E402
+from memlab.labs.tasks import run_alone, service_times, with_deadlines  # noqa: E402
+from memlab.scheduling import compare_policies, mixed_tasks, predict_peaks  # noqa: E402
 
 
 def _fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def scheduling(n: int, seed: int, budget: int, slots: int) -> dict[str, Any]:
+def scheduling(
+    n: int, seed: int, budget: int, slots: int, slack: tuple[float, float] | None = None
+) -> dict[str, Any]:
     tasks = mixed_tasks(n=n, seed=seed)
-    results = compare_policies(tasks, budget, slots=slots)
+    predicted = predict_peaks(tasks)
+    how = "the mix's deadlines"
+    if slack is not None:  # as lab 09: deadlines from each task's service time, run alone first
+        alone = run_alone(tasks, predicted)
+        tasks = with_deadlines(tasks, service_times(alone), slack=slack, seed=seed)
+        how = f"deadlines {slack[0]:g}-{slack[1]:g} x each task's service time alone"
+    results = compare_policies(tasks, budget, slots=slots, predicted=predicted)
     print(
         f"\n== scheduling: mixed_tasks(n={n}, seed={seed}), budget {budget / MIB:.0f} MiB, "
-        f"{slots} slots =="
+        f"{slots} slots, {how} =="
     )
     print(
         f"{'policy':<14}{'misses':>8}{'oom':>5}{'p50 s':>8}{'p99 s':>8}{'makespan':>10}"
@@ -96,10 +106,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--contention", default="cnn", choices=["mlp", "cnn", "transformer"])
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument(
+        "--slack",
+        default=None,
+        metavar="LO,HI",
+        help="deadlines as LO..HI x each task's service time alone (lab 09's; default: the mix's)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
+    slack = None if a.slack is None else tuple(float(v) for v in a.slack.split(","))
     out = {
-        "scheduling": scheduling(a.n, a.seed, a.budget_mib * MIB, a.slots),
+        "scheduling": scheduling(a.n, a.seed, a.budget_mib * MIB, a.slots, slack),  # type: ignore[arg-type]
         "contention": contention_part(a.contention, a.steps),
     }
     if a.json is not None:
