@@ -247,3 +247,20 @@ def test_a_compressed_experiment_is_estimated_within_3_percent(knobs: dict[str, 
         est.peak_bytes,
         r.peak_bytes,
     )
+
+
+def test_amp_fp16_training_is_estimated_within_3_percent() -> None:
+    """The GradScaler's overflow check reads a value (``found_inf.item()``): the estimator
+    answers "no overflow" for those flags alone, so the step (optimizer included) is predicted
+    as the run takes it; any other scalar read still names the op
+    (test_data_dependent_model_names_the_op)."""
+    from memlab import Experiment
+    from memlab.runner import run
+
+    exp = Experiment(workload="mlp", precision="amp-fp16", batch_size=16, steps=2, warmup=1)
+    r = run(exp, timeout_s=240)
+    assert r.status == "ok", r.error
+    est = estimate(exp)
+    assert est.peak_by_phase["optimizer"] > 0
+    assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (est, r.peak_bytes)
+    assert any("amp-fp16" in n for n in est.notes), est.notes

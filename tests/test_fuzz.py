@@ -461,11 +461,6 @@ def test_valid_experiments_estimate_or_say_what_is_unsupported(exp: Experiment) 
     assert est.peak_bytes == sum(est.peak_by_category.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing: amp-fp16 training's GradScaler calls .item() under fake tensors, "
-    "an EstimateError about aten._local_scalar_dense that does not name the precision",
-)
 def test_amp_fp16_training_estimate() -> None:
     from memlab.estimator import EstimateError, estimate
 
