@@ -161,3 +161,68 @@ def test_peak_table_and_compare_html(with_lines: tuple[RunResult, int]) -> None:
     page = compare_table_html(compare(r, big))
     assert "+" + memlab.format_bytes(1024) in page  # the peak's delta
     assert isinstance(r.peak_report, PeakReport)
+
+
+def test_a_run_has_the_drilldown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memlab.config import Experiment
+
+    exp = Experiment(workload="mlp", batch_size=16, steps=2, warmup=1, device="cpu")
+    monkeypatch.setenv("MEMLAB_DRILLDOWN", "everything")
+    with pytest.raises(ValueError, match="MEMLAB_DRILLDOWN"):
+        memlab.run(exp, save=False)
+    monkeypatch.setenv("MEMLAB_DRILLDOWN", "lines")
+    r = memlab.run(exp, save=False, timeout_s=300)
+    assert r.status == "ok", r.error
+    rep = r.peak_report
+    assert rep is not None and rep.total_bytes == r.peak_bytes
+    assert len(rep.sites) < 20  # every site is listed: their bytes sum to the peak exactly
+    assert sum(s.bytes for s in rep.sites) == r.peak_bytes
+    assert sum(s.count for s in rep.sites) == rep.n_blocks
+    # the sites of blocks made inside by ATen ops (not the scalars made from Python numbers)
+    # name the op and the line of memlab's built-in workload that called it
+    inside = [b for b in rep.sites if b.phase != "entry" and b.bytes > 8 * b.count]
+    assert inside and all(b.op and b.op.startswith("aten::") for b in inside)
+    assert all(b.line and b.line.startswith("workloads/") for b in inside)
+    assert any(b.category == "gradients" and b.op == "aten::mm" for b in inside)
+    assert any("MEMLAB_DRILLDOWN" in n for n in r.notes)
+    assert RunResult.from_json(r.to_json(timeline=False)).peak_report == rep
+
+
+def test_panel_click_lists_the_peak_and_compare_view(with_lines: tuple[RunResult, int]) -> None:
+    from plotly.callbacks import InputDeviceState, Points
+
+    from memlab.config import Experiment
+    from memlab.ui.panel import Panel
+
+    r = with_lines[0]
+    exp = Experiment(workload="mlp", batch_size=16, steps=2, warmup=1, device="cpu")
+    p = Panel(experiment=exp, smoke=False, warm=False, predict=False)
+    try:
+        p._on_done(p._gen, r)
+        assert "failed" not in p.status and p.compare_view.value == ""  # one run: no compare
+        assert p.comparison is None
+        # a click on the timeline (what plotly's front end sends) lists the peak's blocks
+        fw = p.figures["memory"]
+        trace = next(t for t in fw.data if t.name == "inputs")
+        pts = Points(point_inds=[0], xs=[r.peak_time_s], ys=[0.0], trace_name="inputs")
+        trace._dispatch_on_click(
+            pts,
+            InputDeviceState(ctrl=False, alt=False, shift=False, meta=False, button=0, buttons=1),
+        )
+        page = p.peak_view.value
+        assert "aten::empty" in page and f"test_drilldown.py:{BIG_LINE}" in page
+        assert memlab.format_bytes(8_000_000) in page
+        # a second ok run: the compare view shows it against the first (memlab.compare's deltas)
+        bigger = dataclasses.replace(r, peak_bytes=r.peak_bytes + 4096)
+        p._on_done(p._gen, bigger)
+        assert p.peak_view.value == ""  # the drill-down of the previous run is gone
+        assert p.comparison is not None
+        assert p.comparison.get("total", "peak tensors").delta == 4096
+        assert "run 2 against run 1" in p.compare_view.value
+        assert "+" + memlab.format_bytes(4096) in p.compare_view.value
+        p.show_peak()
+        assert "aten::empty" in p.peak_view.value
+        p.clear_history()
+        assert p.compare_view.value == "" and p.peak_view.value == ""
+    finally:
+        p.close()

@@ -31,6 +31,23 @@ StepFn = Callable[[dict[str, Any]], None]
 
 _CANCEL_GRACE_S = 0.5  # after this, a worker that has not stopped between steps is killed
 
+#: What a run's peak drill-down (``RunResult.peak_report``) names besides bytes, category,
+#: phase and module: ``off`` (default), ``ops`` (the ATen op of each block) or ``lines`` (the op
+#: and the source ``file:line``). Read when a run starts, in the process that starts it.
+DRILLDOWN_ENV = "MEMLAB_DRILLDOWN"
+DRILLDOWN_MODES: tuple[str, ...] = ("off", "ops", "lines")
+
+
+def drilldown_mode() -> str:
+    """``$MEMLAB_DRILLDOWN`` (``off`` when unset). Op names are not on by default: they put a
+    Python dispatch mode on every op of the tracked steps, measured at +16 us per op, 13-16% of
+    a tracked step of the tests' MLP and CNN (``benchmarks/drilldown.py``); the timed steps
+    never carry it."""
+    v = os.environ.get(DRILLDOWN_ENV, "off").strip().lower() or "off"
+    if v not in DRILLDOWN_MODES:
+        raise ValueError(f"{DRILLDOWN_ENV} must be one of {DRILLDOWN_MODES}, got {v!r}")
+    return v
+
 
 # ============================================================================================
 # Worker side
@@ -70,6 +87,7 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
     exp = _load_experiment(msg[1])
     settle_s = float(msg[2]) if len(msg) > 2 else 0.0
     scratch_dir = str(msg[3]) if len(msg) > 3 else None  # the run's folder, the parent's to remove
+    drilldown = str(msg[4]) if len(msg) > 4 else "off"
     # The process's RSS before the workload is built: Python, torch and memlab, the runtime a
     # device profile's budget does not charge (on the device, ExecuTorch's runtime is a few
     # hundred KiB, not PyTorch's hundreds of MiB); the parent caps RSS at this plus the budget.
@@ -89,7 +107,15 @@ def _worker_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
             raise RuntimeError("memlab worker: expected 'go' from the parent")
 
     try:
-        result = _execute(exp, send, cancel, gate, settle_s=settle_s, scratch_dir=scratch_dir)
+        result = _execute(
+            exp,
+            send,
+            cancel,
+            gate,
+            settle_s=settle_s,
+            scratch_dir=scratch_dir,
+            drilldown=drilldown,
+        )
     except _Cancelled:
         result = RunResult(
             peak_bytes=0,
@@ -182,11 +208,14 @@ def _execute(
     *,
     settle_s: float = 0.0,
     scratch_dir: str | None = None,
+    drilldown: str = "off",
 ) -> RunResult:
     """Build the workload, warm up, then measure ``exp.steps`` steps in one tracked block (the
     memory), then time ``exp.steps`` more steps untracked (the speed); ``gate()`` returns when
     the measured part may begin. ``settle_s``: a pause between the two passes, in which a live
     view draws the memory pass, so that its drawing is over before the steps are timed.
+    ``drilldown`` (:data:`DRILLDOWN_MODES`): what the peak report names besides bytes,
+    category, phase and module (``ops``, ``lines``); it slows the tracked steps only.
 
     Why two passes: the tracker's hooks and allocator wrapper cost 3-18% of a small model's
     step (``benchmarks/overhead.py``), and a step time measured under it is not the step a user
@@ -293,6 +322,8 @@ def _execute(
         optimizer=workload.optimizer,
         on_sample=live_sample,
         budget_bytes=exp.effective_budget_bytes,
+        ops=drilldown in ("ops", "lines"),
+        source_lines=drilldown == "lines",
     )
     # -- pass 1: memory (tracked) ------------------------------------------------------------
     try:
@@ -429,7 +460,16 @@ def _execute(
         error=error,
         experiment=exp.to_dict(),
         metrics=metrics,
-        notes=tuple(result.notes) + tuple(getattr(workload, "notes", ())),
+        notes=tuple(result.notes)
+        + tuple(getattr(workload, "notes", ()))
+        + (
+            (
+                f"the tracked steps recorded the peak's {drilldown} ({DRILLDOWN_ENV}): a "
+                "dispatch mode on every op slowed them; the timed steps did not carry it",
+            )
+            if drilldown != "off"
+            else ()
+        ),
         timing=timing_result,
         latency=latency,
     )
@@ -655,6 +695,7 @@ class RunHandle:
         self._done = threading.Event()
         self._cancel_at: float | None = None
         self._payload = _dump_experiment(experiment)
+        self._drilldown = drilldown_mode()
         self._worker = _take_worker(use_warm)
         self._warm_next = keep_warm
         self._gate_asked = False  # the worker waits for "go" before its measured block
@@ -818,7 +859,9 @@ class RunHandle:
                     return
                 kind = msg[0]
                 if kind == "ready" and not sent:
-                    w.conn.send(("run", self._payload, self.settle_s, self.scratch_dir))
+                    w.conn.send(
+                        ("run", self._payload, self.settle_s, self.scratch_dir, self._drilldown)
+                    )
                     sent = True
                 elif kind == "samples":
                     batch = msg[1]
