@@ -61,6 +61,8 @@ __all__ = [
     "SweepResult",
     "compare_profilers",
     "ProfilerComparison",
+    "search_architectures",
+    "SearchResult",
     "exports",
 ]
 
@@ -115,6 +117,8 @@ _LAZY = {
     "SweepResult": "memlab.sweeping",
     "compare_profilers": "memlab.profilers",
     "ProfilerComparison": "memlab.profilers",
+    "search_architectures": "memlab.nas",
+    "SearchResult": "memlab.nas",
 }
 
 if TYPE_CHECKING:
@@ -125,6 +129,7 @@ if TYPE_CHECKING:
     from memlab.estimator import Estimate, estimate, max_batch_size
     from memlab.leaks import LeakResult, leak_check
     from memlab.locality import BandwidthResult, bandwidth, conv_layouts, strided_access
+    from memlab.nas import SearchResult, search_architectures
     from memlab.partitioning import PartitionResult, partition
     from memlab.pipelining import PipelineResult, pinned_memory, pipeline
     from memlab.planning import MemoryPlan, plan
