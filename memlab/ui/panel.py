@@ -730,7 +730,7 @@ class Panel:
             self._charts.finish(result, len(self.runs), planned)
             self._charts.show_history(self.runs, run_labels(self.runs), run_hover(self.runs))
             # The previous run's drill-down no longer matches the timeline shown.
-            self.peak_view.value = ""
+            self.peak_view.value = _PEAK_HINT if result.peak_report is not None else ""
             self.show_compare()
             estimate = None
             if self.predictor is not None:
@@ -779,6 +779,9 @@ def _compare() -> Callable[..., Comparison]:
     return fn.compare if isinstance(fn, types.ModuleType) else fn
 
 
+_PEAK_HINT = (
+    "<i style='color:#555555'>Click the tensor memory chart to list what was alive at the peak.</i>"
+)
 _CELL = "style='text-align:{}; padding:1px 8px'"
 
 
