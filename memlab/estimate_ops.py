@@ -48,7 +48,15 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["internal_bytes", "real_output_bytes", "conv_backend", "CALIBRATED_OPS"]
+__all__ = [
+    "internal_bytes",
+    "real_output_bytes",
+    "conv_backend",
+    "CALIBRATED_OPS",
+    "csr_mm_internal",
+    "csr_mm_transposed_internal",
+    "csr_sampled_addmm_internal",
+]
 
 _Rule = Callable[[Sequence[Any], dict[str, Any], Any, int], int]
 _RULES: dict[str, _Rule] = {}
@@ -914,7 +922,77 @@ def _r_native_dropout(args: Sequence[Any], kwargs: dict[str, Any], out: Any, nth
     return _nbytes(x)
 
 
+@_rule("aten.gelu_backward.default")
+def _r_gelu_backward(args: Sequence[Any], kwargs: dict[str, Any], out: Any, nthreads: int) -> int:
+    """A non-contiguous gradient (a transposed product's, as the sparse knob's input gradient
+    is) against a contiguous input: the CPU kernel allocates two more gradient-sized buffers.
+    Measured (recorder, float32): 32x64x384 and 8x16x100 with the gradient laid out reversed:
+    2x its bytes; contiguous gradients, or a strided input with a contiguous gradient: 0."""
+    grad, x = args[0], args[1]
+    if not (_is_t(grad) and _is_t(x)) or grad.is_contiguous() or not x.is_contiguous():
+        return 0
+    return 2 * _nbytes(grad)
+
+
 CALIBRATED_OPS: frozenset[str] = frozenset(_RULES)
+
+
+# -- sparse CSR products (memlab.knobs.sparsity's SparseLinear) ----------------------------------
+# torch's CSR constructor has no fake kernel, so the sparse knob's products never reach the
+# dispatcher under fake tensors (``sparsity._SparseMM`` allocates their outputs instead) and no
+# ``_RULES`` entry can see them: the estimator adds these per call. Measured with memlab's
+# recorder (torch 2.13.0 CPU, MKL sparse BLAS, float32 values, int64 indices, 2 threads) on
+# M x K CSR weights with nnz stored values times N-row dense operands (M, K 256-1024, N 32-128,
+# density 0.05-0.3): each sequence below is the kernel's allocation order, exact on those.
+#: A 14,400-byte buffer the products allocate when they copy the dense operand (not always then:
+#: not with N < 12, nor 4096 x 64 weights); counted with each copy, so a prediction is at most
+#: this much high per call.
+_MKL_SPARSE_WS = 14400
+_IDX = 8  # int64 crow/col indices
+
+
+def _peak_of(deltas: Sequence[int]) -> int:
+    live = peak = 0
+    for d in deltas:
+        live += d
+        peak = max(peak, live)
+    return peak
+
+
+def csr_mm_internal(m: int, k: int, n: int, nnz: int, itemsize: int, copy_dense: bool) -> int:
+    """``torch.sparse.mm(W, x.t())`` for an ``m x k`` CSR ``W`` and ``x`` of ``n x k``: bytes
+    above its ``m x n`` output. The kernel (aten/src/ATen/native/mkl/SparseBlasImpl.cpp
+    ``addmm_out_sparse_csr``) writes into a second ``m x n`` result, copies a strided dense
+    operand contiguous (``copy_dense``), creates the MKL handle, then converts the indices to
+    int32: ``[m*n, k*n, ws, -ws, 4*(m+1), 4*nnz]`` (no ``k*n`` nor ``ws`` when ``x.t()`` is
+    contiguous already)."""
+    dense, ws = (k * n * itemsize, _MKL_SPARSE_WS) if copy_dense else (0, 0)
+    return _peak_of([m * n * itemsize, dense, ws, -ws, 4 * (m + 1), 4 * nnz])
+
+
+def csr_mm_transposed_internal(
+    m: int, k: int, n: int, nnz: int, itemsize: int, copy_dense: bool
+) -> int:
+    """``torch.sparse.mm(W.t(), g.t())`` (the input gradient) for an ``m x k`` CSR ``W`` and
+    ``g`` of ``n x m``: bytes above its ``k x n`` output. ``W.t()`` is CSC, which the kernel
+    first converts to CSR (sorting the column indices with int64 keys and a permutation:
+    several ``nnz``-sized index buffers at once), then multiplies as ``csr_mm_internal`` does."""
+    v, i = nnz * itemsize, nnz * _IDX
+    kn = k * n * itemsize
+    mn, ws = (m * n * itemsize, _MKL_SPARSE_WS) if copy_dense else (0, 0)
+    seq = [kn, 8, 8, -8, m * _IDX, (m + 1) * _IDX, -m * _IDX, 2 * i, 8, i, -8, 8, -8, 8, i, -8]
+    seq += [-i, -i, i, i, i, i, -i, -i, 2 * i, v, (k + 1) * _IDX, (k + 1) * _IDX, k * _IDX]
+    seq += [-k * _IDX, -(k + 1) * _IDX, -i, -i, -2 * i, -(m + 1) * _IDX, -8, mn]
+    seq += [ws, -ws, 4 * (k + 1), 4 * nnz]
+    return _peak_of(seq)
+
+
+def csr_sampled_addmm_internal(m: int, k: int, n: int, nnz: int, itemsize: int) -> int:
+    """``torch.sparse.sampled_addmm(P, a, b)`` for an ``m x k`` CSR pattern ``P`` with ``nnz``
+    values, ``a`` ``m x n`` and ``b`` ``n x k`` (the values' gradient): bytes above its ``nnz``
+    values. The result is a new CSR tensor (its own int64 index copies), and ``b`` is copied
+    for MKL: ``[8, (m+1)*8, -8, nnz*8, <values>, k*n, ws]``."""
+    return _peak_of([8, (m + 1) * _IDX, -8, nnz * _IDX, k * n * itemsize, _MKL_SPARSE_WS])
 
 
 def internal_bytes(

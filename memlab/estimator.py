@@ -18,6 +18,7 @@ allocation that lives while the op runs, on top of its outputs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -113,6 +114,62 @@ def _assume_finite_gradients(scaler: Any) -> None:
             _READS_AS_ZERO.difference_update(flags)
 
     scaler._maybe_opt_step = finite_step
+
+
+#: The source of the fake step running now (``_run_steps``), for what is modelled outside the
+#: dispatcher (``_csr_products``).
+_ACTIVE: list[FakeSource] = []
+
+
+@contextlib.contextmanager
+def _csr_products() -> Iterator[None]:
+    """Add the sparse knob's CSR kernels' internal buffers to the fake step.
+
+    ``memlab.knobs.sparsity._SparseMM`` cannot run torch's sparse kernels on fake tensors (the
+    CSR constructor has no fake kernel), so under fake tensors it allocates only their outputs;
+    the kernels' own buffers (``estimate_ops.csr_*_internal``, measured) are added here, as an
+    op-internal transient right after each product, while the step runs."""
+    from memlab import estimate_ops as eo
+    from memlab.knobs import sparsity
+
+    fn = sparsity._SparseMM
+    forward, backward = fn.__dict__["forward"], fn.__dict__["backward"]
+
+    def fwd(ctx: Any, values: Any, x: Any, crow: Any, col: Any, shape: tuple[int, int]) -> Any:
+        out = forward.__func__(ctx, values, x, crow, col, shape)
+        if _ACTIVE:
+            m, k = shape
+            copy = not x.t().is_contiguous()
+            nnz = int(values.numel())
+            _ACTIVE[-1].transient(
+                eo.csr_mm_internal(m, k, int(x.shape[0]), nnz, values.element_size(), copy)
+            )
+        return out
+
+    def bwd(ctx: Any, grad: Any) -> Any:
+        grads = backward.__func__(ctx, grad)
+        if _ACTIVE:
+            values, x, _, _ = ctx.saved_tensors
+            (m, k), n = ctx.shape, int(x.shape[0])
+            nnz, es = int(values.numel()), values.element_size()
+            copy = not grad.t().is_contiguous()  # MKL takes grad.t() as it is, or a copy
+            extra = 0  # above grad_x and grad_values, the fake backward's survivors
+            if ctx.needs_input_grad[1]:
+                extra = eo.csr_mm_transposed_internal(m, k, n, nnz, es, copy)
+                extra -= nnz * es if ctx.needs_input_grad[0] else 0  # not allocated yet
+            if ctx.needs_input_grad[0]:
+                # pattern zeros and grad.t().contiguous() live while sampled_addmm runs
+                held = nnz * es + (m * n * es if copy else 0)
+                extra = max(extra, held + eo.csr_sampled_addmm_internal(m, k, n, nnz, es))
+            if extra > 0:
+                _ACTIVE[-1].transient(extra)
+        return grads
+
+    fn.forward, fn.backward = staticmethod(fwd), staticmethod(bwd)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        fn.forward, fn.backward = forward, backward  # type: ignore[method-assign]
 
 
 def _dispatch_mode(source: FakeSource) -> Any:
@@ -211,7 +268,11 @@ def _run_steps(
                 with rec.phase("data"):
                     x, y = next(batches)
                 prev = None
-                step(x, y)
+                _ACTIVE.append(source)
+                try:
+                    step(x, y)
+                finally:
+                    _ACTIVE.pop()
             prev = (x, y)
         else:
             x, y = next(batches)
@@ -274,8 +335,6 @@ def _estimate(
     checkpointing: str | None,
     prepare: Callable[[Any], Any] | None = None,
 ) -> Estimate:
-    import contextlib
-
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -406,14 +465,10 @@ def estimate_experiment(exp: Any) -> Estimate:
         # One request of an inference run is the forward alone (Workload.infer, what the run
         # worker times and tracks); a training step is Workload.step.
         step = (lambda x, y: w.infer(x)) if exp.mode == "inference" else w.step
-        with torch.random.fork_rng(devices=[]):
+        sparse = exp.sparsity > 0 and exp.sparse_storage == "sparse"
+        with torch.random.fork_rng(devices=[]), _csr_products() if sparse else _nothing():
             results = _run_steps(w.model, batches(), step, w.optimizer, n, runner_loop=True)
     notes = list(w.notes)
-    if exp.sparsity > 0 and exp.sparse_storage == "sparse":
-        notes.append(
-            "estimate: the sparse CSR product's internal buffers (torch.sparse.mm, "
-            "sampled_addmm) are not modelled; the prediction is low by what they hold"
-        )
     if exp.data == "memmap":
         notes.append(
             "estimate: data=memmap: each batch is numpy memory that torch wraps "
@@ -427,6 +482,11 @@ def estimate_experiment(exp: Any) -> Estimate:
             "a step a run skips holds less"
         )
     return _combine(results, time.perf_counter() - t0, tuple(notes))
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def _combine(results: list[RunResult], elapsed: float, notes: tuple[str, ...]) -> Estimate:

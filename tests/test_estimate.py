@@ -264,3 +264,24 @@ def test_amp_fp16_training_is_estimated_within_3_percent() -> None:
     assert est.peak_by_phase["optimizer"] > 0
     assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (est, r.peak_bytes)
     assert any("amp-fp16" in n for n in est.notes), est.notes
+
+
+def test_sparse_storage_is_estimated_within_3_percent() -> None:
+    """CSR storage: torch's sparse kernels cannot run on fake tensors, so the estimator adds
+    their internal buffers (estimate_ops.csr_*, measured) to the outputs SparseMM allocates;
+    the transformer's transposed input gradients also take gelu_backward's copies."""
+    from memlab import Experiment
+    from memlab.runner import run
+
+    exp = Experiment(
+        workload="transformer",
+        sparsity=0.9,
+        sparse_storage="sparse",
+        batch_size=16,
+        steps=2,
+        warmup=1,
+    )
+    r = run(exp, timeout_s=240)
+    assert r.status == "ok", r.error
+    est = estimate(exp)
+    assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (est, r.peak_bytes)

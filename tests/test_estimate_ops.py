@@ -432,3 +432,65 @@ def test_no_rule_no_cpu_no_bytes() -> None:
     assert internal_bytes(aten.add.Tensor, (x, x), {}, None) == 0  # no rule
     assert "aten.convolution_backward.default" in CALIBRATED_OPS
     assert all(name.startswith("aten.") for name in CALIBRATED_OPS)
+
+
+@pytest.mark.parametrize("mkn", [(192, 160, 48), (160, 320, 16)], ids=["192x160", "160x320"])
+@pytest.mark.parametrize("strided", [True, False], ids=["strided", "contiguous"])
+def test_csr_products_against_the_recorder(
+    lib: Any, threads: None, mkn: tuple[int, int, int], strided: bool
+) -> None:
+    """The sparse knob's three CSR kernels (never dispatched under fake tensors: the estimator
+    adds these bytes itself), on shapes apart from the calibration's, both operand layouts:
+    within 1% of the recorder's internal bytes (what the MKL handle leaves uncertain)."""
+    import warnings
+
+    from memlab.estimate_ops import (
+        csr_mm_internal,
+        csr_mm_transposed_internal,
+        csr_sampled_addmm_internal,
+    )
+
+    m, k, n = mkn
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(m, k, generator=g)
+    w[torch.rand(m, k, generator=g) > 0.15] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        csr = w.to_sparse_csr()
+        nnz = csr.values().numel()
+        x = torch.randn(n, k) if strided else torch.randn(k, n).t()  # x.t() strided or not
+        grad = torch.randn(n, m) if strided else torch.randn(m, n).t()
+        pattern = torch.sparse_csr_tensor(
+            csr.crow_indices(), csr.col_indices(), torch.zeros_like(csr.values()), (m, k)
+        )
+        g_t, x_c = grad.t().contiguous(), x.contiguous()  # as _SparseMM's backward has them
+        cases = [
+            (lambda: torch.sparse.mm(csr, x.t()), csr_mm_internal(m, k, n, nnz, 4, strided)),
+            (
+                lambda: torch.sparse.mm(csr.t(), grad.t()),
+                csr_mm_transposed_internal(m, k, n, nnz, 4, strided),
+            ),
+            (
+                lambda: torch.sparse.sampled_addmm(pattern, g_t, x_c).values(),
+                # the result's values are its output; its index copies die with it
+                csr_sampled_addmm_internal(m, k, n, nnz, 4) + (m + 1) * 8 + nnz * 8,
+            ),
+        ]
+        for i, (fn, predicted) in enumerate(cases):
+            measured, out = _measure(lib, fn, (csr, x, grad, pattern, g_t, x_c))
+            if i == 2:  # the index copies are freed when the CSR result is: internal bytes
+                measured += (m + 1) * 8 + nnz * 8
+            del out
+            assert measured > 0
+            assert abs(predicted - measured) <= max(0.01 * measured, 64), (i, predicted, measured)
+
+
+def test_gelu_backward_with_a_transposed_gradient(lib: Any, threads: None) -> None:
+    x = torch.randn(16, 24, 80)
+    for grad, expect_copies in (
+        (torch.randn(80, 24, 16).permute(2, 1, 0), True),  # laid out reversed
+        (torch.randn(16, 24, 80), False),
+    ):
+        measured, out = _measure(lib, lambda: aten.gelu_backward(grad, x), (grad, x))  # noqa: B023
+        assert measured == internal_bytes(aten.gelu_backward.default, (grad, x), {}, out)
+        assert (measured > 0) == expect_copies, measured
