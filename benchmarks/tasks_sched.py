@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from memlab.config import MIB, Experiment  # noqa: E402
-from memlab.contention import contention  # noqa: E402
+from memlab.contending import contention  # noqa: E402
 from memlab.labs.tasks import run_alone, service_times, with_deadlines  # noqa: E402
 from memlab.scheduling import compare_policies, mixed_tasks, predict_peaks  # noqa: E402
 

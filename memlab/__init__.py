@@ -51,6 +51,8 @@ __all__ = [
     "leak_check",
     "LeakResult",
     "AliveReport",
+    "PeakReport",
+    "PeakBlock",
     "runs",
     "load",
     "save",
@@ -102,17 +104,19 @@ _LAZY = {
     "schedule": "memlab.scheduling",
     "ScheduleResult": "memlab.scheduling",
     "Task": "memlab.scheduling",
-    "contention": "memlab.contention",
-    "ContentionResult": "memlab.contention",
+    "contention": "memlab.contending",
+    "ContentionResult": "memlab.contending",
     "leak_check": "memlab.leaks",
     "LeakResult": "memlab.leaks",
     "AliveReport": "memlab.timeline",
+    "PeakReport": "memlab.timeline",
+    "PeakBlock": "memlab.timeline",
     "runs": "memlab.store",
     "load": "memlab.store",
     "save": "memlab.store",
     "Store": "memlab.store",
-    "compare": "memlab.compare",
-    "Comparison": "memlab.compare",
+    "compare": "memlab.comparing",
+    "Comparison": "memlab.comparing",
     "sweep": "memlab.sweeping",
     "SweepResult": "memlab.sweeping",
     "compare_profilers": "memlab.profilers",
@@ -123,9 +127,9 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from memlab.caching import CacheResult, cache_replay
-    from memlab.compare import Comparison, compare
+    from memlab.comparing import Comparison, compare
     from memlab.config import Experiment
-    from memlab.contention import ContentionResult, contention
+    from memlab.contending import ContentionResult, contention
     from memlab.estimator import Estimate, estimate, max_batch_size
     from memlab.leaks import LeakResult, leak_check
     from memlab.locality import BandwidthResult, bandwidth, conv_layouts, strided_access
@@ -143,6 +147,8 @@ if TYPE_CHECKING:
         CATEGORIES,
         PHASES,
         AliveReport,
+        PeakBlock,
+        PeakReport,
         ProcessSeries,
         RunResult,
         Timeline,

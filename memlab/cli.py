@@ -491,7 +491,7 @@ def _show(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from memlab.compare import compare
+    from memlab.comparing import compare
 
     c = compare(ns.a, ns.b)
     if ns.json:
@@ -512,7 +512,7 @@ def _export(ns: argparse.Namespace) -> int:
     rid = store.resolve(ns.run_id)
     if ns.command == "report":
         if ns.other is not None:
-            from memlab.compare import compare
+            from memlab.comparing import compare
 
             c = compare(rid, ns.other, store=store)
             out = exports.to_html(c, ns.output or f"{rid}-{c.b_id}.html")
@@ -528,7 +528,7 @@ def _export(ns: argparse.Namespace) -> int:
 
 def compare_table(c: Any) -> str:
     """A ``Comparison`` as text: what changed, then each figure of both runs and the delta."""
-    from memlab.compare import SECTIONS, changed_fields
+    from memlab.comparing import SECTIONS, changed_fields
 
     a, b = c.labels
     changed = changed_fields(c.a, c.b)

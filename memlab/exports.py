@@ -28,7 +28,7 @@ import numpy as np
 from memlab.timeline import CATEGORIES, PHASES, PROCESS_PARTS, RunResult, Timeline
 
 if TYPE_CHECKING:
-    from memlab.compare import Comparison
+    from memlab.comparing import Comparison
 
 __all__ = [
     "FORMATS",
@@ -493,7 +493,7 @@ def external_references(page: str) -> list[str]:
 
 def _figures(x: RunResult | Comparison) -> tuple[str, str, list[Any]]:
     from memlab import plots
-    from memlab.compare import Comparison
+    from memlab.comparing import Comparison
 
     if isinstance(x, Comparison):
         a, b = x.labels
@@ -516,7 +516,7 @@ def _figures(x: RunResult | Comparison) -> tuple[str, str, list[Any]]:
 
 def report_html(x: RunResult | Comparison, *, title: str | None = None) -> str:
     """The page :func:`to_html` writes, as a string."""
-    from memlab.compare import Comparison
+    from memlab.comparing import Comparison
 
     if not isinstance(x, (RunResult, Comparison)):
         raise TypeError(

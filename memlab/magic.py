@@ -49,7 +49,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from memlab.timeline import RunResult, format_bytes
 
 if TYPE_CHECKING:
-    from memlab.compare import Comparison
+    from memlab.comparing import Comparison
 
 __all__ = [
     "IsolatedCellError",
@@ -301,7 +301,7 @@ def _run_magic(shell: Any, line: str, cell: str) -> Any:
     run_id, stored = _store(result, opts)
     comparison = None
     if compare_id is not None:
-        from memlab.compare import compare
+        from memlab.comparing import compare
 
         # By id when stored, so the comparison names both runs by their ids.
         comparison = compare(compare_id, run_id if run_id is not None else result)

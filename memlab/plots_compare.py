@@ -18,7 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from memlab.compare import Comparison
+from memlab.comparing import Comparison
 from memlab.config import MIB
 from memlab.plots import CATEGORY_COLORS, MIB_FORMAT, downsample_indices
 from memlab.timeline import CATEGORIES, Timeline

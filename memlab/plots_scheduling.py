@@ -24,7 +24,7 @@ from memlab.config import MIB
 from memlab.scheduling import ScheduleResult
 
 if TYPE_CHECKING:
-    from memlab.contention import ContentionResult
+    from memlab.contending import ContentionResult
 
 __all__ = ["STATUS_COLORS", "schedule_figure", "policy_figure", "contention_figure"]
 

@@ -65,3 +65,26 @@ def test_every_reference_in_the_code_names_a_section() -> None:
     assert refs
     bad = [(p, r) for p, r in refs if not any(h.startswith(r) for h in headings)]
     assert not bad, f"no such section in ARCHITECTURE.md: {bad}; sections: {headings}"
+
+
+def test_no_submodule_shadows_a_public_function() -> None:
+    """``memlab.compare`` must stay the function after ``memlab.comparing`` (or any other
+    submodule) is imported: a submodule named like a public name replaces it on the package at
+    its first import. Checked in a fresh interpreter that imports every submodule first."""
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib, pkgutil, types, memlab\n"
+        "for m in pkgutil.walk_packages(memlab.__path__, 'memlab.'):\n"
+        "    if not m.name.startswith(('memlab.ui', 'memlab.labs')):\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = [n for n in memlab.__all__ if n != 'exports'\n"
+        "       and isinstance(getattr(memlab, n), types.ModuleType)]\n"
+        "print(bad)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memlab.compare import SECTIONS, Comparison, compare
+from memlab.comparing import SECTIONS, Comparison, compare
 from memlab.config import MIB, Experiment
 from memlab.plots_compare import compare_figure, step_axis
 from memlab.store import Store

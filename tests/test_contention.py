@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 from memlab.config import Experiment  # noqa: E402
-from memlab.contention import ContentionResult, contention  # noqa: E402
+from memlab.contending import ContentionResult, contention  # noqa: E402
 
 TOLERANCE = 0.01  # exact tracked bytes: the same model, batch and requests in a fresh process
 

@@ -156,7 +156,7 @@ def test_peak_table_and_compare_html(with_lines: tuple[RunResult, int]) -> None:
     assert "more blocks" in page
     assert "no peak drill-down" in peak_table_html(dataclasses.replace(r, peak_report=None))
     big = dataclasses.replace(r, peak_bytes=r.peak_bytes + 1024)
-    from memlab.compare import compare
+    from memlab.comparing import compare
 
     page = compare_table_html(compare(r, big))
     assert "+" + memlab.format_bytes(1024) in page  # the peak's delta

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from memlab import exports
-from memlab.compare import compare
+from memlab.comparing import compare
 from memlab.config import Experiment
 from memlab.store import Store
 from memlab.timeline import CATEGORIES, PHASES, RunResult

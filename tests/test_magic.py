@@ -126,7 +126,7 @@ def test_compare_with_a_stored_run(ip: Any, kernel_run: Any) -> None:
     table = next(o["text/html"] for o in outputs if "memlab comparison" in o.get("text/html", ""))
     assert base in table and rid in table
     # The peaks in the table are the two runs' stored peaks (4 MB and 8 MB).
-    from memlab.compare import compare
+    from memlab.comparing import compare
 
     c = compare(base, rid)
     p = c.get("total", "peak tensors")

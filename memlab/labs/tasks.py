@@ -30,7 +30,7 @@ from memlab.timeline import format_bytes
 
 if TYPE_CHECKING:
     from memlab.caching import CacheResult
-    from memlab.contention import ContentionResult
+    from memlab.contending import ContentionResult
     from memlab.leaks import LeakResult
     from memlab.scheduling import ScheduleResult, Task
     from memlab.timeline import AliveReport

@@ -66,7 +66,7 @@ from memlab.ui.predict import Predictor
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from memlab.compare import Comparison
+    from memlab.comparing import Comparison
     from memlab.runner import RunHandle
 
 __all__ = ["Panel", "run_labels", "peak_table_html", "compare_table_html"]

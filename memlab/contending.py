@@ -24,6 +24,9 @@ held; below 0.8 a note says so. Tensor memory is per process: each run's tracked
 not change when the other runs beside it; process memory (RSS) adds up, each worker carrying
 its own Python and torch runtime: ``combined_rss_peak_bytes`` samples the sum of both
 workers' RSS while they run together.
+
+(``memlab.contending``, not ``memlab.contention``: a submodule named like the public function would
+replace it on the package once imported; see ``memlab.scheduling``.)
 """
 
 from __future__ import annotations

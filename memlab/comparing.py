@@ -8,6 +8,9 @@ Every figure is one of the two results' own (measured) figures; a delta is ``b -
 ratio ``b / a``. A figure one run lacks (an oom run's step time, a category's peak of a run
 saved without its timeline) is ``None``, and so are its delta and ratio: never guessed.
 This module imports neither torch nor plotly.
+
+(``memlab.comparing``, not ``memlab.compare``: a submodule named like the public function would
+replace it on the package once imported; see ``memlab.scheduling``.)
 """
 
 from __future__ import annotations
