@@ -9,7 +9,11 @@ torch.profiler by the tests), then predicts it three ways:
               moments, i.e. four times the weights (no activations, no temporaries);
   MemTracker  torch.distributed._tools.mem_tracker.MemTracker under FakeTensorMode (dispatch
               level: it misses what kernels allocate inside one op).
-Targets (issue 5): within 3% of the measured peak; under 0.5 s per estimate on 2 cores.
+Targets (issue 16): within 3% of the measured peak, sparse storage and amp-fp16 training
+included; a median estimate time of 0.2 s on the built-in workloads and 0.5 s on the recurrent
+(lstm) and encoder-decoder (seq2seq) models, on 2 cores, warm (the 2nd+ estimate in one
+process, as the service worker gives a search). Times are wall and CPU seconds of this process:
+on a loaded machine the CPU time is the closer figure to an idle machine's wall time.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def main() -> None:
         "measured steady-state peak (first step for memlab's first-step column)\n"
     )
     head = (
-        f"{'model':<10} {'measured':>10} {'memlab 1st':>11} {'memlab':>8} {'ms':>6} "
+        f"{'model':<10} {'measured':>10} {'memlab 1st':>11} {'memlab':>8} {'ms':>6} {'cpu ms':>6} "
         f"{'weights x4':>11} {'MemTracker':>11}"
     )
     print(head)
@@ -79,22 +83,25 @@ def main() -> None:
     errors, times = [], []
     for name, (model_fn, batch_fn) in sorted(CASES.items()):
         first, steady = measure(model_fn, batch_fn, adam)
-        runs = [estimate(model_fn, batch_fn, optimizer_fn=adam) for _ in range(3)]
+        runs, cpu = [], []
+        for _ in range(3):
+            c = time.process_time()
+            runs.append(estimate(model_fn, batch_fn, optimizer_fn=adam))
+            cpu.append(time.process_time() - c)
         est = runs[-1]
-        ms = statistics.median(r.elapsed_s for r in runs) * 1e3
+        ms = statistics.median(r.elapsed_s for r in runs[1:]) * 1e3  # warm: the 1st imports
+        cpu_ms = statistics.median(cpu[1:]) * 1e3
         params = sum(p.numel() * p.element_size() for p in model_fn().parameters())
         mt = memtracker_peak(model_fn, batch_fn)
         errors.append(abs(est.steady_peak_bytes / steady - 1))
         times.append(ms)
         print(
             f"{name:<10} {steady / MIB:>8.2f}Mi {pct(est.first_step_peak_bytes, first):>11} "
-            f"{pct(est.steady_peak_bytes, steady):>8} {ms:>6.0f} {pct(4 * params, steady):>11} "
+            f"{pct(est.steady_peak_bytes, steady):>8} {ms:>6.0f} {cpu_ms:>6.0f} "
+            f"{pct(4 * params, steady):>11} "
             f"{pct(mt, steady):>11}"
         )
-    print(
-        f"\nworst memlab error {100 * max(errors):.2f}% (target 3%); "
-        f"median estimate time {statistics.median(times):.0f} ms (target 500 ms)"
-    )
+    print(f"\nworst memlab error {100 * max(errors):.2f}% (target 3%)")
 
 
 KNOB_GRID: list[dict[str, Any]] = [
@@ -107,6 +114,9 @@ KNOB_GRID: list[dict[str, Any]] = [
     {"mode": "inference"},
     {"sparsity": 0.9, "sparse_storage": "mask"},
     {"sparsity": 0.9, "sparse_storage": "sparse"},
+    {"precision": "amp-fp16"},
+    {"mode": "inference", "precision": "int8"},
+    {"mode": "inference", "precision": "int8-static"},
 ]
 
 
@@ -114,28 +124,41 @@ def builtin_grid() -> None:
     """memlab's own workloads across the knob grid: estimate vs a real run (memlab.run)."""
     import memlab
     from memlab.config import Experiment
+    from memlab.estimator import EstimateError
 
     print(
         f"\n{'workload':<12} {'knobs':<44} {'measured':>10} {'predicted':>10} {'error':>7} "
-        f"{'ms':>5}"
+        f"{'ms':>5} {'cpu ms':>6}"
     )
-    worst = 0.0
+    worst, times, cpus = 0.0, [], []
     for wl in ("mlp", "cnn", "transformer"):
         for knobs in KNOB_GRID:
             exp = Experiment(workload=wl, steps=2, warmup=1, **knobs)
-            est = memlab.estimate(exp)
+            label = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "baseline (fp32)"
+            try:
+                memlab.estimate(exp)  # the 1st of an experiment: a search's estimates are 2nd+
+                c = time.process_time()
+                est = memlab.estimate(exp)
+                cpu_ms = (time.process_time() - c) * 1e3
+            except EstimateError as e:
+                print(f"{wl:<12} {label:<44} not estimated: {str(e)[:90]}")
+                continue
             real = memlab.run(exp)
             err = est.peak_bytes / real.peak_bytes - 1 if real.peak_bytes else float("nan")
             flag = "" if abs(err) <= 0.03 else "  <- over 3%"
-            if knobs.get("sparse_storage") != "sparse":
-                worst = max(worst, abs(err))
-            label = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "baseline (fp32)"
+            worst = max(worst, abs(err))
+            times.append(est.elapsed_s * 1e3)
+            cpus.append(cpu_ms)
             print(
                 f"{wl:<12} {label:<44} {real.peak_bytes / MIB:>8.2f}Mi "
                 f"{est.peak_bytes / MIB:>8.2f}Mi {100 * err:>+6.1f}% "
-                f"{est.elapsed_s * 1e3:>5.0f}{flag}"
+                f"{est.elapsed_s * 1e3:>5.0f} {cpu_ms:>6.0f}{flag}"
             )
-    print(f"worst error outside sparse storage: {100 * worst:.2f}% (target 3%)")
+    print(
+        f"worst error: {100 * worst:.2f}% (target 3%); median estimate "
+        f"{statistics.median(times):.0f} ms wall, {statistics.median(cpus):.0f} ms CPU "
+        "(target 200 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -285,3 +285,23 @@ def test_sparse_storage_is_estimated_within_3_percent() -> None:
     assert r.status == "ok", r.error
     est = estimate(exp)
     assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (est, r.peak_bytes)
+
+
+def test_dynamic_int8_is_estimated_and_other_quantizations_name_the_precision() -> None:
+    """precision int8 (dynamically quantized Linear layers): the packed weights are outside the
+    tensor account in the run as in the estimate, each product's output and buffer inside."""
+    from memlab import Experiment
+    from memlab.runner import run
+
+    exp = Experiment(
+        workload="transformer", mode="inference", precision="int8", batch_size=16, steps=2
+    )
+    exp = exp.replace(warmup=1)
+    r = run(exp, timeout_s=240)
+    assert r.status == "ok", r.error
+    est = estimate(exp)
+    assert est.peak_by_category["parameters"] == r.peak_by_category["parameters"]
+    assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (est, r.peak_bytes)
+    assert any("int8" in n for n in est.notes), est.notes
+    with pytest.raises(EstimateError, match="precision 'int8-static' cannot be estimated"):
+        estimate(exp.replace(precision="int8-static"))
