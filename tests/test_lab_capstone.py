@@ -76,7 +76,8 @@ def test_explain_is_computed_from_the_result() -> None:
     text = lab.explain(r)
     assert "5 candidates" in text and "1 were predicted over it" in text
     assert "4 were trained for 150 steps" in text
-    assert f"{len(r.pareto)} lie on the Pareto front" in text
+    verb = "lies" if len(r.pareto) == 1 else "lie"
+    assert f"{len(r.pareto)} {verb} on the Pareto front" in text
     assert "`cnn_d2_w32_k5`" in text and "0.970" in text
     assert "+1.2%" in text and "within the 3% tolerance" in text  # 8.1 / 8.0 - 1
     # Change the data, the text changes.

@@ -66,7 +66,8 @@ def explain(result: SearchResult) -> str:
         f"The {result.sampler} search proposed {n} candidates ({distinct} distinct "
         f"architectures) for a budget of {format_bytes(result.budget_bytes)}: {x} were "
         f"predicted over it and never trained; {t} were trained for {result.train_steps} "
-        f"steps. {len(result.pareto)} lie on the Pareto front (accuracy up, predicted peak "
+        f"steps. {len(result.pareto)} {'lies' if len(result.pareto) == 1 else 'lie'} on the "
+        "Pareto front (accuracy up, predicted peak "
         "down, latency measured here down)."
     ]
     c, v = result.chosen, result.verification
