@@ -279,7 +279,8 @@ class FieldSpec:
         elif self.kind == "bool":
             ok = isinstance(value, bool)
         elif self.kind == "int":
-            ok = _is_int(value) and self._in_range(value)
+            # Every int field reaches torch or C as an int64: a larger one is no valid setting.
+            ok = _is_int(value) and self._in_range(value) and abs(value) < 2**63
         else:  # float; bool is an int subclass, and True is no sparsity
             ok = (
                 not isinstance(value, bool)

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from memlab import cli
-from memlab.config import FIELDS, ConfigError, Experiment, FieldSpec, parse_bytes
+from memlab.config import FIELDS, ConfigError, Experiment, FieldSpec, _show, parse_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = settings(derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -143,12 +143,12 @@ def _check(build: Any, kw: dict[str, Any], bad: str | None) -> None:
         msg = str(e)
         assert "\n" not in msg, msg
         if bad is not None:
-            assert _names(msg, bad), f"{bad}={kw[bad]!r:.80}: {msg}"
+            assert _names(msg, bad), f"{bad}={_show(kw[bad])}: {msg}"
         else:  # a rule across fields: it names at least one field that was set
             assert isinstance(e, ConfigError), msg
             assert _names(msg, *kw), msg
         return
-    assert bad is None, f"{bad}={kw[bad]!r:.80} was accepted"
+    assert bad is None, f"{bad}={_show(kw[bad])} was accepted"
     for name, v in kw.items():
         assert getattr(exp, name) == stored(FIELDS[name], v), name
 
