@@ -33,8 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 from memlab.config import MIB, Experiment  # noqa: E402
 from memlab.contending import contention  # noqa: E402
-from memlab.labs.tasks import run_alone, service_times, with_deadlines  # noqa: E402
-from memlab.scheduling import compare_policies, mixed_tasks, predict_peaks  # noqa: E402
+from memlab.scheduling import (  # noqa: E402  # noqa: E402
+    compare_policies,
+    mixed_tasks,
+    predict_peaks,
+    run_alone,
+    service_times,
+    with_deadlines,
+)
 
 
 def _fmt(v: float | None, spec: str) -> str:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memlab.timeline import Timing, format_bytes
+from memlab.timeline import _percentile as percentile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -219,14 +220,9 @@ def model_spec(item: int) -> tuple[str, dict[str, int]]:
 # ============================================================================================
 # Results (pure data)
 def _percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy.percentile's default method)."""
-    v = sorted(values)
-    if not v:
-        return math.nan
-    pos = (len(v) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    """``timeline``'s percentile (numpy's), ``nan`` for no values (a policy with no hit)."""
+    p = percentile(values, q)
+    return math.nan if p is None else p
 
 
 def _mean(values: Sequence[float]) -> float:

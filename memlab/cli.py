@@ -289,7 +289,7 @@ def _schedule(ns: argparse.Namespace) -> int:
     try:
         predicted = predict_peaks(tasks)
         if slack is not None:
-            from memlab.labs.tasks import run_alone, service_times, with_deadlines
+            from memlab.scheduling import run_alone, service_times, with_deadlines
 
             tasks = with_deadlines(
                 tasks, service_times(run_alone(tasks, predicted)), slack=slack, seed=ns.seed

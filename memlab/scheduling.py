@@ -70,11 +70,14 @@ import dataclasses
 import functools
 import math
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from memlab.timeline import _percentile
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -101,6 +104,10 @@ __all__ = [
     "start_schedule",
     "compare_policies",
     "policy_table",
+    "run_alone",
+    "service_times",
+    "with_deadlines",
+    "admission_floor",
 ]
 
 POLICIES = ("fifo", "priority", "edf", "memory-aware")
@@ -267,14 +274,6 @@ class TaskOutcome:
         d = dict(d)
         d["request_times_s"] = tuple(d.get("request_times_s", ()))
         return cls(**d)
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
 @dataclass(frozen=True)
@@ -1347,3 +1346,50 @@ def compare_policies(
         enforcement=enforcement,
         threads=threads,
     )
+
+
+# ============================================================================================
+# Deadlines that mean the same on any machine (lab 09, `memlab schedule --slack`)
+def run_alone(tasks: Sequence[Task], predicted: Sequence[int]) -> ScheduleResult:
+    """Every task alone, one after the other (all arrived at 0, one slot, a budget twice their
+    sum): the service times the deadlines are set from."""
+    return schedule(
+        [dataclasses.replace(t, arrival_s=0.0) for t in tasks],
+        "fifo",
+        budget_bytes=2 * sum(predicted),
+        slots=1,
+        predicted=predicted,
+    )
+
+
+def service_times(result: ScheduleResult) -> list[float]:
+    """Each task's time in its worker (end - start), from a schedule that ran them all."""
+    out = []
+    for t in result.tasks:
+        if t.start_s is None or t.end_s is None or t.status in ("oom", "error", "cancelled"):
+            raise ValueError(f"task {t.name!r} did not complete ({t.status}): no service time")
+        out.append(t.end_s - t.start_s)
+    return out
+
+
+def with_deadlines(
+    tasks: Sequence[Task],
+    service_s: Sequence[float],
+    *,
+    slack: tuple[float, float] = (1.5, 4.0),
+    seed: int = 0,
+) -> list[Task]:
+    """``tasks`` with each deadline ``slack`` x its measured service time (the factor drawn per
+    task, seeded): deadlines that mean the same on a fast and a slow machine."""
+    rng = random.Random(seed)
+    return [
+        dataclasses.replace(t, deadline_s=round(max(0.05, rng.uniform(*slack) * s), 3))
+        for t, s in zip(tasks, service_s, strict=True)
+    ]
+
+
+def admission_floor(predicted: Sequence[int]) -> int:
+    """The smallest budget memory-aware admission accepts the mix under: the largest task's
+    charge (its predicted peak plus the estimator's tolerance); below it that task could never
+    start."""
+    return max(_admitted_bytes(p) for p in predicted)

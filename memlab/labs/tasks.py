@@ -17,15 +17,13 @@ objects passed in.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from memlab.config import MIB
 from memlab.labs.checks import Check, Exercise, check_choice, check_number
 from memlab.labs.text import md_table, times
+from memlab.scheduling import admission_floor, run_alone, service_times, with_deadlines
 from memlab.timeline import format_bytes
 
 if TYPE_CHECKING:
@@ -222,46 +220,6 @@ def explain_memo(memo: CacheResult, plain: CacheResult) -> str:
 # -- scheduling --------------------------------------------------------------------------------
 
 
-def run_alone(tasks: Sequence[Task], predicted: Sequence[int]) -> ScheduleResult:
-    """Every task alone, one after the other (all arrived at 0, one slot, a budget twice their
-    sum): the service times the deadlines are set from."""
-    from memlab.scheduling import schedule
-
-    return schedule(
-        [dataclasses.replace(t, arrival_s=0.0) for t in tasks],
-        "fifo",
-        budget_bytes=2 * sum(predicted),
-        slots=1,
-        predicted=predicted,
-    )
-
-
-def service_times(result: ScheduleResult) -> list[float]:
-    """Each task's time in its worker (end - start), from a schedule that ran them all."""
-    out = []
-    for t in result.tasks:
-        if t.start_s is None or t.end_s is None or t.status in ("oom", "error", "cancelled"):
-            raise ValueError(f"task {t.name!r} did not complete ({t.status}): no service time")
-        out.append(t.end_s - t.start_s)
-    return out
-
-
-def with_deadlines(
-    tasks: Sequence[Task],
-    service_s: Sequence[float],
-    *,
-    slack: tuple[float, float] = (1.5, 4.0),
-    seed: int = 0,
-) -> list[Task]:
-    """``tasks`` with each deadline ``slack`` x its measured service time (the factor drawn per
-    task, seeded): deadlines that mean the same on a fast and a slow machine."""
-    rng = random.Random(seed)
-    return [
-        dataclasses.replace(t, deadline_s=round(max(0.05, rng.uniform(*slack) * s), 3))
-        for t, s in zip(tasks, service_s, strict=True)
-    ]
-
-
 def tasks_table(tasks: Sequence[Task], predicted: Sequence[int]) -> str:
     rows = [
         (
@@ -289,15 +247,6 @@ def tasks_table(tasks: Sequence[Task], predicted: Sequence[int]) -> str:
         ],
         rows,
     )
-
-
-def admission_floor(predicted: Sequence[int]) -> int:
-    """The smallest budget memory-aware admission accepts the mix under: the largest task's
-    charge (its predicted peak plus the estimator's tolerance); below it that task could never
-    start."""
-    from memlab.scheduling import ADMISSION_MARGIN
-
-    return max(int(math.ceil(p * (1.0 + ADMISSION_MARGIN))) for p in predicted)
 
 
 def policies_table(results: Mapping[str, ScheduleResult]) -> str:
