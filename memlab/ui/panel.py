@@ -26,7 +26,6 @@ import html
 import logging
 import threading
 import time
-import types
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -478,7 +477,9 @@ class Panel:
             self.comparison = None
             return None
         (ia, a), (ib, b) = ok[-2], ok[-1]
-        c = _compare()(a, b)
+        from memlab.comparing import compare
+
+        c = compare(a, b)
         self.comparison = dataclasses.replace(c, a_id=f"run {ia}", b_id=f"run {ib}")
         self.compare_view.value = compare_table_html(self.comparison)
         return self.comparison
@@ -766,17 +767,6 @@ class Panel:
             return None
         warmup = int((result.experiment or {}).get("warmup") or 0)
         return max(0.0, began - warmup * med)
-
-
-def _compare() -> Callable[..., Comparison]:
-    """``memlab.compare``, the function. Read through the package, never by importing the
-    submodule ``memlab.compare`` first: a first import of the submodule would set the package's
-    attribute ``compare`` to the module and shadow the function (``memlab/__init__.py`` loads
-    its public names lazily)."""
-    import memlab
-
-    fn = memlab.compare
-    return fn.compare if isinstance(fn, types.ModuleType) else fn
 
 
 _PEAK_HINT = (
