@@ -9,10 +9,10 @@ untracked timed pass with memlab's timing verdict, ``RunResult.timing``). First 
 one after the other; then both started together. The runner lets two runs overlap (its
 scheduler only keeps service jobs and runs apart), but each run's measured block would begin
 whenever its own build and warm-up end: to make the two measured blocks begin together, this
-module holds both at the runner's gate (the scheduler's ``job_running`` flag, which makes a run
-wait before its measured block) until both have built and warmed up, then releases them at
-once. (A public "start measuring together" hook in ``memlab/runner/runs.py`` would be cleaner;
-the flag is only taken when no service job runs, and never cleared while one does.)
+module holds both at the runner's gate (``scheduler.gates_held``: the hold a service job
+makes, under which a run waits before its measured block) until both have built and warmed up
+(``RunHandle.at_gate``), then releases them at once. The hold is taken only when no service
+job runs; one that does opens the gates itself when it ends.
 
 Together, each run's timing verdict is expected to say *disturbed*: the other run is the
 "other process" taking the CPU. That is the point, and it is reported, not hidden. Throughput
@@ -169,10 +169,6 @@ def _run_together(
 
         return f
 
-    held = False
-    with _sched.cv:
-        if not _sched.job_running:
-            _sched.job_running = held = True
     handles: list[Any] = []
     peak_rss: list[int] = [0]
     stop = threading.Event()
@@ -191,21 +187,16 @@ def _run_together(
             peak_rss[0] = max(peak_rss[0], total)
 
     sampler = threading.Thread(target=sample, name="memlab-contention-rss", daemon=True)
-    try:
+    with _sched.gates_held() as held:
         for k, e in enumerate(exps):
             handles.append(runs.start(e, on_step=on_step(k), timeout_s=timeout_s))
         sampler.start()
         deadline = time.monotonic() + timeout_s
-        # Private to the runner: whether the run's worker waits at its gate (built, warmed up).
-        while held and not all(h._gate_asked or h.done() for h in handles):
+        # Both measured blocks wait at their gates until both workers are built and warm.
+        while held and not all(h.at_gate or h.done() for h in handles):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.01)
-    finally:
-        if held:
-            with _sched.cv:
-                _sched.job_running = False
-                _sched.cv.notify_all()
     try:
         results = [h.wait(timeout_s) for h in handles]
     finally:

@@ -833,6 +833,12 @@ class RunHandle:
             )
         )
 
+    @property
+    def at_gate(self) -> bool:
+        """Whether the worker is built and warmed up and waits for its measured block to be
+        let through (``scheduler.gates_held`` keeps it waiting)."""
+        return self._gate_asked
+
     def _read(self) -> None:
         w = self._worker
         sent = False

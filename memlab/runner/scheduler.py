@@ -5,7 +5,9 @@ ARCHITECTURE.md, "Process model".
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,6 +45,24 @@ class _Scheduler:
                 return False
             self.measuring.add(handle)
             return True
+
+    @contextlib.contextmanager
+    def gates_held(self) -> Iterator[bool]:
+        """Hold every run's measured block at its gate while the block runs, as a service job
+        does, so runs started inside it can be released together (``memlab.contention``: two
+        runs whose timed passes must overlap). Yields whether it holds them: ``False`` when a
+        job already runs, whose end opens the gates instead."""
+        with self.cv:
+            held = not self.job_running
+            if held:
+                self.job_running = True
+        try:
+            yield held
+        finally:
+            if held:
+                with self.cv:
+                    self.job_running = False
+                    self.cv.notify_all()
 
 
 _sched = _Scheduler()
