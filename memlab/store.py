@@ -439,12 +439,15 @@ class Store:
         source: str = "manual",
         label: str | None = None,
         tags: Iterable[str] = (),
+        machine: Mapping[str, Any] | None = None,
     ) -> str:
         """Save ``result`` (with its timeline) in one transaction; return the run's id.
 
         ``experiment`` (an ``Experiment`` or its dict) replaces ``result.experiment`` where
-        given. Saving the same result twice (the runner saved it, then ``memlab.save``) keeps
-        one row and returns its id: a row is keyed by the hash of the result's figures.
+        given. ``machine`` is the ``machine_info()`` of the machine that measured the run
+        (default: this one); a sweep on Ray passes the node's. Saving the same result twice
+        (the runner saved it, then ``memlab.save``) keeps one row and returns its id: a row is
+        keyed by the hash of the result's figures.
         """
         if not isinstance(result, RunResult):
             raise TypeError(f"result must be a memlab.RunResult, got {type(result).__name__}")
@@ -459,7 +462,14 @@ class Store:
         res_json = json.dumps(result.to_dict(timeline=False), default=_json_default)
         blob = _pack_timeline(result)
         res_hash = hashlib.sha256(res_json.encode() + blob).hexdigest()
-        machine = machine_info()
+        if machine is None:
+            machine = machine_info()
+        elif not isinstance(machine, Mapping) or not {"id", "memlab"} <= set(machine):
+            raise TypeError(
+                "machine must be a dict from memlab.store.machine_info() (with 'id' and "
+                f"'memlab'), got {machine!r}"
+            )
+        machine = dict(machine)
         run_id = uuid.uuid4().hex[:12]
         row = (
             run_id,

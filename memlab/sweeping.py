@@ -296,10 +296,10 @@ def sweep(
                 assert store is not None
                 record(i, k, store.load(rid), rid, True)
 
-        def save(i: int, result: RunResult) -> str | None:
+        def save(i: int, result: RunResult, machine: Mapping[str, Any] | None) -> str | None:
             if store is None or result.status == "cancelled":
                 return None
-            return store.save(result, configs[i][1], source="sweep")
+            return store.save(result, configs[i][1], source="sweep", machine=machine)
 
         if kind == "local":
             _run_local(configs, todo, save, record, timeout_s)
@@ -346,7 +346,8 @@ def _bar(total: int, progress: bool, kind: str) -> Any:
     return tqdm(total=total, desc=f"sweep ({kind})", unit="run")
 
 
-_Save = Callable[[int, RunResult], "str | None"]
+#: Saves run ``i``'s result, measured on ``machine`` (``store.machine_info()``; None: here).
+_Save = Callable[[int, RunResult, "Mapping[str, Any] | None"], "str | None"]
 _Record = Callable[[int, int, RunResult, "str | None", bool], None]
 
 
@@ -362,7 +363,7 @@ def _run_local(
 
     for i, k in todo:
         result = start(configs[i][1], timeout_s=timeout_s, save=False).wait()
-        record(i, k, result, save(i, result), False)
+        record(i, k, result, save(i, result, None), False)
 
 
 # ==========================================================================================
@@ -371,15 +372,21 @@ def _run_local(
 def _ray_trial(experiment: Experiment, cores: int, timeout_s: float | None) -> dict[str, Any]:
     """A Ray task: one measured run on this node through memlab's runner (a fresh worker
     process, which inherits the thread settings), not saved here; returns the result's dict
-    (timeline included) and where it ran."""
+    (timeline included), where it ran and that node's machine (for the store)."""
     import socket
+
+    from memlab.store import machine_info
 
     for var in _THREAD_VARS:
         os.environ[var] = str(cores)
     from memlab.runner import start
 
     result = start(experiment, timeout_s=timeout_s, save=False).wait()
-    return {"result": result.to_dict(timeline=True), "host": socket.gethostname()}
+    return {
+        "result": result.to_dict(timeline=True),
+        "host": socket.gethostname(),
+        "machine": machine_info(),
+    }
 
 
 def _ray_nodes(ray: Any) -> list[tuple[str, int]]:
@@ -447,7 +454,7 @@ def _run_ray(
             result = RunResult.from_dict(got["result"])
             where = f"measured on Ray node {got['host']} ({cpus} CPUs, {cpus} threads)"
             result = _with_note(result, where)
-            record(i, k, result, save(i, result), False)
+            record(i, k, result, save(i, result, got.get("machine")), False)
 
 
 def _with_note(result: RunResult, note: str) -> RunResult:

@@ -51,6 +51,21 @@ def store(tmp_path: Path) -> Store:
 
 
 # -- round trips ------------------------------------------------------------------------------
+def test_a_run_measured_elsewhere_keeps_that_machine(store: Store) -> None:
+    """A run a Ray node measured is stored with the node's machine, not the saver's."""
+    from memlab.store import machine_info
+
+    here = machine_info()
+    node = {**here, "id": "a-ray-node", "cpu_model": "Node CPU", "logical_cores": 64}
+    rid = store.save(make_result(1), source="sweep", machine=node)
+    info = store.info(rid)
+    assert info.machine["id"] == "a-ray-node" and info.machine["logical_cores"] == 64
+    assert store.info(store.save(make_result(2))).machine["id"] == here["id"]
+    with pytest.raises(TypeError, match="machine must be a dict from memlab.store.machine_info"):
+        store.save(make_result(3), machine={"cpu_model": "no id"})
+    assert len(store) == 2  # the refused save wrote nothing
+
+
 def test_save_load_round_trip_is_exact(store: Store) -> None:
     r = make_result(1)
     rid = store.save(r, source="run", label="baseline", tags=["a", "b"])

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from memlab.config import Experiment
-from memlab.store import Store, default_store, experiment_hash
+from memlab.store import Store, default_store, experiment_hash, machine_info
 from memlab.sweeping import SweepResult, sweep
 
 # A tiny measured run (one step, 64 samples); seed 15 keeps its hash apart from other tests'.
@@ -185,6 +185,8 @@ def test_a_sweep_on_a_local_ray_cluster_lands_in_the_store_and_its_re_run_is_ins
         for row, result in zip(res.rows, res.results, strict=True):
             assert row.run_id is not None and store.info(row.run_id).source == "sweep"
             assert any("measured on Ray node" in n for n in result.notes)
+            # the node's machine is stored (a local cluster: this machine's hardware)
+            assert store.info(row.run_id).machine["id"] == machine_info()["id"]
         # The same experiment measured through Ray and locally: the same tensor peak.
         assert res.rows[0].peak_bytes == pytest.approx(first.rows[0].peak_bytes, rel=0.01)
         t0 = time.perf_counter()
