@@ -1,52 +1,69 @@
-"""Predict the memory of a quantized inference request: precision ``int8-static``.
+"""Predict the memory of a quantized inference request: ``int8-static``, ``int8-weight``,
+``int4-weight``.
 
     from memlab.estimate_quant import estimate_quantized
     est = estimate_quantized(Experiment(workload="cnn", mode="inference", precision="int8-static"))
 
-``int8-static`` (``memlab/knobs/quantization.py``) turns the model into an FX graph of oneDNN
-int8 ops (``onednn.qlinear_pointwise``, ``onednn.qconv_pointwise``) whose weights are packed
-into opaque ``torch._mkldnn`` tensors, with ``quantized_decomposed.quantize_per_tensor`` nodes
-between them. The estimate uses that very graph:
+Each is predicted from the model as a run builds it (``memlab/knobs/quantization.py``), built
+for real with a one-batch data set, then swapped onto fake tensors; two requests run through
+``estimator._run_steps``, the same fake recorder and tracker as every estimate. What a fake
+copy would get wrong is fixed before that:
 
-1. the experiment is built for real, as a run builds it (``torch.export``, PT2E calibration,
-   the oneDNN lowering), with a one-batch data set;
-2. each packed weight is replaced by a fake strided tensor of its shape and dtype, kept as a
-   plain attribute of the graph (not a buffer): the ops' meta kernels
-   (``torch/_meta_registrations.py``) read only its shape, and a run's tensor account does not
-   see the packed weights either (an opaque tensor has no storage: oneDNN holds it);
-3. every ``quantized_decomposed`` node is pointed at the Python function that IS that op's
-   CPU kernel (``torch/ao/quantization/fx/_decomposed.py``, registered there as its
-   ``CompositeExplicitAutograd`` implementation), so its ``mul``/``round``/``add``/``clamp``
-   intermediates are dispatched one by one, as in a run, where the op's meta kernel would show
-   only its output (measured: ``quantize_per_tensor`` holds two fp32 copies of its input at
-   once, 8x its uint8 output -- the peak of all three built-in models);
-4. the remaining parameters and buffers are swapped for fake tensors and two requests run
-   through ``estimator._run_steps``, the same fake recorder and tracker as every estimate.
+- ``int8-static``: an FX graph of oneDNN int8 ops (``onednn.qlinear_pointwise``,
+  ``onednn.qconv_pointwise``) with weights packed into opaque ``torch._mkldnn`` tensors and
+  ``quantized_decomposed.quantize_per_tensor`` nodes between them. Each packed weight is
+  replaced by a fake strided tensor of its shape and dtype, kept as a plain attribute (not a
+  buffer): the ops' meta kernels (``torch/_meta_registrations.py``) read only its shape, and a
+  run's tensor account does not see the packed weights either (an opaque tensor has no
+  storage: oneDNN holds it). Every ``quantized_decomposed`` node is pointed at the Python
+  function that IS that op's CPU kernel (``torch/ao/quantization/fx/_decomposed.py``,
+  registered there as its ``CompositeExplicitAutograd`` implementation), so its
+  ``mul``/``round``/``add``/``clamp`` intermediates are dispatched one by one, as in a run,
+  where the op's meta kernel would show only its output (measured: ``quantize_per_tensor``
+  holds two fp32 copies of its input at once, 8x its uint8 output -- the peak of all three
+  built-in models). Ops not checked against a run raise ``EstimateError`` naming the op.
+- ``int8-weight`` / ``int4-weight``: torchao tensor subclasses (``Int8Tensor``,
+  ``IntxUnpackedToInt8Tensor``) as Linear weights. ``FakeTensorMode.from_tensor`` would turn
+  one into a plain fake tensor (the dequantization would vanish), so each is rebuilt from fake
+  copies of its inner tensors (``__tensor_flatten__`` / ``__tensor_unflatten__``, what
+  ``torch.compile`` does). A run's tracker counts a parameter by its storage, and a wrapper
+  subclass has none, so a run counts neither the wrapper nor its int8 data
+  (``tracking/tracker.py``, ``_storage_key``): here too the weight is a plain attribute and its
+  inner storages are made known to the fake source at 0 bytes, so views of them are not counted
+  as new. ``torchao.dequantize_affine`` (int4's dequantization) is a custom op whose fake
+  kernel returns only its output; while the step runs, torchao's Python entry point calls the
+  op's own decomposition instead (``OpOverload.decompose``: the kernel a run executes), so its
+  ``to``/``sub``/``mul`` intermediates are seen. Any other non-aten op reaching the dispatcher
+  raises ``EstimateError`` naming it.
 
-The graph keeps a dynamic batch dimension, so one build serves every batch size: the fake
-graph is kept (``_CACHE``, a few entries) and a later estimate of the same experiment at
-another batch size only re-runs step 4 (``max_batch_size`` asks for many).
-
-Ops outside what was checked against real runs (``_CHECKED_ONEDNN``, aten ops, the
-``quantized_decomposed`` kernels) raise ``EstimateError`` naming the op. ``int8-weight`` and
-``int4-weight`` raise it too (``_WEIGHT_ONLY_REASON``).
+The int8-static graph keeps a dynamic batch dimension, so one build serves every batch size:
+the fake model is kept (``_CACHE``, a few entries) and a later estimate of the same experiment
+at another batch size only runs the fake requests (``max_batch_size`` asks for many).
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from memlab.estimator import Estimate, EstimateError, _combine, _run_steps, _swap_to_fake
+from memlab.estimator import (
+    _ACTIVE,
+    Estimate,
+    EstimateError,
+    _combine,
+    _run_steps,
+    _swap_to_fake,
+)
 
 __all__ = ["ESTIMATED_QUANTIZED", "estimate_quantized"]
 
 #: The quantized precisions this module predicts.
-ESTIMATED_QUANTIZED: tuple[str, ...] = ("int8-static",)
+ESTIMATED_QUANTIZED: tuple[str, ...] = ("int8-static", "int8-weight", "int4-weight")
 
 #: oneDNN op overloads whose meta kernel allocates what the real kernel does, checked against
 #: memlab.run with the native recorder (torch 2.13 CPU, 2 threads): the output alone, or for
@@ -60,22 +77,17 @@ _CHECKED_ONEDNN = frozenset(
     }
 )
 
-#: Why weight-only quantization is refused (measured on the MLP, torch 2.13, torchao 0.18).
-_WEIGHT_ONLY_REASON = (
-    "torchao's quantized weights are tensor subclasses (Int8Tensor, IntxUnpackedToInt8Tensor) "
-    "whose fake copies disagree with a run's account: a fake wrapper has a storage of the fp32 "
-    "weight's size, counted as a parameter, and the views its linear takes of the int8 data "
-    "are counted as new activations, while a run sees neither (the wrapper has no storage and "
-    "the int8 data was allocated before the request); measure it with memlab.run"
-)
+#: Namespaces of ops whose fake run is the real one's (aten: with ``estimate_ops``' internal
+#: buffers, as in every estimate; prim: metadata).
+_PLAIN_NAMESPACES = frozenset({"aten", "prim"})
 
-#: Fake graphs kept for later batch sizes (an int8-static build takes 20-60 s on 2 cores).
+#: Fake models kept for later batch sizes (an int8-static build takes 20-90 s on 2 cores).
 _CACHE_SIZE = 4
 
 
 @dataclass
 class _Built:
-    """An experiment's int8-static graph on fake tensors, ready for any batch size."""
+    """An experiment's quantized model on fake tensors, ready for any batch size."""
 
     workload: Any
     fake_mode: Any
@@ -84,6 +96,8 @@ class _Built:
     y_shape: tuple[int, ...]
     y_dtype: Any
     notes: tuple[str, ...]
+    #: Storages a run's account does not see (a weight-only subclass's inner tensors).
+    unseen: list[Any] = field(default_factory=list)
 
 
 _CACHE: OrderedDict[Any, _Built] = OrderedDict()
@@ -92,12 +106,8 @@ _CACHE: OrderedDict[Any, _Built] = OrderedDict()
 def estimate_quantized(exp: Any) -> Estimate:
     """Predict one inference request's peak tensor memory for a quantized ``Experiment``
     (``exp.precision`` in ``ESTIMATED_QUANTIZED``), as ``memlab.run`` would measure it: the
-    real lowered graph on fake tensors (module docstring). Raises ``EstimateError`` naming the
-    precision, or the op, where that cannot be done exactly."""
-    if exp.precision in ("int8-weight", "int4-weight"):
-        raise EstimateError(
-            f"precision {exp.precision!r} cannot be estimated: {_WEIGHT_ONLY_REASON}"
-        )
+    real quantized model on fake tensors (module docstring). Raises ``EstimateError`` naming
+    the precision, or the op, where that cannot be done exactly."""
     if exp.precision not in ESTIMATED_QUANTIZED:
         raise EstimateError(
             f"precision {exp.precision!r} is not estimated here: estimate_quantized predicts "
@@ -128,16 +138,22 @@ def estimate_quantized(exp: Any) -> Estimate:
                     torch.empty(shape_y, dtype=built.y_dtype),
                 )
 
+        def request(x: Any, y: Any) -> Any:
+            for t in built.unseen:  # known to the account, at the 0 bytes a run counts
+                _ACTIVE[-1].adopt(t, 0)
+            return w.infer(x)
+
         # Two requests, the second with the previous batch still referenced while the next
         # one loads (the runner's loop): what a run's measured block holds.
-        results = _run_steps(w.model, batches(), lambda x, y: w.infer(x), None, 2, runner_loop=True)
+        with _decomposed_dequantize(), _only_checked_ops(exp.precision):
+            results = _run_steps(w.model, batches(), request, None, 2, runner_loop=True)
     return _combine(results, time.perf_counter() - t0, built.notes)
 
 
 def _cache_key(exp: Any) -> Any:
-    """The experiment up to what does not change the lowered graph: the batch size (the graph's
-    batch dimension is dynamic; a batch of 1 is kept apart, export may specialise it) and the
-    data and run fields."""
+    """The experiment up to what does not change the quantized model: the batch size (the
+    int8-static graph's batch dimension is dynamic; a batch of 1 is kept apart, export may
+    specialise it) and the data and run fields."""
     return exp.replace(
         batch_size=min(exp.batch_size, 2),
         data_size=min(exp.batch_size, 2),
@@ -174,26 +190,42 @@ def _build(exp: Any) -> _Built:
     graphs = [m for m in w.model.modules() if isinstance(m, torch.fx.GraphModule)]
     for gm in graphs:
         _check_and_decompose(gm)
-    packed = _unregister_packed(w.model)
+    packed = _unregister(w.model, lambda t: bool(t.is_mkldnn))
+    subclassed = _unregister(w.model, _is_subclass)
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    unseen: list[Any] = []
     with fake_mode:
         _swap_to_fake(w.model, fake_mode)
+        # Plain attributes, not buffers or parameters: the tracker counts a model's buffers
+        # and parameters at entry, and a run's account sees neither of these.
         for owner, name, t in packed:
-            # A plain attribute, not a buffer: the tracker counts a model's buffers at entry,
-            # and a run's tensor account cannot see the opaque original.
             object.__setattr__(owner, name, torch.empty(t.shape, dtype=t.dtype))
+        for owner, name, t in subclassed:
+            fake = _fake_subclass(t.detach(), fake_mode)
+            object.__setattr__(owner, name, fake)
+            unseen.extend(_inner_tensors(fake))
     packed_bytes = sum(t.numel() * t.element_size() for _, _, t in packed)
-    del packed  # the real packed weights go with their last reference
-    kernels = "the lowered oneDNN int8 graph" if graphs else "the quantized model"
+    inner_bytes = sum(t.untyped_storage().nbytes() for t in unseen)
+    del packed, subclassed  # the real weights go with their last reference
     note = (
-        f"estimate: precision=int8-static: {kernels} was built for real (export, calibration, "
-        "lowering) and run on fake tensors; each quantize node's fp32 intermediates are "
-        "counted (its kernel's own ops run one by one)"
+        f"estimate: precision={exp.precision}: the quantized model was built for real and run "
+        "on fake tensors"
     )
+    if exp.precision == "int8-static":
+        note += (
+            "; each quantize node's fp32 intermediates are counted (its kernel's own ops run "
+            "one by one)"
+        )
     if packed_bytes:
         note += (
             f"; {packed_bytes} bytes of int8 weights packed by oneDNN into opaque tensors are "
             "outside PyTorch's allocator, as in a run: not counted"
+        )
+    if inner_bytes:
+        note += (
+            f"; {len(unseen)} tensors ({inner_bytes} bytes) inside torchao's quantized weights "
+            "are not counted, as a run does not count them (a wrapper tensor has no storage "
+            "for its tracker to find); each dequantized weight is"
         )
     return _Built(
         workload=w,
@@ -203,7 +235,12 @@ def _build(exp: Any) -> _Built:
         y_shape=tuple(y_real.shape),
         y_dtype=y_real.dtype,
         notes=(*w.notes, note),
+        unseen=unseen,
     )
+
+
+def _op_name(op: Any) -> str:
+    return f"{op.namespace}.{op._schema.name.split('::')[1]}.{op._overloadname}"
 
 
 def _check_and_decompose(gm: Any) -> None:
@@ -218,8 +255,8 @@ def _check_and_decompose(gm: Any) -> None:
             continue
         target = node.target
         if isinstance(target, torch._ops.OpOverload):
-            name = f"{target.namespace}.{target._schema.name.split('::')[1]}.{target._overloadname}"
-            if target.namespace == "aten" or name in _CHECKED_ONEDNN:
+            name = _op_name(target)
+            if target.namespace in _PLAIN_NAMESPACES or name in _CHECKED_ONEDNN:
                 continue
             if target.namespace == "quantized_decomposed":
                 # quantize_per_tensor.tensor -> _decomposed.quantize_per_tensor_tensor
@@ -235,9 +272,7 @@ def _check_and_decompose(gm: Any) -> None:
                 "estimated: its fake kernel was not checked against a run's allocations "
                 "(memlab/estimate_quant.py, _CHECKED_ONEDNN); measure it with memlab.run"
             )
-        if getattr(target, "__module__", None) in ("_operator", "operator") or (
-            target in vars(operator).values()
-        ):
+        if target in vars(operator).values():
             continue  # getitem on an op's tuple, arithmetic on sizes
         raise EstimateError(
             f"precision 'int8-static': the call {getattr(target, '__name__', target)!r} in the "
@@ -248,14 +283,84 @@ def _check_and_decompose(gm: Any) -> None:
         gm.recompile()
 
 
-def _unregister_packed(model: Any) -> list[tuple[Any, str, Any]]:
-    """Remove the opaque (``torch._mkldnn``) buffers and parameters from ``model``; returns
+def _is_subclass(t: Any) -> bool:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    return bool(is_traceable_wrapper_subclass(t))
+
+
+def _unregister(model: Any, which: Any) -> list[tuple[Any, str, Any]]:
+    """Remove the parameters and buffers ``which`` selects from ``model``; returns
     ``(owner, name, tensor)`` for each, for a fake stand-in to take its place."""
     out: list[tuple[Any, str, Any]] = []
     for mod in model.modules():
         for table in (mod._buffers, mod._parameters):
             for name, t in list(table.items()):
-                if t is not None and t.is_mkldnn:
+                if t is not None and which(t):
                     del table[name]
                     out.append((mod, name, t))
     return out
+
+
+def _fake_subclass(t: Any, fake_mode: Any) -> Any:
+    """A wrapper subclass rebuilt around fake copies of its inner tensors."""
+    if not _is_subclass(t):
+        return fake_mode.from_tensor(t)
+    names, ctx = t.__tensor_flatten__()
+    inner = {n: _fake_subclass(getattr(t, n), fake_mode) for n in names}
+    return type(t).__tensor_unflatten__(inner, ctx, t.size(), t.stride())
+
+
+def _inner_tensors(t: Any) -> list[Any]:
+    if not _is_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [i for n in names for i in _inner_tensors(getattr(t, n))]
+
+
+@contextlib.contextmanager
+def _decomposed_dequantize() -> Iterator[None]:
+    """While a fake step runs, torchao's ``dequantize_affine`` runs the decomposition of its
+    custom op (the kernel a real run executes, ``CompositeImplicitAutograd``) instead of the op,
+    whose fake kernel allocates only the output: its intermediates are then dispatched and
+    recorded. Nothing is changed where torchao is not installed or has no such entry point."""
+    try:
+        import torch
+        from torchao.quantization import quant_primitives as qp
+    except ImportError:
+        yield
+        return
+    original = getattr(qp, "_dequantize_affine", None)
+    op = getattr(getattr(torch.ops, "torchao", None), "dequantize_affine", None)
+    if original is None or op is None:
+        yield
+        return
+
+    def decomposed(*args: Any, **kwargs: Any) -> Any:
+        return op.default.decompose(*args, **kwargs)
+
+    qp._dequantize_affine = decomposed
+    try:
+        yield
+    finally:
+        qp._dequantize_affine = original
+
+
+def _only_checked_ops(precision: str) -> Any:
+    """A dispatch mode under the estimate's recorder that refuses every op outside aten, prim
+    and the checked oneDNN ops, naming it: a custom op's fake kernel shows its output only,
+    where a run would see its intermediates too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Checked(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            ns = getattr(func, "namespace", "aten")
+            if ns not in _PLAIN_NAMESPACES and _op_name(func) not in _CHECKED_ONEDNN:
+                raise EstimateError(
+                    f"precision {precision!r}: the op {_op_name(func)} cannot be estimated: "
+                    "its fake kernel allocates only its output, and what the real kernel "
+                    "allocates inside was not checked against a run; measure it with memlab.run"
+                )
+            return func(*args, **(kwargs or {}))
+
+    return _Checked()
