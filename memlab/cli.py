@@ -213,12 +213,19 @@ def _search(ns: argparse.Namespace) -> int:
     for c in r.candidates:
         acc = "not trained (over budget)" if not c.trained else f"accuracy {c.accuracy:.3f}"
         lat = "" if c.latency_s is None else f", {c.latency_s * 1e3:.2f} ms"
+        lat += " (disturbed)" if c.latency_steady is False else ""
         front = " *" if c.number in r.pareto else ""
         print(
             f"  {c.number:3d} {c.architecture:24s} predicted {format_bytes(c.predicted_peak_bytes)}"
             f"  {acc}{lat}{front}"
         )
     print("  (* on the Pareto front: accuracy, predicted peak, latency measured here)")
+    disturbed = [c for c in r.trained if c.latency_steady is False]
+    if disturbed:
+        print(
+            f"  {len(disturbed)} of {len(r.trained)} latencies were disturbed by other processes "
+            f"(e.g. {disturbed[0].architecture}: {disturbed[0].latency_note})"
+        )
     if r.chosen is None:
         print("no candidate fitted the budget", file=sys.stderr)
         return 1

@@ -113,6 +113,10 @@ class Candidate:
     accuracy: float | None = None
     latency_s: float | None = None
     params: int | None = None
+    #: Whether the latency was measured with the machine to itself (``memlab.timing``'s
+    #: verdict over the timed forwards); ``latency_note`` says what else used the CPU.
+    latency_steady: bool | None = None
+    latency_note: str = ""
 
     @property
     def arch(self) -> Architecture:
@@ -226,13 +230,17 @@ def candidate_experiment(arch: Architecture, base: Experiment) -> Experiment:
 def train_and_time(exp: Experiment, train_steps: int, repeats: int = 5) -> dict[str, Any]:
     """A worker job: ``exp``'s model trained for ``train_steps`` steps on the real digits
     (fp32, CPU, ``Workload.fit``), its test accuracy, its parameter count, and its median
-    latency over ``repeats`` forwards of one ``exp.batch_size`` batch in inference mode (after
-    one untimed forward), on this machine."""
+    latency over forwards of one ``exp.batch_size`` batch in inference mode (after one untimed
+    forward), on this machine: at least ``repeats`` of them and at least
+    ``timing.MIN_WINDOW_S`` in all, so that ``memlab.timing`` can say whether other processes
+    disturbed them (``latency_steady``, ``latency_note``)."""
+    import os
     import statistics
     import time
 
     import torch
 
+    from memlab import timing
     from memlab.workloads import build_workload
 
     small = exp.replace(
@@ -251,14 +259,35 @@ def train_and_time(exp: Experiment, train_steps: int, repeats: int = 5) -> dict[
     params = sum(p.numel() for p in w.model.parameters())
     x, _ = next(w.make_batches(1))
     w.model.eval()
-    times = []
+    clock = timing.StepClock()
+    readings: list[timing.StepReading] = []
     with torch.inference_mode():
         w.model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        before, t0 = timing.process_snapshot(), time.perf_counter()
+        # /proc/stat counts 10 ms ticks: the verdict needs a window of MIN_WINDOW_S, so a fast
+        # model is timed more often (up to 500 forwards) rather than judged on a few ticks.
+        until = time.perf_counter() + timing.MIN_WINDOW_S
+        while len(readings) < repeats or (time.perf_counter() < until and len(readings) < 500):
+            clock.begin()
             w.model(x)
-            times.append(time.perf_counter() - t0)
-    return {"accuracy": accuracy, "latency_s": statistics.median(times), "params": params}
+            readings.append(clock.end())
+        after, spent = timing.process_snapshot(), time.perf_counter() - t0
+    verdict = timing.assess(
+        [r.wall_s for r in readings],
+        [r.cpu_s for r in readings],
+        [r.busy_s for r in readings],
+        cpus=clock.cpus,
+        threads=torch.get_num_threads(),
+        busiest=timing.busiest_others(before, after, spent, exclude=[os.getpid()]),
+        what="timed forwards",
+    )
+    return {
+        "accuracy": accuracy,
+        "latency_s": statistics.median(r.wall_s for r in readings),
+        "params": params,
+        "latency_steady": verdict.steady,
+        "latency_note": verdict.note,
+    }
 
 
 def _check_args(

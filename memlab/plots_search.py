@@ -10,11 +10,18 @@ from memlab.timeline import format_bytes
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from memlab.nas import SearchResult
+    from memlab.nas import Candidate, SearchResult
 
 __all__ = ["pareto_figure", "progress_figure"]
 
 _MIB = 2**20
+
+
+def _latency_text(c: Candidate) -> str:
+    if c.latency_s is None:
+        return "latency not measured"
+    tail = " (disturbed: other processes used the CPU)" if c.latency_steady is False else ""
+    return f"latency {c.latency_s * 1e3:.2f} ms measured here{tail}"
 
 
 def pareto_figure(result: SearchResult) -> go.Figure:
@@ -35,6 +42,7 @@ def pareto_figure(result: SearchResult) -> go.Figure:
             y=[c.accuracy for c in trained],
             mode="markers",
             text=[c.architecture for c in trained],
+            customdata=[_latency_text(c) for c in trained],
             marker=dict(
                 size=10,
                 color=[(c.latency_s or 0.0) * 1e3 for c in trained],
@@ -42,7 +50,8 @@ def pareto_figure(result: SearchResult) -> go.Figure:
                 showscale=bool(trained),
                 colorbar=dict(title="latency (ms)"),
             ),
-            hovertemplate="%{text}<br>%{x:.2f} MiB predicted<br>accuracy %{y:.3f}<extra></extra>",
+            hovertemplate="%{text}<br>%{x:.2f} MiB predicted<br>accuracy %{y:.3f}"
+            "<br>%{customdata}<extra></extra>",
         )
     )
     fig.add_trace(

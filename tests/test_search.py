@@ -57,6 +57,7 @@ def test_budget_respected_and_infeasible_never_trained(nsga: SearchResult) -> No
         if c.trained:
             assert c.accuracy is not None and 0.0 <= c.accuracy <= 1.0
             assert c.latency_s is not None and c.latency_s > 0
+            assert c.latency_steady is not None and c.latency_note  # a verdict, in words
         else:
             assert c.accuracy is None and c.latency_s is None
 
@@ -147,3 +148,28 @@ def test_cli_json(capsys: pytest.CaptureFixture[str], nsga: SearchResult) -> Non
     assert len(out["candidates"]) == 2
     assert all(c["trained"] == (c["predicted_peak_bytes"] <= BUDGET) for c in out["candidates"])
     assert main(["search", "--device", PROFILE, "--sampler", "grid"]) == 2
+
+
+def test_a_latency_taken_beside_busy_processes_is_flagged_disturbed() -> None:
+    """Two busy loops, one per core, while a candidate's forwards are timed: memlab.timing's
+    verdict (others' CPU share over the timed window) marks the latency disturbed and names
+    the busy processes."""
+    import subprocess
+    import sys
+
+    from memlab.config import Experiment
+    from memlab.nas import Architecture, candidate_experiment, train_and_time
+
+    exp = candidate_experiment(
+        Architecture("mlp", 1, 32, expansion=1),
+        Experiment(workload="mlp", mode="inference", batch_size=8, data_size=256),
+    )
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        got = train_and_time(exp, 1)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert got["latency_steady"] is False, got["latency_note"]
+    assert "python" in got["latency_note"], got["latency_note"]

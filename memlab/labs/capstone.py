@@ -70,6 +70,13 @@ def explain(result: SearchResult) -> str:
         "Pareto front (accuracy up, predicted peak "
         "down, latency measured here down)."
     ]
+    disturbed = [c for c in result.trained if c.latency_steady is False]
+    if disturbed:
+        lines.append(
+            f"{len(disturbed)} of {t} latencies were measured while other processes used the "
+            f"CPU, so they are slower than on a quiet machine (e.g. `{disturbed[0].architecture}`: "
+            f"{disturbed[0].latency_note}); the hover text marks them."
+        )
     c, v = result.chosen, result.verification
     if c is not None and c.accuracy is not None:
         lines.append(
