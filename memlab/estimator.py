@@ -172,19 +172,264 @@ def _csr_products() -> Iterator[None]:
         fn.forward, fn.backward = forward, backward  # type: ignore[method-assign]
 
 
+class _Uncacheable(Exception):
+    """An op call the memo does not keep (see ``_OpMemo``)."""
+
+
+#: The most op calls ``_OpMemo`` keeps (a few thousand distinct ones per workload; a search over
+#: many shapes is cleared and starts again rather than grow without bound).
+_MEMO_LIMIT = 200_000
+
+
+class _OpMemo:
+    """What an op call gives under ``FakeTensorMode``, by the op and its arguments' metadata:
+    which outputs are new tensors (and their metadata), which alias an input (in-place ops
+    return it, views share its storage), and the bytes ``estimate_ops`` adds for the call.
+
+    Why hand-written when ``FakeTensorMode`` has a cache of its own: its key is built in Python
+    for every call, generically (``extract_tensor_metadata`` with seventeen fields per tensor
+    and a recursive walk: ~40% of an estimate, profiled), and the recorder then reads the
+    outputs again and re-derives the op-internal bytes. This memo keys on the same facts
+    (every tensor's dtype, shape, stride, storage offset and size, layout, device,
+    ``requires_grad``, conj/neg/inference bits; every other argument's type and value; the
+    inference mode, default dtype and thread count) and only keeps calls that
+    ``FakeTensorMode`` itself judged cacheable (its bypass counter unchanged, a hit or a miss
+    counted), whose outputs are fresh strided tensors, the returned input, or views of an
+    input. A new entry is replayed once and compared with the real output (metadata and
+    storage size) before it is kept. Outputs are made as ``FakeTensorMode``'s cache makes
+    them (``torch.empty_strided`` on meta, ``set_`` onto the input's storage for a view,
+    wrapped in a ``FakeTensor``), so the storages the source sees are the same in number,
+    size and lifetime. Kept for the worker process: the candidates of a search share most op
+    calls (every optimizer op of an unchanged layer), and no entry depends on the experiment.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[Any, ...], Any] = {}
+
+    @staticmethod
+    def key(func: Any, args: Any, kwargs: dict[str, Any], nthreads: int) -> tuple[Any, ...]:
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        parts: list[Any] = [
+            func,
+            torch.is_inference_mode_enabled(),
+            torch.get_default_dtype(),
+            nthreads,
+        ]
+
+        def add(v: Any) -> None:
+            if isinstance(v, FakeTensor):
+                if v.constant is not None or v.layout is not torch.strided:
+                    raise _Uncacheable
+                parts.append(
+                    (
+                        v.dtype,
+                        v.shape,
+                        v.stride(),
+                        v.storage_offset(),
+                        v.untyped_storage().nbytes(),
+                        v.device,
+                        v.requires_grad,
+                        v.is_conj(),
+                        v.is_neg(),
+                        v.is_inference(),
+                    )
+                )
+            elif isinstance(v, torch.Tensor):
+                raise _Uncacheable  # a real tensor: FakeTensorMode converts it
+            elif isinstance(v, (list, tuple)):
+                parts.append((type(v), len(v)))
+                for x in v:
+                    add(x)
+            elif isinstance(
+                v,
+                (
+                    int,
+                    float,
+                    bool,
+                    str,
+                    type(None),
+                    torch.dtype,
+                    torch.device,
+                    torch.layout,
+                    torch.memory_format,
+                ),
+            ):
+                parts.append((type(v), v))
+            else:
+                raise _Uncacheable
+
+        for a in args:
+            add(a)
+        for k, v in kwargs.items():
+            parts.append(k)
+            add(v)
+        return tuple(parts)
+
+    @staticmethod
+    def entry(
+        func: Any, args: Any, kwargs: dict[str, Any], out: Any
+    ) -> tuple[bool, tuple[Any, ...]]:
+        """``(is a tuple, one spec per output)`` for a call's result, or ``_Uncacheable``."""
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensor
+        from torch.utils._pytree import tree_leaves
+
+        outs = out if isinstance(out, tuple) else (out,)
+        arg_storages = {
+            int(a.untyped_storage()._cdata): i
+            for i, a in enumerate(args)
+            if isinstance(a, FakeTensor)
+        }
+        # storages of inputs that are not top-level arguments (in lists, keyword arguments):
+        # an output on one of them is not described by an argument index
+        nested = {
+            int(t.untyped_storage()._cdata)
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, FakeTensor)
+        }
+        specs: list[Any] = []
+        seen: set[int] = set()
+        for o in outs:
+            if not isinstance(o, FakeTensor) or o.constant is not None:
+                raise _Uncacheable
+            if o.layout is not torch.strided:
+                raise _Uncacheable
+            inplace = next((i for i, a in enumerate(args) if a is o), None)
+            if inplace is not None:
+                specs.append(("inplace", inplace))
+                continue
+            st = o.untyped_storage()
+            cd = int(st._cdata)
+            meta = (
+                o.dtype,
+                tuple(o.shape),
+                o.stride(),
+                o.storage_offset(),
+                o.requires_grad,
+                o.device,
+                o.is_conj(),
+                o.is_neg(),
+            )
+            if cd in nested and cd not in arg_storages:
+                raise _Uncacheable
+            if cd in arg_storages:
+                if not func.is_view:
+                    raise _Uncacheable
+                specs.append(("view", arg_storages[cd], meta))
+            else:
+                if cd in seen or o.storage_offset() != 0:
+                    raise _Uncacheable
+                seen.add(cd)
+                specs.append(("new", int(st.nbytes()), meta))
+        return isinstance(out, tuple), tuple(specs)
+
+    @staticmethod
+    def replay(mode: Any, args: Any, is_tuple: bool, specs: tuple[Any, ...]) -> Any:
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensor, in_kernel_invocation_manager
+
+        made: list[Any] = []
+        with in_kernel_invocation_manager(mode):
+            for spec in specs:
+                if spec[0] == "inplace":
+                    made.append(args[spec[1]])
+                    continue
+                dtype, shape, stride, offset, rg, device, conj, neg = spec[2]
+                t = torch.empty_strided(shape, stride, dtype=dtype, device="meta", requires_grad=rg)
+                if conj:
+                    torch._C._set_conj(t, True)
+                if neg:
+                    torch._C._set_neg(t, True)
+                if spec[0] == "view":
+                    t.set_(args[spec[1]].untyped_storage(), offset, shape, stride)
+                made.append((t, device))
+        outs = [m if isinstance(m, torch.Tensor) else FakeTensor(mode, m[0], m[1]) for m in made]
+        return tuple(outs) if is_tuple else outs[0]
+
+    @staticmethod
+    def same(a: Any, b: Any) -> bool:
+        import torch
+
+        xs = a if isinstance(a, tuple) else (a,)
+        ys = b if isinstance(b, tuple) else (b,)
+        if len(xs) != len(ys) or isinstance(a, tuple) != isinstance(b, tuple):
+            return False
+        for x, y in zip(xs, ys, strict=True):
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+                return False
+            if (x.dtype, x.shape, x.stride(), x.storage_offset(), x.requires_grad, x.device) != (
+                y.dtype,
+                y.shape,
+                y.stride(),
+                y.storage_offset(),
+                y.requires_grad,
+                y.device,
+            ):
+                return False
+            if x.untyped_storage().nbytes() != y.untyped_storage().nbytes():
+                return False
+        return True
+
+
+_MEMO = _OpMemo()
+
+
+def _bypasses() -> int:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return sum(FakeTensorMode.cache_bypasses.values())
+
+
 def _dispatch_mode(source: FakeSource) -> Any:
     import torch
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
     from memlab import estimate_ops
 
+    nthreads = torch.get_num_threads()
+    memo = _MEMO.entries
+    scalar_read = torch.ops.aten._local_scalar_dense.default
+    device_of = torch.ops.prim.device.default
+    Tensor = torch.Tensor
+
+    def record(out: Any, real: dict[int, int], internal: int) -> None:
+        if isinstance(out, Tensor):
+            source.saw(out, real.get(0))
+        else:
+            flat = out if isinstance(out, (tuple, list)) else tree_flatten(out)[0]
+            for i, t in enumerate(flat):
+                if isinstance(t, Tensor):
+                    source.saw(t, real.get(i))
+        if internal > 0:
+            source.transient(internal)
+
     class _Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is device_of and type(args[0]) is FakeTensor:
+                # ``t.device`` on a fake tensor (nn.Transformer asks it of every weight, each
+                # call): what FakeTensorMode's handler answers (``_device_handler``), without
+                # two dispatch modes' overhead; it allocates nothing.
+                return args[0].fake_device
             kwargs = kwargs or {}
-            if _READS_AS_ZERO and func is torch.ops.aten._local_scalar_dense.default:
+            if _READS_AS_ZERO and func is scalar_read:
                 if id(args[0]) in _READS_AS_ZERO:
                     return False if args[0].dtype is torch.bool else 0
+            try:
+                key: tuple[Any, ...] | None = _OpMemo.key(func, args, kwargs, nthreads)
+                hit = memo.get(key)  # type: ignore[arg-type]
+            except (_Uncacheable, TypeError):  # TypeError: an unhashable argument
+                key, hit = None, None
+            if hit is not None:
+                mode = next(a.fake_mode for a in args if isinstance(a, FakeTensor))
+                is_tuple, specs, real, internal = hit
+                out = _OpMemo.replay(mode, args, is_tuple, specs)
+                record(out, real, internal)
+                return out
+            counted = (FakeTensorMode.cache_hits + FakeTensorMode.cache_misses, _bypasses())
             try:
                 out = func(*args, **kwargs)
             except Exception as e:
@@ -197,10 +442,25 @@ def _dispatch_mode(source: FakeSource) -> Any:
             # An output whose fake storage is smaller than the real one (the LSTM workspace,
             # 0 bytes under fake tensors) is counted at its real size.
             real = estimate_ops.real_output_bytes(func, args, kwargs, out)
+            internal = estimate_ops.internal_bytes(func, args, kwargs, out, num_threads=nthreads)
+            if (
+                key is not None
+                and _bypasses() == counted[1]
+                and FakeTensorMode.cache_hits + FakeTensorMode.cache_misses > counted[0]
+                and any(isinstance(a, FakeTensor) for a in args)
+            ):
+                try:
+                    is_tuple, specs = _OpMemo.entry(func, args, kwargs, out)
+                    mode = next(a.fake_mode for a in args if isinstance(a, FakeTensor))
+                    if _OpMemo.same(_OpMemo.replay(mode, args, is_tuple, specs), out):
+                        if len(memo) >= _MEMO_LIMIT:
+                            memo.clear()
+                        memo[key] = (is_tuple, specs, real, internal)
+                except _Uncacheable:
+                    pass
             for i, t in enumerate(flat):
-                if isinstance(t, torch.Tensor):
+                if isinstance(t, Tensor):
                     source.saw(t, real.get(i))
-            internal = estimate_ops.internal_bytes(func, args, kwargs, out)
             if internal > 0:
                 source.transient(internal)
             return out
@@ -387,22 +647,55 @@ def _estimate(
 # ----------------------------------------------------------------------------------------------
 def _swap_to_fake(model: Any, fake_mode: Any) -> None:
     """Replace a real model's parameters and buffers with fake copies (same shapes, dtypes,
-    strides; no data), keeping ties. The real storages are then free to go."""
+    strides, storage sizes; no data), keeping ties. The real storages are then free to go.
+
+    A tensor that is the whole of a storage no other parameter or buffer shares (every one in
+    memlab's workloads) gets a fake tensor made as ``FakeTensorMode`` makes an op's output: an
+    ``empty_strided`` meta tensor of its shape and strides in a ``FakeTensor``, checked to have
+    the same storage size. ``fake_mode.from_tensor`` would give the same tensor but describes
+    every tensor generically (views, symbolic sizes, subclasses): a sixth of a small model's
+    estimate, measured. Anything else (a view into a larger storage, storages shared between
+    tensors, quantized or sparse layouts) goes through ``from_tensor``, which keeps those
+    relations."""
+    import torch
     from torch import nn
+    from torch._subclasses.fake_tensor import FakeTensor, in_kernel_invocation_manager
+
+    tensors: dict[int, Any] = {}
+    for mod in model.modules():
+        for t in (*mod._parameters.values(), *mod._buffers.values()):
+            if t is not None:
+                tensors[id(t)] = t
+    owners: dict[int, int] = {}
+    for t in tensors.values():
+        if t.layout is torch.strided and not t.is_quantized:
+            key = int(t.untyped_storage()._cdata)
+            owners[key] = owners.get(key, 0) + 1
+
+    def fake(t: Any, *, detach: bool = False) -> Any:
+        if (
+            t.layout is torch.strided
+            and not t.is_quantized
+            and t.storage_offset() == 0
+            and owners.get(int(t.untyped_storage()._cdata)) == 1
+        ):
+            with in_kernel_invocation_manager(fake_mode):
+                meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            if meta.untyped_storage().nbytes() == t.untyped_storage().nbytes():
+                return FakeTensor(fake_mode, meta, t.device)
+        return fake_mode.from_tensor(t.detach() if detach else t)
 
     made: dict[int, Any] = {}
     for mod in model.modules():
         for name, p in list(mod._parameters.items()):
             if p is not None:
                 if id(p) not in made:
-                    made[id(p)] = nn.Parameter(
-                        fake_mode.from_tensor(p.detach()), requires_grad=p.requires_grad
-                    )
+                    made[id(p)] = nn.Parameter(fake(p, detach=True), requires_grad=p.requires_grad)
                 mod._parameters[name] = made[id(p)]
         for name, b in list(mod._buffers.items()):
             if b is not None:
                 if id(b) not in made:
-                    made[id(b)] = fake_mode.from_tensor(b)
+                    made[id(b)] = fake(b)
                 mod._buffers[name] = made[id(b)]
 
 
