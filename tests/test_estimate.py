@@ -111,6 +111,45 @@ def test_within_3_percent_of_the_measured_peak(name: str, optim: str) -> None:
     assert sum(est.peak_by_category.values()) == est.peak_bytes
 
 
+def test_the_op_memo_changes_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder's op memo (kept between a search's candidates) against FakeTensorMode's own
+    dispatch of every op: the same events, so the same bytes, category for category, for
+    models with views, ``_unsafe_view`` (attention), the LSTM workspace and Adam/SGD state, and
+    for a built-in experiment (its parameters faked without ``from_tensor``)."""
+    from memlab import estimator
+    from memlab.config import Experiment
+
+    adam = lambda p: torch.optim.Adam(p, lr=1e-3)  # noqa: E731
+    sgd = lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)  # noqa: E731
+    calls = [
+        (lambda: estimate(*CASES["seq2seq"], optimizer_fn=adam)),
+        (lambda: estimate(*CASES["lstm"], optimizer_fn=sgd)),
+        (lambda: estimate(Experiment(workload="cnn", batch_size=8, precision="amp-bf16"))),
+    ]
+
+    def facts(e: memlab.Estimate) -> tuple[object, ...]:
+        return (
+            e.first_step_peak_bytes,
+            e.steady_peak_bytes,
+            e.peak_by_category,
+            e.peak_by_phase,
+            e.activations_by_module,
+        )
+
+    for call in calls:
+        call()  # fills the memo: the calls below replay every op they can
+    with_memo = [facts(call()) for call in calls]
+    hits = len(estimator._MEMO.entries)
+
+    def uncacheable(*a: object) -> None:
+        raise estimator._Uncacheable
+
+    monkeypatch.setattr(estimator._OpMemo, "key", staticmethod(uncacheable))
+    without = [facts(call()) for call in calls]
+    assert hits > 100  # the memo was in use
+    assert with_memo == without
+
+
 def test_inference_estimate() -> None:
     model_fn, batch_fn = CASES["cnn"]
     model = model_fn().eval()
