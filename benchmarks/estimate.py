@@ -138,6 +138,8 @@ KNOB_GRID: list[dict[str, Any]] = [
     {"precision": "amp-fp16"},
     {"mode": "inference", "precision": "int8"},
     {"mode": "inference", "precision": "int8-static"},
+    {"mode": "inference", "precision": "int8-weight"},
+    {"mode": "inference", "precision": "int4-weight"},
 ]
 
 

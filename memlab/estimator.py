@@ -773,11 +773,6 @@ def estimate_experiment(exp: Any) -> Estimate:
     from memlab.config import QUANTIZED
     from memlab.knobs import build_experiment
 
-    if exp.precision in QUANTIZED and exp.precision != "int8":
-        raise EstimateError(
-            f"precision {exp.precision!r} cannot be estimated: quantization packs weights into "
-            "objects that fake tensors cannot stand in for; measure it with memlab.run"
-        )
     if (
         getattr(exp, "allocation", "dynamic") != "dynamic"
         or getattr(exp, "fuse", "none") == "compile"
@@ -794,6 +789,11 @@ def estimate_experiment(exp: Any) -> Estimate:
             "which fake tensors cannot stand in for; expect about the largest layer twice (it "
             "and the next one prefetched) plus the activations, and measure it with memlab.run"
         )
+    if exp.precision in QUANTIZED and exp.precision != "int8":
+        # int8-static, int8-weight, int4-weight: the built quantized model on fake tensors
+        from memlab.estimate_quant import estimate_quantized
+
+        return estimate_quantized(exp)
     t0 = time.perf_counter()
     small = exp.replace(data="ram", data_size=exp.batch_size, num_workers=0, device="cpu")
     # Only pruning, compression and quantization read the weights' values (magnitudes, an

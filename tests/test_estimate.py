@@ -342,5 +342,5 @@ def test_dynamic_int8_is_estimated_and_other_quantizations_name_the_precision() 
     assert est.peak_by_category["parameters"] == r.peak_by_category["parameters"]
     assert abs(est.peak_bytes - r.peak_bytes) <= TOLERANCE * r.peak_bytes, (est, r.peak_bytes)
     assert any("int8" in n for n in est.notes), est.notes
-    with pytest.raises(EstimateError, match="precision 'int8-static' cannot be estimated"):
-        estimate(exp.replace(precision="int8-static"))
+    with pytest.raises(EstimateError, match="weights 'streamed' cannot be estimated"):
+        estimate(exp.replace(weights="streamed"))
