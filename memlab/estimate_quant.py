@@ -26,11 +26,10 @@ copy would get wrong is fixed before that:
   ``IntxUnpackedToInt8Tensor``) as Linear weights. ``FakeTensorMode.from_tensor`` would turn
   one into a plain fake tensor (the dequantization would vanish), so each is rebuilt from fake
   copies of its inner tensors (``__tensor_flatten__`` / ``__tensor_unflatten__``, what
-  ``torch.compile`` does). A run's tracker counts a parameter by its storage, and a wrapper
-  subclass has none, so a run counts neither the wrapper nor its int8 data
-  (``tracking/tracker.py``, ``_storage_key``): here too the weight is a plain attribute and its
-  inner storages are made known to the fake source at 0 bytes, so views of them are not counted
-  as new. ``torchao.dequantize_affine`` (int4's dequantization) is a custom op whose fake
+  ``torch.compile`` does), and registered as the parameter it was. A wrapper subclass has no
+  storage of its own: a run's tracker counts it as the plain tensors inside it
+  (``tracking/tracker.py``, ``_plain_tensors``), and so does the fake step.
+  ``torchao.dequantize_affine`` (int4's dequantization) is a custom op whose fake
   kernel returns only its output; while the step runs, torchao's Python entry point calls the
   op's own decomposition instead (``OpOverload.decompose``: the kernel a run executes), so its
   ``to``/``sub``/``mul`` intermediates are seen. Any other non-aten op reaching the dispatcher
@@ -52,7 +51,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memlab.estimator import (
-    _ACTIVE,
     Estimate,
     EstimateError,
     _combine,
@@ -139,8 +137,6 @@ def estimate_quantized(exp: Any) -> Estimate:
                 )
 
         def request(x: Any, y: Any) -> Any:
-            for t in built.unseen:  # known to the account, at the 0 bytes a run counts
-                _ACTIVE[-1].adopt(t, 0)
             return w.infer(x)
 
         # Two requests, the second with the previous batch still referenced while the next
@@ -196,13 +192,19 @@ def _build(exp: Any) -> _Built:
     unseen: list[Any] = []
     with fake_mode:
         _swap_to_fake(w.model, fake_mode)
-        # Plain attributes, not buffers or parameters: the tracker counts a model's buffers
-        # and parameters at entry, and a run's account sees neither of these.
+        # Packed weights: plain attributes, not buffers or parameters: the tracker counts a
+        # model's buffers and parameters at entry, and a run's account does not see oneDNN's
+        # opaque tensors (no storage in PyTorch's allocator).
         for owner, name, t in packed:
             object.__setattr__(owner, name, torch.empty(t.shape, dtype=t.dtype))
+        # torchao's wrappers: parameters again, around fake inner tensors; the tracker counts
+        # a wrapper parameter as the plain tensors inside it, as in a run.
         for owner, name, t in subclassed:
             fake = _fake_subclass(t.detach(), fake_mode)
-            object.__setattr__(owner, name, fake)
+            if isinstance(t, torch.nn.Parameter):
+                owner._parameters[name] = torch.nn.Parameter(fake, requires_grad=False)
+            else:
+                owner._buffers[name] = fake
             unseen.extend(_inner_tensors(fake))
     packed_bytes = sum(t.numel() * t.element_size() for _, _, t in packed)
     inner_bytes = sum(t.untyped_storage().nbytes() for t in unseen)
@@ -224,8 +226,7 @@ def _build(exp: Any) -> _Built:
     if inner_bytes:
         note += (
             f"; {len(unseen)} tensors ({inner_bytes} bytes) inside torchao's quantized weights "
-            "are not counted, as a run does not count them (a wrapper tensor has no storage "
-            "for its tracker to find); each dequantized weight is"
+            "are counted as parameters, as a run counts them; each dequantized weight is"
         )
     return _Built(
         workload=w,

@@ -72,8 +72,23 @@ def _tensors_in(obj: Any) -> Iterator[Any]:
             yield from _tensors_in(v)
 
 
+def _plain_tensors(t: Any) -> Iterator[Any]:
+    """``t``, or where it is a wrapper tensor subclass (torchao's quantized weights:
+    ``Int8Tensor``, ``IntxUnpackedToInt8Tensor``) the plain tensors it holds: a wrapper has no
+    storage of its own, so only its inner tensors' storages are what the allocator holds."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if is_traceable_wrapper_subclass(t):
+        names, _ = t.__tensor_flatten__()
+        for n in names:
+            yield from _plain_tensors(getattr(t, n))
+    else:
+        yield t
+
+
 def _model_state(model: Any) -> tuple[list[Any], list[Any]]:
-    """(parameters, buffers and pruned weights; gradients) of ``model``, in one walk."""
+    """(parameters, buffers and pruned weights; gradients) of ``model``, in one walk; a
+    parameter that is a wrapper subclass counts as the plain tensors inside it."""
     if model is None:
         return [], []
     params: list[Any] = []
@@ -83,7 +98,7 @@ def _model_state(model: Any) -> tuple[list[Any], list[Any]]:
         for p in mod._parameters.values():
             if p is not None and id(p) not in seen:
                 seen.add(id(p))
-                params.append(p)
+                params.extend(_plain_tensors(p))
         others.extend(
             b for b in mod._buffers.values() if b is not None and not hasattr(b, CATEGORY_ATTR)
         )
