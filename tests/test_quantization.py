@@ -90,11 +90,17 @@ def test_static_int8_accuracy_close_to_fp32(trained_cnn: Workload) -> None:
 
 
 def _fp32_tensors_of_shapes(shapes: set[tuple[int, ...]]) -> dict[int, tuple[int, ...]]:
-    """Storages of the fp32 tensors gc can reach whose shape is in ``shapes`` (fake tensors and
-    oneDNN's opaque tensors have no storage to hold)."""
+    """Storages of the fp32 tensors gc can reach whose shape is in ``shapes`` (fake tensors,
+    oneDNN's opaque tensors and wrapper subclasses -- torchao's quantized weights, e.g. those an
+    earlier estimate keeps on fake inner tensors -- have no storage to hold; a wrapper's inner
+    tensors are gc objects of their own, checked here like any other)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
     found: dict[int, tuple[int, ...]] = {}
     for o in gc.get_objects():
         if not isinstance(o, torch.Tensor) or isinstance(o, FakeTensor) or o.is_mkldnn:
+            continue
+        if is_traceable_wrapper_subclass(o):
             continue
         if o.dtype == torch.float32 and tuple(o.shape) in shapes:
             found[o.untyped_storage().data_ptr()] = tuple(o.shape)
