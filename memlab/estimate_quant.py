@@ -57,6 +57,7 @@ from memlab.estimator import (
     _run_steps,
     _swap_to_fake,
 )
+from memlab.tracking.tracker import _plain_tensors
 
 __all__ = ["ESTIMATED_QUANTIZED", "estimate_quantized"]
 
@@ -205,7 +206,7 @@ def _build(exp: Any) -> _Built:
                 owner._parameters[name] = torch.nn.Parameter(fake, requires_grad=False)
             else:
                 owner._buffers[name] = fake
-            unseen.extend(_inner_tensors(fake))
+            unseen.extend(_plain_tensors(fake))  # what the tracker counts
     packed_bytes = sum(t.numel() * t.element_size() for _, _, t in packed)
     inner_bytes = sum(t.untyped_storage().nbytes() for t in unseen)
     del packed, subclassed  # the real weights go with their last reference
@@ -310,13 +311,6 @@ def _fake_subclass(t: Any, fake_mode: Any) -> Any:
     names, ctx = t.__tensor_flatten__()
     inner = {n: _fake_subclass(getattr(t, n), fake_mode) for n in names}
     return type(t).__tensor_unflatten__(inner, ctx, t.size(), t.stride())
-
-
-def _inner_tensors(t: Any) -> list[Any]:
-    if not _is_subclass(t):
-        return [t]
-    names, _ = t.__tensor_flatten__()
-    return [i for n in names for i in _inner_tensors(getattr(t, n))]
 
 
 @contextlib.contextmanager
