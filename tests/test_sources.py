@@ -247,3 +247,42 @@ def test_track_uses_the_default_source(fresh_default: pytest.MonkeyPatch) -> Non
     assert rec.result is not None and rec.result.timeline.source == "cpu-profiler"
     assert rec.result.peak_bytes == 4000
     del a
+
+
+def test_a_stamped_build_loads_without_cpp_extension(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker loads the library a build stamped for its key, without cpp_extension.load (which
+    runs the compiler and ninja in every process); a changed key or a missing library rebuilds,
+    and the rebuild is stamped."""
+    from memlab.tracking import _native
+
+    builds: list[Any] = []
+
+    def build() -> Any:
+        lib = tmp_path / f"memlab_alloc_v{len(builds)}.so"
+        lib.write_bytes(b"")
+        builds.append(lib)
+        return lib
+
+    monkeypatch.setattr(_native, "_build_dir", lambda: tmp_path)
+    monkeypatch.setattr(_native, "_build", build)
+    first = _native._library()  # no stamp yet: built, and stamped
+    assert builds == [first] and (tmp_path / _native._STAMP).is_file()
+    assert _native._library() == first and len(builds) == 1  # the stamp is enough
+    monkeypatch.setattr(_native, "_build_key", lambda: "another torch or source")
+    second = _native._library()  # the key changed: built again, and the stamp follows
+    assert builds == [first, second] and _native._library() == second
+    second.unlink()  # the library is gone: built again
+    assert _native._library() == tmp_path / "memlab_alloc_v2.so" and len(builds) == 3
+
+
+def test_the_build_key_follows_the_source(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memlab.tracking import _native
+
+    src = tmp_path / "_alloc.cpp"
+    src.write_text("int a;")
+    monkeypatch.setattr(_native, "_SOURCE", src)
+    k1 = _native._build_key()
+    src.write_text("int b;")
+    assert _native._build_key() != k1

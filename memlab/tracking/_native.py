@@ -3,6 +3,14 @@
 torch.utils.cpp_extension compiles it against the installed torch and caches it under
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), with a file lock so that
 several worker processes can ask at once. The library is a plain C ABI called through ctypes.
+
+Every worker process loads the recorder, and ``cpp_extension.load`` is slow even when nothing
+needs building: it asks the compiler its version and runs ninja to check the build (16 compiler
+and 12 ninja processes in one smoke run of lab 03, strace), 1-2 s per worker on an idle 2-core
+machine and 9 s under load. So after a build the library's name is written to a stamp file
+beside it, under a key of everything the build depends on (the source's bytes, the flags,
+torch's version and location, Python's version); a process whose key matches the stamp loads
+that library directly, and any other goes through ``cpp_extension.load``, which rebuilds.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ __all__ = ["recorder", "NativeBuildError"]
 
 _SOURCE = Path(__file__).with_name("_alloc.cpp")
 _NAME = "memlab_alloc"
+_CFLAGS = ["-O2"]
+_STAMP = "memlab_alloc.stamp"
 
 
 class NativeBuildError(RuntimeError):
@@ -31,7 +41,7 @@ def _build() -> Path:
         cpp_extension.load(
             _NAME,
             [str(_SOURCE)],
-            extra_cflags=["-O2"],
+            extra_cflags=_CFLAGS,
             is_python_module=False,
             verbose=False,
         )
@@ -44,6 +54,48 @@ def _build() -> Path:
     lib = cached_library()
     if lib is None:
         raise NativeBuildError(f"built {_NAME} but found no shared library in {_build_dir()}")
+    return lib
+
+
+def _build_key() -> str:
+    """What the built library depends on (see the module docstring)."""
+    import hashlib
+    import sys
+
+    import torch
+
+    h = hashlib.sha256(_SOURCE.read_bytes())
+    h.update(repr((_CFLAGS, torch.__version__, torch.__file__, sys.version)).encode())
+    return h.hexdigest()
+
+
+def _stamped_library() -> Path | None:
+    """The library a previous build stamped for this key, if it is still there."""
+    try:
+        key, name = (_build_dir() / _STAMP).read_text().splitlines()
+    except (OSError, ValueError):
+        return None
+    lib = _build_dir() / name
+    return lib if key == _build_key() and lib.is_file() else None
+
+
+def _stamp(lib: Path) -> None:
+    """Write the stamp atomically (another worker may be reading it)."""
+    d = _build_dir()
+    tmp = d / f"{_STAMP}.{os.getpid()}"
+    try:
+        tmp.write_text(f"{_build_key()}\n{lib.name}\n")
+        os.replace(tmp, d / _STAMP)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache: the next process builds-checks again
+
+
+def _library() -> Path:
+    """The library to load: the stamped one, or a (re)build's."""
+    lib = _stamped_library()
+    if lib is None:
+        lib = _build()
+        _stamp(lib)
     return lib
 
 
@@ -89,7 +141,7 @@ def recorder() -> ctypes.CDLL:
     """The loaded recorder, installed as PyTorch's CPU allocator. Built on first use."""
     import torch  # noqa: F401  (libc10 must be loaded before the library that links it)
 
-    lib = _declare(ctypes.CDLL(str(_build())))
+    lib = _declare(ctypes.CDLL(str(_library())))
     if lib.memlab_install() != 1:
         raise NativeBuildError(
             "PyTorch's CPU allocator on this build cannot be wrapped (it has no raw deleter); "
