@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,16 +329,20 @@ class _OpMemo:
     @staticmethod
     def replay(mode: Any, args: Any, is_tuple: bool, specs: tuple[Any, ...]) -> Any:
         import torch
-        from torch._subclasses.fake_tensor import FakeTensor, in_kernel_invocation_manager
 
         if all(spec[0] == "inplace" for spec in specs):  # nothing to make
             outs_ = [args[spec[1]] for spec in specs]
             return tuple(outs_) if is_tuple else outs_[0]
-        made: list[Any] = []
-        with in_kernel_invocation_manager(mode):
+        outs: list[Any] = []
+        # Plain meta tensors, made with the dispatcher's Python layer off (FakeTensorMode is
+        # still on the mode stack under the recorder and would fake them): ``empty_strided``
+        # on meta and ``set_`` onto a meta storage run the same meta kernels either way, so
+        # this is what FakeTensorMode's cache does under its ``in_kernel_invocation_manager``
+        # (whose generator context was a tenth of a replay, profiled).
+        with torch._C._DisableTorchDispatch():
             for spec in specs:
                 if spec[0] == "inplace":
-                    made.append(args[spec[1]])
+                    outs.append(args[spec[1]])
                     continue
                 dtype, shape, stride, offset, rg, device, conj, neg = spec[2]
                 t = torch.empty_strided(shape, stride, dtype=dtype, device="meta", requires_grad=rg)
@@ -347,8 +352,7 @@ class _OpMemo:
                     torch._C._set_neg(t, True)
                 if spec[0] == "view":
                     t.set_(args[spec[1]].untyped_storage(), offset, shape, stride)
-                made.append((t, device))
-        outs = [m if isinstance(m, torch.Tensor) else FakeTensor(mode, m[0], m[1]) for m in made]
+                outs.append(_fake(mode, t, device))
         return tuple(outs) if is_tuple else outs[0]
 
     @staticmethod
@@ -386,6 +390,47 @@ class _OpMemo:
         return True
 
 
+#: Per FakeTensorMode and device, the attributes ``FakeTensor.__new__`` gives a tensor it wraps
+#: (``_fake`` copies them). Weak on the mode: it goes with its estimate.
+_PROTOS: weakref.WeakKeyDictionary[Any, dict[Any, dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _fake(mode: Any, elem: Any, device: Any) -> Any:
+    """``FakeTensor(mode, elem, device)`` for a fresh meta tensor ``elem``, made without
+    ``FakeTensor.__new__``'s generic path (device normalisation, argument checks and fifteen
+    attribute writes through descriptors: a third of a replay, profiled). The first tensor
+    made for a mode and device goes through ``FakeTensor(...)`` itself and its instance
+    attributes are kept; later ones are the same ``Tensor._make_subclass`` call with the
+    same flags and a copy of those attributes, so the object is the one ``__new__`` makes
+    (``__init__`` adds nothing outside ``torch.export``, which a fake step never runs)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConfig
+
+    by_device = _PROTOS.get(mode)
+    proto = by_device.get(device) if by_device is not None else None
+    if proto is None or FakeTensorConfig.debug:
+        t = FakeTensor(mode, elem, device)
+        if not FakeTensorConfig.debug and not mode._allow_unsafe_data_ptr_access:
+            state = dict(t.__dict__)
+            if state.pop("fake_mode") is mode and all(
+                v is None for k, v in state.items() if k != "_fake_device"
+            ):
+                _PROTOS.setdefault(mode, {})[device] = state
+        return t
+    t = torch.Tensor._make_subclass(
+        FakeTensor,
+        elem,
+        elem.requires_grad,
+        dispatch_device=True,
+        device_for_backend_keys=proto["_fake_device"],
+    )
+    torch._C._set_throw_on_mutable_data_ptr(t)
+    d = t.__dict__
+    d.update(proto)
+    d["fake_mode"] = mode
+    return t
+
+
 _MEMO = _OpMemo()
 
 #: Ops whose output shares its input's storage without being a view op (no autograd view
@@ -394,6 +439,136 @@ _MEMO = _OpMemo()
 #: the input's storage, as for views (128 calls a step in an encoder-decoder's attention:
 #: an eighth of its estimate). Checked like every entry before it is kept.
 _ALIASING_NON_VIEWS: set[Any] = set()
+
+
+#: ``aten.view`` and ``aten._unsafe_view``: the ops whose misses ``_reshape_spec`` answers.
+_RESHAPES: set[Any] = set()
+
+#: Tests set this: every shortcut below is then also run the ordinary way and compared.
+_CHECK_SHORTCUTS = False
+_SHORTCUTS_CHECKED: dict[str, int] = {}
+
+#: ``_constant_op``'s "not mine": the call goes the ordinary way.
+_NO_SHORTCUT = object()
+
+
+def _reshape_spec(args: Any, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The memo spec (``("view", 0, metadata)``) of ``aten.view`` / ``aten._unsafe_view`` on a
+    plain fake tensor, or None to go the ordinary way.
+
+    FakeTensorMode answers both with ``fake_impls._view_meta``: ``torch._refs.
+    _reshape_view_helper`` on the fake tensor, whose every inner op (``as_strided``,
+    ``prims.split_dim``...) goes through FakeTensorMode's dispatch again -- about 3 ms a call,
+    a sixth of an encoder-decoder's estimate, on the shapes a new batch size brings. Here the
+    same Python function runs on a plain meta tensor on the same storage, offset, sizes and
+    strides, with the Python dispatch layer off: the same algorithm on the same metadata
+    calls the same meta kernels, so the view it returns has the same sizes, strides and
+    offset. The output is made as a memo replay makes a view (``set_`` onto the input's
+    storage): no storage is made, as under FakeTensorMode. Only where ``_view_meta`` would
+    take that path (no symbolic sizes, ``backed_size_oblivious`` off), on a tensor without a
+    constant (constants are propagated by value) or the conj/neg bits; anything it refuses
+    (a shape that needs a copy) goes the ordinary way, which raises as before. Not in
+    inference mode: there a view of a normal tensor is a normal tensor while a fresh meta
+    tensor is an inference tensor (FakeTensorMode does not cache such views either: their
+    dispatch keys differ)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.experimental import _config as fx_config
+
+    if kwargs or len(args) != 2:
+        return None
+    a, shape = args
+    if (
+        type(a) is not FakeTensor
+        or a.constant is not None
+        or a.layout is not torch.strided
+        or a.is_conj()
+        or a.is_neg()
+        or a.fake_mode.shape_env is not None
+        or fx_config.backed_size_oblivious
+        or torch.is_inference_mode_enabled()
+        or type(shape) not in (list, tuple)
+        or any(type(n) is not int for n in shape)
+    ):
+        return None
+    st = a.untyped_storage()
+    try:
+        with torch._C._DisableTorchDispatch():
+            stand = torch.empty((0,), dtype=a.dtype, device="meta")
+            stand.set_(st, a.storage_offset(), a.shape, a.stride())
+            r = torch._refs._reshape_view_helper(stand, shape, allow_copy=False)
+    except Exception:  # noqa: BLE001 - the ordinary dispatch raises it, with its message
+        return None
+    if r.untyped_storage()._cdata != st._cdata or r.is_conj() or r.is_neg():
+        return None
+    meta = (r.dtype, tuple(r.shape), r.stride(), r.storage_offset(), False, a.fake_device)
+    return ("view", 0, (*meta, False, False))
+
+
+def _constant_op(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    """Adam's step counter without FakeTensorMode's slow path: ``aten.add_.Tensor`` with
+    Python numbers and ``aten._local_scalar_dense`` (``.item()``) on a fake tensor holding a
+    constant (``torch.tensor(0.0)`` under FakeTensorMode keeps the real value). Each call
+    went through FakeTensorMode's cache key (refused: a constant), its dispatch and its
+    constant propagation, twice per parameter per step (a twentieth of an estimate).
+
+    What FakeTensorMode does for them (``_dispatch_impl``, every argument a constant or a
+    number) is done here directly: the op runs on the real constant with the dispatcher's
+    Python layer off (``no_dispatch``, as there); ``.item()`` returns the number; ``add_``
+    updates the constant in place and FakeTensorMode returns the fake tensor the converter
+    keeps for that constant -- this one, checked -- and allocates nothing. Anything else
+    (a tensor argument, a constant larger than FakeTensorMode keeps, symbolic sizes, a
+    constant the converter maps elsewhere) returns ``_NO_SHORTCUT``."""
+    import torch
+    from torch._subclasses.fake_tensor import CONSTANT_NUMEL_LIMIT
+
+    a = args[0]
+    c = a.constant
+    if c is None or a.fake_mode.shape_env is not None or type(c) is not torch.Tensor:
+        return _NO_SHORTCUT
+    for v in (*args[1:], *kwargs.values()):
+        if type(v) not in (int, float, bool):
+            return _NO_SHORTCUT
+    if func is torch.ops.aten._local_scalar_dense.default:
+        if len(args) != 1 or kwargs:
+            return _NO_SHORTCUT
+        with torch._C._DisableTorchDispatch():
+            out = func(c)
+        if _CHECK_SHORTCUTS:
+            assert out == func(a), (func, out)
+            _SHORTCUTS_CHECKED[str(func)] = _SHORTCUTS_CHECKED.get(str(func), 0) + 1
+        return out
+    if (
+        c.numel() > CONSTANT_NUMEL_LIMIT
+        or c.layout is not torch.strided
+        or c.device.type == "meta"
+        or a.fake_mode.fake_tensor_converter._get_memo(c) is not a
+    ):
+        return _NO_SHORTCUT
+    if _CHECK_SHORTCUTS:  # the ordinary way, against the value this way gives
+        with torch._C._DisableTorchDispatch():
+            expected = func(c.clone(), *args[1:], **kwargs)
+        out = func(*args, **kwargs)
+        with torch._C._DisableTorchDispatch():  # real tensors: compared for real
+            same = bool((c == expected).all())
+        assert out is a and a.constant is c and same, (func, c, expected)
+        _SHORTCUTS_CHECKED[str(func)] = _SHORTCUTS_CHECKED.get(str(func), 0) + 1
+        return out
+    with torch._C._DisableTorchDispatch():
+        func(c, *args[1:], **kwargs)
+    return a
+
+
+def _check_shortcut(func: Any, args: Any, kwargs: dict[str, Any], out: Any, specs: Any) -> None:
+    """With ``_CHECK_SHORTCUTS`` (tests): the ordinary dispatch's output against the
+    shortcut's -- metadata, storage size and identity, as a memo entry is checked."""
+    import torch
+
+    ordinary = func(*args, **kwargs)
+    assert _OpMemo.same(out, ordinary, specs), (func, out, ordinary)
+    keys = torch._C._dispatch_key_set
+    assert keys(out) == keys(ordinary), (func, keys(out), keys(ordinary))
+    _SHORTCUTS_CHECKED[str(func)] = _SHORTCUTS_CHECKED.get(str(func), 0) + 1
 
 
 def _bypasses() -> int:
@@ -414,7 +589,9 @@ def _dispatch_mode(source: FakeSource) -> Any:
     memo = _MEMO.entries
     scalar_read = torch.ops.aten._local_scalar_dense.default
     device_of = torch.ops.prim.device.default
+    add_ = torch.ops.aten.add_.Tensor
     _ALIASING_NON_VIEWS.add(torch.ops.aten._unsafe_view.default)
+    _RESHAPES.update((torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default))
     Tensor = torch.Tensor
 
     def record(out: Any, real: dict[int, int], internal: int) -> None:
@@ -446,6 +623,12 @@ def _dispatch_mode(source: FakeSource) -> Any:
             if _READS_AS_ZERO and func is scalar_read:
                 if id(args[0]) in _READS_AS_ZERO:
                     return False if args[0].dtype is torch.bool else 0
+            if (func is scalar_read or func is add_) and type(args[0]) is FakeTensor:
+                out = _constant_op(func, args, kwargs)
+                if out is not _NO_SHORTCUT:
+                    real = estimate_ops.real_output_bytes(func, args, kwargs, out)
+                    record(out, real, estimate_ops.internal_bytes(func, args, kwargs, out))
+                    return out
             try:
                 key: tuple[Any, ...] | None = _OpMemo.key(func, args, kwargs, nthreads)
                 hit = memo.get(key)  # type: ignore[arg-type]
@@ -457,6 +640,22 @@ def _dispatch_mode(source: FakeSource) -> Any:
                 out = _OpMemo.replay(mode, args, is_tuple, specs)
                 record(out, real, internal)
                 return out
+            if key is not None and func in _RESHAPES:
+                spec = _reshape_spec(args, kwargs)
+                if spec is not None:
+                    mode = args[0].fake_mode
+                    out = _OpMemo.replay(mode, args, False, (spec,))
+                    if _CHECK_SHORTCUTS:
+                        _check_shortcut(func, args, kwargs, out, (spec,))
+                    real = estimate_ops.real_output_bytes(func, args, kwargs, out)
+                    internal = estimate_ops.internal_bytes(
+                        func, args, kwargs, out, num_threads=nthreads
+                    )
+                    if len(memo) >= _MEMO_LIMIT:
+                        memo.clear()
+                    memo[key] = (False, (spec,), real, internal)
+                    record(out, real, internal)
+                    return out
             counted = (FakeTensorMode.cache_hits + FakeTensorMode.cache_misses, _bypasses())
             try:
                 out = func(*args, **kwargs)

@@ -145,9 +145,32 @@ def test_the_op_memo_changes_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
         raise estimator._Uncacheable
 
     monkeypatch.setattr(estimator._OpMemo, "key", staticmethod(uncacheable))
+    # and every op through FakeTensorMode: no shortcut for the step counters either
+    monkeypatch.setattr(estimator, "_constant_op", lambda *a: estimator._NO_SHORTCUT)
     without = [facts(call()) for call in calls]
     assert hits > 100  # the memo was in use
     assert with_memo == without
+
+
+def test_the_recorder_shortcuts_match_fake_tensor_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder answers some calls without FakeTensorMode: ``view``/``_unsafe_view`` on a
+    shape the memo has not seen, and ``add_``/``.item()`` on Adam's step counters (constants).
+    With ``_CHECK_SHORTCUTS`` each is also run the ordinary way and compared: a view's
+    metadata, storage and dispatch keys, a counter's value and identity."""
+    from memlab import estimator
+    from memlab.config import Experiment
+
+    monkeypatch.setattr(estimator, "_CHECK_SHORTCUTS", True)
+    monkeypatch.setattr(estimator, "_SHORTCUTS_CHECKED", {})
+    monkeypatch.setattr(estimator._MEMO, "entries", {})  # every shape new
+    adam = lambda p: torch.optim.Adam(p, lr=1e-3)  # noqa: E731
+    adamw = lambda p: torch.optim.AdamW(p, lr=1e-3)  # noqa: E731
+    estimate(*CASES["seq2seq"], optimizer_fn=adam)
+    estimate(*CASES["lstm"], optimizer_fn=adamw)
+    estimate(Experiment(workload="transformer", batch_size=4, mode="inference"))
+    checked = estimator._SHORTCUTS_CHECKED
+    for op in ("view", "_unsafe_view", "add_.Tensor", "_local_scalar_dense"):
+        assert any(k.startswith(f"aten.{op}") and n > 0 for k, n in checked.items()), checked
 
 
 def test_inference_estimate() -> None:
