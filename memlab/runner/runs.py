@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from memlab.config import Experiment
-from memlab.runner.procs import _POLL_S, _kill, _spawn, _stderr_tail, _Worker
+from memlab.runner.procs import _POLL_S, _kill, _spawn, _stderr_tail, _Worker, parent_pid
 from memlab.runner.scheduler import _sched
 from memlab.timeline import Latency, RunResult
 from memlab.tracking import procmem
@@ -424,7 +424,7 @@ def _execute(
             after,
             span,
             exclude=[me, *kids],
-            labels={os.getppid(): "the process that started this run"},
+            labels={parent_pid(): "the process that started this run"},
         )
         timing_result = timing.assess(
             [q.wall_s for q in readings],
