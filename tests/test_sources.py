@@ -268,12 +268,15 @@ def test_a_stamped_build_loads_without_cpp_extension(
     monkeypatch.setattr(_native, "_build_dir", lambda: tmp_path)
     monkeypatch.setattr(_native, "_build", build)
     first = _native._library()  # no stamp yet: built, and stamped
-    assert builds == [first] and (tmp_path / _native._STAMP).is_file()
+    assert builds == [first] and len(list(tmp_path.glob("*.stamp"))) == 1
     assert _native._library() == first and len(builds) == 1  # the stamp is enough
+    key = _native._build_key()
     monkeypatch.setattr(_native, "_build_key", lambda: "another torch or source")
-    second = _native._library()  # the key changed: built again, and the stamp follows
+    second = _native._library()  # the key changed: built again, and stamped for that key
     assert builds == [first, second] and _native._library() == second
-    second.unlink()  # the library is gone: built again
+    monkeypatch.setattr(_native, "_build_key", lambda: key)  # the first key keeps its stamp
+    assert _native._library() == first and len(builds) == 2
+    first.unlink()  # the library is gone: built again
     assert _native._library() == tmp_path / "memlab_alloc_v2.so" and len(builds) == 3
 
 

@@ -25,7 +25,6 @@ __all__ = ["recorder", "NativeBuildError"]
 _SOURCE = Path(__file__).with_name("_alloc.cpp")
 _NAME = "memlab_alloc"
 _CFLAGS = ["-O2"]
-_STAMP = "memlab_alloc.stamp"
 
 
 class NativeBuildError(RuntimeError):
@@ -69,25 +68,33 @@ def _build_key() -> str:
     return h.hexdigest()
 
 
+def _stamp_path(key: str) -> Path:
+    # One stamp per key: two environments sharing the cache (two venvs of the same torch) each
+    # keep theirs instead of overwriting one stamp back and forth.
+    return _build_dir() / f"{_NAME}-{key[:16]}.stamp"
+
+
 def _stamped_library() -> Path | None:
     """The library a previous build stamped for this key, if it is still there."""
+    key = _build_key()
     try:
-        key, name = (_build_dir() / _STAMP).read_text().splitlines()
+        stamped_key, name = _stamp_path(key).read_text().splitlines()
     except (OSError, ValueError):
         return None
     lib = _build_dir() / name
-    return lib if key == _build_key() and lib.is_file() else None
+    return lib if stamped_key == key and lib.is_file() else None
 
 
 def _stamp(lib: Path) -> None:
     """Write the stamp atomically (another worker may be reading it)."""
-    d = _build_dir()
-    tmp = d / f"{_STAMP}.{os.getpid()}"
+    key = _build_key()
+    path = _stamp_path(key)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
     try:
-        tmp.write_text(f"{_build_key()}\n{lib.name}\n")
-        os.replace(tmp, d / _STAMP)
+        tmp.write_text(f"{key}\n{lib.name}\n")
+        os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only cache: the next process builds-checks again
+        tmp.unlink(missing_ok=True)  # a read-only cache: the next process checks the build again
 
 
 def _library() -> Path:
