@@ -155,8 +155,11 @@ def test_the_op_memo_changes_no_byte(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_recorder_shortcuts_match_fake_tensor_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """The recorder answers some calls without FakeTensorMode: ``view``/``_unsafe_view`` on a
     shape the memo has not seen, and ``add_``/``.item()`` on Adam's step counters (constants).
-    With ``_CHECK_SHORTCUTS`` each is also run the ordinary way and compared: a view's
-    metadata, storage and dispatch keys, a counter's value and identity."""
+    Replayed outputs are FakeTensors made without ``FakeTensor.__new__``, fake parameters
+    without ``nn.Parameter``'s detach. With
+    ``_CHECK_SHORTCUTS`` each is also done the ordinary way and compared: a view's metadata,
+    storage and dispatch keys, a counter's value and identity, a FakeTensor's attributes and
+    dispatch keys, a parameter's metadata, flags and autograd state."""
     from memlab import estimator
     from memlab.config import Experiment
 
@@ -171,6 +174,8 @@ def test_the_recorder_shortcuts_match_fake_tensor_mode(monkeypatch: pytest.Monke
     checked = estimator._SHORTCUTS_CHECKED
     for op in ("view", "_unsafe_view", "add_.Tensor", "_local_scalar_dense"):
         assert any(k.startswith(f"aten.{op}") and n > 0 for k, n in checked.items()), checked
+    assert checked["FakeTensor"] > 100  # replayed outputs made without FakeTensor.__new__
+    assert checked["Parameter"] > 10  # fake parameters flagged without a detach
 
 
 def test_inference_estimate() -> None:
