@@ -182,6 +182,33 @@ class _Uncacheable(Exception):
 _MEMO_LIMIT = 200_000
 
 
+#: ``_OpMemo.key``'s names, looked up once (``_key_types``): torch, FakeTensor, the strided
+#: layout and the argument types kept by value.
+_KEY_TYPES: tuple[Any, ...] = ()
+
+
+def _key_types() -> tuple[Any, ...]:
+    global _KEY_TYPES
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    scalars = frozenset(
+        {
+            int,
+            float,
+            bool,
+            str,
+            type(None),
+            torch.dtype,
+            torch.device,
+            torch.layout,
+            torch.memory_format,
+        }
+    )
+    _KEY_TYPES = (torch, FakeTensor, torch.strided, scalars)
+    return _KEY_TYPES
+
+
 class _OpMemo:
     """What an op call gives under ``FakeTensorMode``, by the op and its arguments' metadata:
     which outputs are new tensors (and their metadata), which alias an input (in-place ops
@@ -209,21 +236,24 @@ class _OpMemo:
 
     @staticmethod
     def key(func: Any, args: Any, kwargs: dict[str, Any], nthreads: int) -> tuple[Any, ...]:
-        import torch
-        from torch._subclasses.fake_tensor import FakeTensor
-
+        torch, FakeTensor, strided, scalars = _KEY_TYPES or _key_types()
         parts: list[Any] = [
             func,
             torch.is_inference_mode_enabled(),
             torch.get_default_dtype(),
             nthreads,
         ]
+        append = parts.append
 
         def add(v: Any) -> None:
-            if isinstance(v, FakeTensor):
-                if v.constant is not None or v.layout is not torch.strided:
+            # the fast cases first, by exact type (a FakeTensor, a plain scalar: most of a
+            # key's arguments); subclasses and containers go the general way below, and each
+            # kind of value gives the same key part either way
+            tv = type(v)
+            if tv is FakeTensor or (tv not in scalars and isinstance(v, FakeTensor)):
+                if v.constant is not None or v.layout is not strided:
                     raise _Uncacheable
-                parts.append(
+                append(
                     (
                         v.dtype,
                         v.shape,
@@ -237,34 +267,23 @@ class _OpMemo:
                         v.is_inference(),
                     )
                 )
+            elif tv in scalars:
+                append((tv, v))
             elif isinstance(v, torch.Tensor):
                 raise _Uncacheable  # a real tensor: FakeTensorMode converts it
             elif isinstance(v, (list, tuple)):
-                parts.append((type(v), len(v)))
+                append((tv, len(v)))
                 for x in v:
                     add(x)
-            elif isinstance(
-                v,
-                (
-                    int,
-                    float,
-                    bool,
-                    str,
-                    type(None),
-                    torch.dtype,
-                    torch.device,
-                    torch.layout,
-                    torch.memory_format,
-                ),
-            ):
-                parts.append((type(v), v))
+            elif isinstance(v, tuple(scalars)):  # a subclass of one (an IntEnum, say)
+                append((tv, v))
             else:
                 raise _Uncacheable
 
         for a in args:
             add(a)
         for k, v in kwargs.items():
-            parts.append(k)
+            append(k)
             add(v)
         return tuple(parts)
 
