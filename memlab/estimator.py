@@ -493,9 +493,10 @@ def _reshape_spec(args: Any, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
     calls the same meta kernels, so the view it returns has the same sizes, strides and
     offset. The output is made as a memo replay makes a view (``set_`` onto the input's
     storage): no storage is made, as under FakeTensorMode. Only where ``_view_meta`` would
-    take that path (no symbolic sizes, ``backed_size_oblivious`` off), on a tensor without a
-    constant (constants are propagated by value) or the conj/neg bits; anything it refuses
-    (a shape that needs a copy) goes the ordinary way, which raises as before. Not in
+    take that path (no symbolic sizes, ``backed_size_oblivious`` off, the tensor of the mode
+    dispatching), on a tensor without a constant (constants are propagated by value) or the
+    conj/neg bits; anything it refuses (a shape that needs a copy) goes the ordinary way,
+    which raises as before. Not in
     inference mode: there a view of a normal tensor is a normal tensor while a fresh meta
     tensor is an inference tensor (FakeTensorMode does not cache such views either: their
     dispatch keys differ)."""
@@ -513,6 +514,7 @@ def _reshape_spec(args: Any, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
         or a.is_conj()
         or a.is_neg()
         or a.fake_mode.shape_env is not None
+        or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not a.fake_mode
         or fx_config.backed_size_oblivious
         or torch.is_inference_mode_enabled()
         or type(shape) not in (list, tuple)
@@ -546,13 +548,19 @@ def _constant_op(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
     updates the constant in place and FakeTensorMode returns the fake tensor the converter
     keeps for that constant -- this one, checked -- and allocates nothing. Anything else
     (a tensor argument, a constant larger than FakeTensorMode keeps, symbolic sizes, a
-    constant the converter maps elsewhere) returns ``_NO_SHORTCUT``."""
+    constant the converter maps elsewhere, a fake tensor of another mode than the one
+    dispatching) returns ``_NO_SHORTCUT``."""
     import torch
     from torch._subclasses.fake_tensor import CONSTANT_NUMEL_LIMIT
 
     a = args[0]
     c = a.constant
-    if c is None or a.fake_mode.shape_env is not None or type(c) is not torch.Tensor:
+    if (
+        c is None
+        or type(c) is not torch.Tensor
+        or a.fake_mode.shape_env is not None
+        or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not a.fake_mode
+    ):
         return _NO_SHORTCUT
     for v in (*args[1:], *kwargs.values()):
         if type(v) not in (int, float, bool):
@@ -655,7 +663,10 @@ def _dispatch_mode(source: FakeSource) -> Any:
                 out = _constant_op(func, args, kwargs)
                 if out is not _NO_SHORTCUT:
                     real = estimate_ops.real_output_bytes(func, args, kwargs, out)
-                    record(out, real, estimate_ops.internal_bytes(func, args, kwargs, out))
+                    internal = estimate_ops.internal_bytes(
+                        func, args, kwargs, out, num_threads=nthreads
+                    )
+                    record(out, real, internal)
                     return out
             try:
                 key: tuple[Any, ...] | None = _OpMemo.key(func, args, kwargs, nthreads)
