@@ -73,3 +73,27 @@ def test_spawn_by_choice_and_a_bad_choice(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv(procs.START_ENV, "fork")
     with pytest.raises(ValueError, match="forkserver or spawn, got 'fork'"):
         procs._spawn(_report, "memlab-probe")
+
+
+def test_a_device_profile_run_gets_a_spawned_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile's RSS cap is the worker's RSS before the build plus the budget: a forked
+    worker has not yet touched its share of torch's code pages then (they fill in as it runs,
+    and were charged to the budget), so a profile run's worker is spawned."""
+    from memlab import Experiment
+    from memlab.runner import runs
+
+    monkeypatch.delenv(procs.START_ENV, raising=False)
+    seen: list[bool] = []
+    real = procs._spawn
+
+    def spy(target: Any, name: str, *, fresh: bool = False) -> Any:
+        seen.append(fresh)
+        return real(target, name, fresh=fresh)
+
+    monkeypatch.setattr(runs, "_spawn", spy)
+    for profile in ("none", "rpi-zero-2w"):
+        exp = Experiment(workload="mlp", steps=1, warmup=0, data_size=64, profile=profile)
+        h = runs.start(exp, save=False)
+        h.cancel()
+        h.wait()
+    assert seen == [False, True]

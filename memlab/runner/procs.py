@@ -79,13 +79,13 @@ def _start_key() -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_START_PREFIXES)))
 
 
-def _context() -> Any:
+def _context(fresh: bool = False) -> Any:
     """The multiprocessing context a worker starts from now (see the module docstring)."""
     global _server_key
     how = os.environ.get(START_ENV, "forkserver").strip().lower() or "forkserver"
     if how not in ("forkserver", "spawn"):
         raise ValueError(f"{START_ENV} must be forkserver or spawn, got {how!r}")
-    if how == "spawn" or "forkserver" not in mp.get_all_start_methods():
+    if fresh or how == "spawn" or "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     key = _start_key()
     ctx = mp.get_context("forkserver")
@@ -113,8 +113,10 @@ def _child(target: Callable[..., None], env: dict[str, str], parent: int, *args:
     target(*args)
 
 
-def _spawn(target: Callable[..., None], name: str) -> _Worker:
-    ctx = _context()
+def _spawn(target: Callable[..., None], name: str, *, fresh: bool = False) -> _Worker:
+    """Start ``target(conn, cancel, stderr_path)`` in a worker; ``fresh``: a spawned interpreter
+    whatever the setting (see ``runs._take_worker`` for who needs one)."""
+    ctx = _context(fresh)
     parent, child = ctx.Pipe(duplex=True)
     cancel = ctx.Event()
     fd, path = tempfile.mkstemp(prefix="memlab-worker-", suffix=".stderr")

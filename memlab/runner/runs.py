@@ -620,8 +620,17 @@ def shutdown_warm_worker() -> None:
         _kill(w)
 
 
-def _take_worker(warm: bool) -> _Worker:
+def _take_worker(warm: bool, fresh: bool = False) -> _Worker:
+    """A worker for a run: the warm one if asked and ready, else a new one. ``fresh``: a spawned
+    interpreter, never a fork of the forkserver (procs.py). A device profile caps the worker's
+    RSS at its reading before the build plus the budget, and that reading must hold the runtime:
+    a spawned worker has touched its share of torch's libraries by then, a forked one has not
+    (Linux copies no page-table entries of a read-only file mapping at fork; they fill as the
+    worker touches the pages), so torch's code pages faulted in by the first steps were charged
+    to the model's budget (lab 07's smoke run: every configuration over its budget)."""
     global _warm
+    if fresh:
+        return _spawn(_worker_main, "memlab-worker", fresh=True)
     if warm:
         with _warm_lock:
             w, _warm = _warm, None
@@ -696,7 +705,7 @@ class RunHandle:
         self._cancel_at: float | None = None
         self._payload = _dump_experiment(experiment)
         self._drilldown = drilldown_mode()
-        self._worker = _take_worker(use_warm)
+        self._worker = _take_worker(use_warm, fresh=experiment.profile != "none")
         self._warm_next = keep_warm
         self._gate_asked = False  # the worker waits for "go" before its measured block
         # The run's temporary folder (offloaded activations): made here and removed in
