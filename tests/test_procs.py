@@ -4,14 +4,18 @@ read at process start differs from the server's, or where MEMLAB_WORKER_START=sp
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from memlab.runner import procs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _report(conn: Any, cancel: Any, stderr_path: str) -> None:
@@ -39,31 +43,41 @@ def _start(name: str = "memlab-probe") -> dict[str, Any]:
         procs._kill(w)
 
 
-def test_a_worker_is_forked_from_the_server_with_the_callers_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(procs.START_ENV, raising=False)
-    monkeypatch.setenv("MEMLAB_PROBE", "first")
-    first = _start()
+# In a fresh interpreter, so that the forkserver starts in an environment this test controls
+# (in the suite's process it started with whatever the first worker's caller had).
+SCRIPT = r"""
+import json, os, sys
+from tests.test_procs import _start
+out = {"me": os.getpid()}
+os.environ["MEMLAB_PROBE"] = "first"
+out["first"] = _start()
+os.environ["MEMLAB_PROBE"] = "second"
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = "/tmp/x"  # read when used: a fork follows it
+out["second"] = _start()
+os.environ["MALLOC_ARENA_MAX"] = "3"  # glibc reads it at exec: a fork cannot follow
+out["third"] = _start()
+print(json.dumps(out))
+"""
+
+
+def test_a_worker_is_forked_from_the_server_with_the_callers_environment() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (procs.START_ENV, "MALLOC_ARENA_MAX")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    me, first, second, third = out["me"], out["first"], out["second"], out["third"]
     # a forked worker: its parent is the server, which had torch imported before the fork
-    assert first["ppid"] != os.getpid() and first["torch_at_entry"] is True
-    assert psutil.Process(first["ppid"]).ppid() == os.getpid()  # the server is our child
-    assert first["parent_pid"] == os.getpid() and first["probe"] == "first"
+    assert first["ppid"] != me and first["torch_at_entry"] is True
+    assert first["parent_pid"] == me and first["probe"] == "first"
     # the environment follows the caller's, changed after the server started
-    monkeypatch.setenv("MEMLAB_PROBE", "second")
-    second = _start()
     assert second["ppid"] == first["ppid"] and second["probe"] == "second"
-
-
-def test_a_start_time_variable_that_differs_spawns_the_worker(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(procs.START_ENV, raising=False)
-    _start()  # the server runs, started with this environment
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "3")  # glibc reads it at exec: a fork cannot follow
-    out = _start()
-    assert out["ppid"] == os.getpid() and out["torch_at_entry"] is False  # spawned
-    assert out["arena_at_exec"] == "3"
+    # a variable read at process start that differs from the server's: spawned, and it has it
+    assert third["ppid"] == me and third["torch_at_entry"] is False
+    assert third["arena_at_exec"] == "3" and third["parent_pid"] == me
 
 
 def test_spawn_by_choice_and_a_bad_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,10 @@ _PRELOAD = [
     "memlab.workloads.builtin",
 ]
 #: Environment variables read when a process starts (by glibc, the dynamic loader, Python, or
-#: torch's import: OpenMP, MKL, OpenBLAS), not when a worker later looks at ``os.environ``.
+#: torch's import: OpenMP, MKL, OpenBLAS, c10's logging and CPU capability), not when a worker
+#: later looks at ``os.environ``. Not torch's Python-level settings, which are read when used
+#: (``TORCHINDUCTOR_CACHE_DIR``, which inductor sets in the caller's environment on first
+#: use, had every later worker of the test suite spawned when it was in this list).
 _START_PREFIXES = (
     "LD_",
     "MALLOC_",
@@ -63,10 +66,11 @@ _START_PREFIXES = (
     "MKL_",
     "OPENBLAS_",
     "PYTHON",
-    "TORCH",
-    "PYTORCH",
-    "CUDA",
-    "NVIDIA",
+    "ATEN_",
+    "TORCH_CPP_",
+    "TORCH_SHOW_CPP",
+    "CUDA_",
+    "NVIDIA_",
     "HIP_",
     "ROCM",
     "LC_",
