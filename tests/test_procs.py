@@ -46,8 +46,9 @@ def _start(name: str = "memlab-probe") -> dict[str, Any]:
 # In a fresh interpreter, so that the forkserver starts in an environment this test controls
 # (in the suite's process it started with whatever the first worker's caller had).
 SCRIPT = r"""
-import json, os, sys
+import json, logging, os, sys
 from tests.test_procs import _start
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
 out = {"me": os.getpid()}
 os.environ["MEMLAB_PROBE"] = "first"
 out["first"] = _start()
@@ -78,6 +79,8 @@ def test_a_worker_is_forked_from_the_server_with_the_callers_environment() -> No
     # a variable read at process start that differs from the server's: spawned, and it has it
     assert third["ppid"] == me and third["torch_at_entry"] is False
     assert third["arena_at_exec"] == "3" and third["parent_pid"] == me
+    said = [line for line in proc.stderr.splitlines() if "spawned, not forked" in line]
+    assert len(said) == 1 and "'MALLOC_ARENA_MAX'" in said[0], proc.stderr[-2000:]
 
 
 def test_spawn_by_choice_and_a_bad_choice(monkeypatch: pytest.MonkeyPatch) -> None:

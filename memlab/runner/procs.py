@@ -21,6 +21,7 @@ spawns every worker.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing as mp
 import os
 import tempfile
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 _POLL_S = 0.02  # how often a parent-side thread looks at its worker
 
@@ -96,7 +99,12 @@ def _context(fresh: bool = False) -> Any:
     if _server_key is None:  # the server starts with this first worker, in this environment
         ctx.set_forkserver_preload(_PRELOAD)
         _server_key = key
-    return ctx if key == _server_key else mp.get_context("spawn")
+    if key == _server_key:
+        return ctx
+    if _log.isEnabledFor(logging.DEBUG):
+        differ = sorted(dict(set(key) ^ set(_server_key)))
+        _log.debug("memlab worker spawned, not forked: %s differ from the forkserver's", differ)
+    return mp.get_context("spawn")
 
 
 _parent_pid: int | None = None
