@@ -16,8 +16,10 @@ search. Every timed estimate is the *first* estimate of its experiment in this p
 warm-up before it is another experiment of the same search space (the same model or workload
 and knobs at twice the batch size), so what an estimate reuses is only what a search's next
 candidate could (imports, the op memo of ``memlab.estimator._OpMemo`` for calls with the same
-shapes), never a result for the same experiment. The model table's time is the median of three
-fresh experiments (batch sizes n, 3n and 4n after a warm-up at 2n; the error column is at n).
+shapes), never a result for the same experiment. After the first warm-up the heap is frozen
+(``memlab.runner.service.freeze_heap``), as the service worker does after its first job.
+The model table's time is the median of three fresh experiments (batch sizes n, 3n and 4n
+after a warm-up at 2n; the error column is at n).
 Times are wall and CPU seconds of this process: on a loaded machine the CPU time is the closer
 figure to an idle machine's wall time, and the one the targets are read against here.
 """
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memlab.config import MIB  # noqa: E402
 from memlab.estimator import _fakeify, estimate  # noqa: E402
+from memlab.runner.service import freeze_heap  # noqa: E402
 from tests.test_estimate import CASES, measure  # noqa: E402
 
 
@@ -87,9 +90,13 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     errors, times = [], []
+    frozen = False
     for name, (model_fn, batch_fn) in sorted(CASES.items()):
         first, steady = measure(model_fn, batch_fn, adam)
         estimate(model_fn, resized(batch_fn, 2), optimizer_fn=adam)  # another candidate
+        if not frozen:  # as the service worker does after its first job
+            freeze_heap()
+            frozen = True
         runs, walls, cpu = [], [], []
         for k in (1, 3, 4):  # each the first estimate of its batch size in this process
             w, c = time.perf_counter(), time.process_time()

@@ -246,6 +246,17 @@ def test_call_returns_in_one_warm_worker_and_raises_with_its_traceback(fresh_ser
         submit(pow, 2, 3, timeout_s=0)
 
 
+def test_the_service_worker_freezes_its_heap_after_its_first_job(fresh_service: Any) -> None:
+    """What the first job left alive goes to the collector's permanent generation once
+    (``service.freeze_heap``): later full collections do not walk torch's 300k objects."""
+    import gc
+
+    assert call(gc.get_freeze_count) == 0  # the first job runs before the freeze
+    frozen = call(gc.get_freeze_count)
+    assert frozen > 10_000  # torch and memlab's modules, at least
+    assert call(gc.get_freeze_count) == frozen  # once: nothing later is frozen
+
+
 def test_call_timeout_stops_the_worker_and_the_next_job_gets_a_new_one(
     fresh_service: Any,
 ) -> None:
