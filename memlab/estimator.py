@@ -996,7 +996,8 @@ def _swap_to_fake(model: Any, fake_mode: Any) -> None:
             key = int(t.untyped_storage()._cdata)
             owners[key] = owners.get(key, 0) + 1
 
-    def fake(t: Any, *, detach: bool = False) -> Any:
+    def fake(t: Any, *, detach: bool = False) -> tuple[Any, bool]:
+        """The fake tensor, and whether it is fresh (nothing else holds it: _fake_parameter)."""
         if (
             t.layout is torch.strided
             and not t.is_quantized
@@ -1006,28 +1007,25 @@ def _swap_to_fake(model: Any, fake_mode: Any) -> None:
             with in_kernel_invocation_manager(fake_mode):
                 meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
             if meta.untyped_storage().nbytes() == t.untyped_storage().nbytes():
-                made_fresh.add(id(meta))  # nothing else holds it: see _fake_parameter
-                return FakeTensor(fake_mode, meta, t.device)
-        return fake_mode.from_tensor(t.detach() if detach else t)
+                return FakeTensor(fake_mode, meta, t.device), True
+        return fake_mode.from_tensor(t.detach() if detach else t), False
 
     made: dict[int, Any] = {}
-    made_fresh: set[int] = set()
     for mod in model.modules():
         for name, p in list(mod._parameters.items()):
             if p is not None:
                 if id(p) not in made:
-                    made_fresh.clear()
-                    f = fake(p, detach=True)
+                    f, fresh = fake(p, detach=True)
                     made[id(p)] = (
                         _fake_parameter(f, p.requires_grad)
-                        if made_fresh
+                        if fresh
                         else nn.Parameter(f, requires_grad=p.requires_grad)
                     )
                 mod._parameters[name] = made[id(p)]
         for name, b in list(mod._buffers.items()):
             if b is not None:
                 if id(b) not in made:
-                    made[id(b)] = fake(b)
+                    made[id(b)] = fake(b)[0]
                 mod._buffers[name] = made[id(b)]
 
 

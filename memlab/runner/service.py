@@ -86,10 +86,8 @@ def _service_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
         conn.send(("fatal", f"service worker could not start: {type(e).__name__}: {e}"))
         return
     conn.send(("ready",))
-    jobs_done = 0
+    frozen = False
     while True:
-        if jobs_done == 1:
-            freeze_heap()
         try:
             msg = conn.recv()
         except (EOFError, OSError):
@@ -124,8 +122,11 @@ def _service_main(conn: Connection, cancel: Any, stderr_path: str) -> None:
             else:
                 conn.send(("ok", out))
         del msg
-        jobs_done += 1
-        gc.collect()  # the next job starts from a clean heap
+        if frozen:
+            gc.collect()  # the next job starts from a clean heap
+        else:
+            freeze_heap()  # collects too
+            frozen = True
 
 
 JobFn = Callable[["Job"], None]

@@ -74,9 +74,8 @@ def _stamp_path(key: str) -> Path:
     return _build_dir() / f"{_NAME}-{key[:16]}.stamp"
 
 
-def _stamped_library() -> Path | None:
-    """The library a previous build stamped for this key, if it is still there."""
-    key = _build_key()
+def _stamped_library(key: str) -> Path | None:
+    """The library a previous build stamped for ``key``, if it is still there."""
     try:
         stamped_key, name = _stamp_path(key).read_text().splitlines()
     except (OSError, ValueError):
@@ -85,9 +84,8 @@ def _stamped_library() -> Path | None:
     return lib if stamped_key == key and lib.is_file() else None
 
 
-def _stamp(lib: Path) -> None:
+def _stamp(lib: Path, key: str) -> None:
     """Write the stamp atomically (another worker may be reading it)."""
-    key = _build_key()
     path = _stamp_path(key)
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
     try:
@@ -99,10 +97,11 @@ def _stamp(lib: Path) -> None:
 
 def _library() -> Path:
     """The library to load: the stamped one, or a (re)build's."""
-    lib = _stamped_library()
+    key = _build_key()
+    lib = _stamped_library(key)
     if lib is None:
         lib = _build()
-        _stamp(lib)
+        _stamp(lib, key)
     return lib
 
 
